@@ -1,0 +1,201 @@
+"""Start and stop the local stack: the GCS emulator and the ml/v1 service.
+
+One place for both `make services` / `make stop` (the CLI below, with pid
+files and logs under the state dir) and the test fixtures (`LocalProcess`),
+so what the tests run is what users run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_STATE_DIR = PROJECT_ROOT / ".state"
+DEFAULT_GCS_PORT = 9023
+DEFAULT_ML_PORT = 8780
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, *, timeout: float, process: subprocess.Popen | None = None) -> None:
+    """Poll `url` until it answers (any HTTP status), the process dies, or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with code {process.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+@dataclass
+class LocalProcess:
+    """A server started in the background, with its log file and health URL."""
+
+    name: str
+    argv: list[str]
+    health_url: str
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    process: subprocess.Popen | None = None
+
+    def start(self, *, timeout: float = 60) -> LocalProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open
+        self.process = subprocess.Popen(
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+            cwd=self.cwd,
+            start_new_session=True,
+        )
+        log.close()
+        try:
+            wait_for_http(self.health_url, timeout=timeout, process=self.process)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"{self.name} failed to start; log tail:\n{self.log_tail()}") from None
+        return self
+
+    def stop(self, *, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def gcs_emulator(*, port: int, data_dir: Path | None, log_path: Path) -> LocalProcess:
+    """The gcp-storage-emulator on loopback; in memory when `data_dir` is None."""
+    argv = [str(Path(sys.executable).parent / "gcp-storage-emulator"), "start", "-H", "127.0.0.1", "--port", str(port)]
+    if data_dir is None:
+        argv.append("--in-memory")
+    else:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    return LocalProcess(
+        name="gcs-emulator",
+        argv=argv,
+        health_url=f"http://127.0.0.1:{port}/storage/v1/b?project=local",
+        log_path=log_path,
+        cwd=data_dir or log_path.parent,
+    )
+
+
+def ml_service(*, port: int, state_dir: Path, gcs_host: str, log_path: Path) -> LocalProcess:
+    """The local ml/v1 service on loopback, reading GCS from `gcs_host`."""
+    return LocalProcess(
+        name="ml-engine-local",
+        argv=[sys.executable, "-m", "include.ml_engine_local", "--host", "127.0.0.1",
+              "--port", str(port), "--state-dir", str(state_dir)],
+        health_url=f"http://127.0.0.1:{port}/healthz",
+        log_path=log_path,
+        env={"STORAGE_EMULATOR_HOST": gcs_host, "PYTHONPATH": str(PROJECT_ROOT)},
+        cwd=PROJECT_ROOT,
+    )
+
+
+# --- CLI for `make services` / `make stop` ---------------------------------
+
+
+def _pid_file(state_dir: Path, name: str) -> Path:
+    return state_dir / "run" / f"{name}.pid"
+
+
+def _running_pid(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def _start(state_dir: Path, gcs_port: int, ml_port: int) -> None:
+    gcs_host = f"http://127.0.0.1:{gcs_port}"
+    logs = state_dir / "logs"
+    servers = [
+        gcs_emulator(port=gcs_port, data_dir=state_dir / "gcs", log_path=logs / "gcs-emulator.log"),
+        ml_service(port=ml_port, state_dir=state_dir / "ml_engine", gcs_host=gcs_host,
+                   log_path=logs / "ml-engine-local.log"),
+    ]
+    for server in servers:
+        pid_file = _pid_file(state_dir, server.name)
+        if pid := _running_pid(pid_file):
+            print(f"{server.name}: already running (pid {pid}) -> {server.health_url}")
+            continue
+        started = time.monotonic()
+        server.start(timeout=120)
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(str(server.process.pid))
+        print(f"{server.name}: listening on {server.health_url.split('/', 3)[:3][-1]} "
+              f"(pid {server.process.pid}, up in {time.monotonic() - started:.1f} s), log {server.log_path}")
+    print(f"export STORAGE_EMULATOR_HOST={gcs_host}")
+    print(f"export ML_ENGINE_ENDPOINT=http://127.0.0.1:{ml_port}/")
+
+
+def _stop(state_dir: Path) -> None:
+    for pid_file in sorted((state_dir / "run").glob("*.pid")):
+        name = pid_file.stem
+        if pid := _running_pid(pid_file):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            for _ in range(100):
+                if _running_pid(pid_file) is None:
+                    break
+                time.sleep(0.1)
+            else:
+                os.killpg(pid, signal.SIGKILL)
+            print(f"{name}: stopped (pid {pid})")
+        pid_file.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("--state-dir", type=Path,
+                        default=Path(os.environ.get("STATE_DIR", DEFAULT_STATE_DIR)))
+    parser.add_argument("--gcs-port", type=int, default=int(os.environ.get("GCS_PORT", DEFAULT_GCS_PORT)))
+    parser.add_argument("--ml-port", type=int, default=int(os.environ.get("ML_PORT", DEFAULT_ML_PORT)))
+    args = parser.parse_args(argv)
+    state_dir = args.state_dir.resolve()
+    if args.action == "start":
+        _start(state_dir, args.gcs_port, args.ml_port)
+    else:
+        _stop(state_dir)
+
+
+if __name__ == "__main__":
+    main()
