@@ -8,6 +8,7 @@ so what the tests run is what users run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -168,10 +169,8 @@ def _stop(state_dir: Path) -> None:
     for pid_file in sorted((state_dir / "run").glob("*.pid")):
         name = pid_file.stem
         if pid := _running_pid(pid_file):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             for _ in range(100):
                 if _running_pid(pid_file) is None:
                     break

@@ -1,0 +1,35 @@
+"""`python -m include.ml_engine_local`: run the local ml/v1 service."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import uvicorn
+
+from include.ml_engine_local.app import create_app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="A local service speaking Google's ml/v1 REST API.")
+    parser.add_argument("--host", default=os.environ.get("ML_ENGINE_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("ML_PORT", "8780")))
+    parser.add_argument("--state-dir", type=Path,
+                        default=Path(os.environ.get("ML_ENGINE_STATE_DIR", ".state/ml_engine")))
+    parser.add_argument("--log-level", default=os.environ.get("ML_ENGINE_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    state_dir = args.state_dir.resolve()
+    logging.getLogger("ml_engine_local").info(
+        "ml/v1 service on http://%s:%d/ (state in %s, GCS %s)", args.host, args.port, state_dir,
+        os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com")
+    uvicorn.run(create_app(state_dir), host=args.host, port=args.port, access_log=False,
+                log_level=args.log_level.lower())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""The HTTP face of the service: ml/v1 paths, Google's error shape, request logs, fault injection.
+
+ml/v1 paths end in custom verbs (`...:predict`, `...:setDefault`) that path
+templates handle badly, so every `/v1/...` request goes through one small
+regex routing table below, which mirrors the discovery document.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from include.ml_engine_local import batch, deploy, jobs, models, operations, pages
+from include.ml_engine_local.context import Context
+from include.ml_engine_local.errors import ApiError, PredictionError, invalid_argument, unimplemented
+from include.ml_engine_local.runtime import BadModel
+
+log = logging.getLogger("ml_engine_local")
+
+PREDICT_LIMIT_BYTES = 1_572_864  # ml/v1's online prediction payload limit (1.5 MB)
+BODY_LIMIT_BYTES = 10 * 1024 * 1024
+_STATUS_NAMES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 409: "ALREADY_EXISTS", 429: "RESOURCE_EXHAUSTED",
+                 500: "INTERNAL", 501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
+                 504: "DEADLINE_EXCEEDED"}
+
+
+@dataclass
+class Call:
+    """One API call: path parameters, query parameters and the raw body."""
+
+    params: dict[str, str]
+    query: dict[str, str]
+    raw: bytes
+
+    def json(self) -> object:
+        if not self.raw.strip():
+            return {}
+        try:
+            return json.loads(self.raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise invalid_argument(f"Invalid JSON payload received. {error}") from None
+
+
+def _page(items: list[dict], key: str, call: Call) -> dict:
+    """pageSize / pageToken over a full list; `{}` when there is nothing, as Google answers."""
+    try:
+        start = int(call.query.get("pageToken") or 0)
+        size = int(call.query.get("pageSize") or 0) or 1000
+    except ValueError:
+        raise invalid_argument("pageToken and pageSize must be integers.") from None
+    if start < 0 or size < 0:
+        raise invalid_argument("pageToken and pageSize must not be negative.")
+    chunk = items[start:start + size]
+    answer: dict = {key: chunk} if chunk else {}
+    if start + size < len(items):
+        answer["nextPageToken"] = str(start + size)
+    return answer
+
+
+def _predict(ctx: Context, call: Call) -> dict:
+    if len(call.raw) > PREDICT_LIMIT_BYTES:
+        raise invalid_argument(f"Request payload size exceeds the limit: {PREDICT_LIMIT_BYTES} bytes.")
+    body = call.json()
+    if not isinstance(body, dict) or "instances" not in body:
+        raise invalid_argument('The request body must be a JSON object with "instances".')
+    version = models.resolve_for_prediction(ctx, call.params["name"])
+    try:
+        loaded = ctx.models.get(version["name"], Path(version["_path"]))
+        signature = loaded.signature(body.get("signature_name") or body.get("signatureName"))
+        return {"predictions": signature(body["instances"], ctx.scratch_dir)}
+    except PredictionError as error:
+        return {"error": str(error)}
+    except BadModel as error:
+        raise ApiError(500, "INTERNAL", f"Version {version['name']} cannot be loaded: {error}") from None
+
+
+P, M, V, OP, J = (f"(?P<{n}>[A-Za-z0-9_.-]+)" for n in ("project", "model", "version", "operation", "job"))
+Handler = Callable[[Context, Call], object]
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("POST", f"projects/{P}/models", lambda c, r: models.create_model(c, r.params["project"], r.json())),
+    ("GET", f"projects/{P}/models",
+     lambda c, r: _page(models.list_models(c, r.params["project"]), "models", r)),
+    ("GET", f"projects/{P}/models/{M}", lambda c, r: models.get_model(c, r.params["project"], r.params["model"])),
+    ("PATCH", f"projects/{P}/models/{M}", lambda c, r: models.patch_model(
+        c, r.params["project"], r.params["model"], r.json(), r.query.get("updateMask"))),
+    ("DELETE", f"projects/{P}/models/{M}",
+     lambda c, r: models.delete_model(c, r.params["project"], r.params["model"])),
+    ("POST", f"(?P<name>projects/{P}/models/{M}):predict", _predict),
+    ("POST", f"projects/{P}/models/{M}/versions",
+     lambda c, r: models.create_version(c, r.params["project"], r.params["model"], r.json())),
+    ("GET", f"projects/{P}/models/{M}/versions", lambda c, r: _page(
+        models.list_versions(c, r.params["project"], r.params["model"]), "versions", r)),
+    ("GET", f"projects/{P}/models/{M}/versions/{V}", lambda c, r: models.with_default_flag(
+        c, models.get_version(c, r.params["project"], r.params["model"], r.params["version"]))),
+    ("PATCH", f"projects/{P}/models/{M}/versions/{V}", lambda c, r: models.patch_version(
+        c, r.params["project"], r.params["model"], r.params["version"], r.json(), r.query.get("updateMask"))),
+    ("DELETE", f"projects/{P}/models/{M}/versions/{V}", lambda c, r: models.delete_version(
+        c, r.params["project"], r.params["model"], r.params["version"])),
+    ("POST", f"projects/{P}/models/{M}/versions/{V}:setDefault", lambda c, r: models.set_default(
+        c, r.params["project"], r.params["model"], r.params["version"])),
+    ("POST", f"(?P<name>projects/{P}/models/{M}/versions/{V}):predict", _predict),
+    ("GET", f"projects/{P}/operations",
+     lambda c, r: _page(operations.list_for(c, r.params["project"]), "operations", r)),
+    ("GET", f"(?P<name>projects/{P}/operations/{OP})", lambda c, r: operations.get(c, r.params["name"])),
+    ("POST", f"(?P<name>projects/{P}/operations/{OP}):cancel", lambda c, r: operations.cancel(c, r.params["name"])),
+    ("POST", f"projects/{P}/jobs", lambda c, r: jobs.create_job(c, r.params["project"], r.json())),
+    ("GET", f"projects/{P}/jobs", lambda c, r: _page(
+        jobs.list_jobs(c, r.params["project"], r.query.get("filter")), "jobs", r)),
+    ("GET", f"projects/{P}/jobs/{J}", lambda c, r: jobs.get_job(c, r.params["project"], r.params["job"])),
+    ("POST", f"projects/{P}/jobs/{J}:cancel",
+     lambda c, r: jobs.cancel_job(c, r.params["project"], r.params["job"])),
+]
+COMPILED = [(method, re.compile(pattern + r"$"), handler) for method, pattern, handler in ROUTES]
+UNIMPLEMENTED = re.compile(r"projects/[^/]+(/.*)?(:explain|:getIamPolicy|:setIamPolicy|:testIamPermissions|"
+                           r":getConfig|/locations.*|/studies.*)$|projects/[^/]+/jobs/[^/:]+$")
+
+
+def dispatch(ctx: Context, method: str, path: str, query: dict[str, str], raw: bytes) -> tuple[int, object]:
+    """Route one /v1 request; ApiError becomes Google's error body."""
+    try:
+        for route_method, pattern, handler in COMPILED:
+            if route_method == method and (match := pattern.match(path)):
+                return 200, handler(ctx, Call(match.groupdict(), query, raw))
+        if UNIMPLEMENTED.match(path):
+            raise unimplemented(f"{method} v1/{path}")
+        raise ApiError(404, "NOT_FOUND", f"Method not found: {method} v1/{path}")
+    except ApiError as error:
+        return error.code, error.body()
+
+
+class FaultInjector:
+    """Test switch: make the next N matching requests fail with a given status."""
+
+    def __init__(self):
+        self._rules: list[dict] = []
+        self._lock = threading.Lock()
+
+    def add(self, rule: dict) -> None:
+        status = int(rule.get("status", 503))
+        with self._lock:
+            self._rules.append({"status": status, "times": int(rule.get("times", 1)),
+                                "method": rule.get("method", "*").upper(),
+                                "path": re.compile(rule.get("path_regex", ".*"))})
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    def take(self, method: str, path: str) -> int | None:
+        with self._lock:
+            for rule in self._rules:
+                if rule["times"] > 0 and rule["method"] in ("*", method) and rule["path"].search(path):
+                    rule["times"] -= 1
+                    return rule["status"]
+        return None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing (400, nothing changed) once it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise invalid_argument(f"Request payload size exceeds the limit: {limit} bytes.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise invalid_argument(f"Request payload size exceeds the limit: {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(state_dir: Path) -> FastAPI:
+    ctx = Context(state_dir=state_dir)
+    faults = FaultInjector()
+    app = FastAPI(title="Local ml/v1 service", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.ctx = ctx
+
+    @app.on_event("startup")
+    def _resume() -> None:
+        deploy.resume(ctx)
+        batch.resume(ctx)
+
+    @app.on_event("shutdown")
+    def _stop() -> None:
+        ctx.shutdown()
+
+    @app.middleware("http")
+    async def _log_requests(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        if request.url.path != "/healthz":
+            log.info("%s %s %d %.1fms", request.method, request.url.path, response.status_code,
+                     (time.perf_counter() - started) * 1000)
+        return response
+
+    @app.get("/healthz")
+    def _health() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/_local/faults")
+    async def _add_fault(request: Request) -> dict:
+        faults.add(await request.json())
+        return {}
+
+    @app.delete("/_local/faults")
+    def _clear_faults() -> dict:
+        faults.clear()
+        return {}
+
+    @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PATCH", "DELETE", "PUT"])
+    async def _v1(path: str, request: Request) -> Response:
+        if (status := faults.take(request.method, request.url.path)) is not None:
+            error = ApiError(status, _STATUS_NAMES.get(status, "UNKNOWN"), f"Injected fault {status}.")
+            return JSONResponse(error.body(), status_code=status)
+        limit = PREDICT_LIMIT_BYTES if path.endswith(":predict") else BODY_LIMIT_BYTES
+        try:
+            raw = await _read_body(request, limit)
+        except ApiError as error:
+            return JSONResponse(error.body(), status_code=error.code)
+        query = dict(request.query_params)
+        status, body = await run_in_threadpool(dispatch, ctx, request.method, path, query, raw)
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/", response_class=HTMLResponse)
+    @app.get("/ui", response_class=HTMLResponse)
+    def _index() -> str:
+        return pages.index(ctx)
+
+    @app.api_route("/ui/{path:path}", methods=["GET", "POST"], response_class=HTMLResponse)
+    async def _page_route(path: str, request: Request) -> HTMLResponse:
+        form = await request.form() if request.method == "POST" else None
+        status, html = await run_in_threadpool(pages.render, ctx, path, form)
+        return HTMLResponse(html, status_code=status)
+
+    return app

@@ -1,0 +1,281 @@
+"""Running batch prediction jobs: stream inputs from GCS, predict in batches, write outputs to GCS.
+
+Memory stays bounded whatever the input size: inputs are read as streams,
+parsed one batch ahead in a reader thread (so parsing overlaps TensorFlow),
+and outputs are written as resumable uploads. Outputs are, as ml/v1 wrote
+them, one `prediction.results-NNNNN-of-MMMMM` (JSON lines) and one
+`prediction.errors_stats-NNNNN-of-MMMMM` per input file; each errors_stats
+line is `('error message', count)`. An instance that fails is counted there
+and the rest of its batch is still predicted.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import queue
+import shutil
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from include.ml_engine_local import gcs, models
+from include.ml_engine_local.context import Context, new_etag, now_rfc3339
+from include.ml_engine_local.errors import ApiError, PredictionError
+from include.ml_engine_local.runtime import BadModel, LoadedModel, Signature
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 5.0
+
+
+class JobFailed(Exception):
+    pass
+
+
+class JobCancelled(Exception):
+    pass
+
+
+class ServiceStopping(Exception):
+    pass
+
+
+@dataclass
+class Totals:
+    predictions: int = 0
+    errors: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def output(self, output_path: str) -> dict:
+        return {
+            "outputPath": output_path,
+            "predictionCount": str(self.predictions),
+            "errorCount": str(self.errors),
+            "nodeHours": round((time.monotonic() - self.started) / 3600, 6),
+        }
+
+
+def submit(ctx: Context, name: str) -> None:
+    ctx.jobs.submit(_run_logged, ctx, name)
+
+
+def _run_logged(ctx: Context, name: str) -> None:
+    try:
+        run(ctx, name)
+    except Exception:
+        log.exception("job %s crashed", name)
+
+
+def _set(ctx: Context, name: str, **changes) -> dict | None:
+    return ctx.store.update(name, lambda doc: doc.update(changes, etag=new_etag()))
+
+
+def run(ctx: Context, name: str) -> None:
+    job = ctx.store.get(name)
+    if job is None:
+        return
+    if job["state"] == "CANCELLING":
+        _set(ctx, name, state="CANCELLED", endTime=now_rfc3339())
+        return
+    prediction_input = job["predictionInput"]
+    output_path = prediction_input["outputPath"].rstrip("/")
+    totals = Totals()
+    _set(ctx, name, state="PREPARING", startTime=now_rfc3339())
+    scratch = ctx.scratch_dir / name.replace("/", "_")
+    try:
+        signature = _load_signature(ctx, prediction_input, scratch)
+        inputs = _expand_inputs(prediction_input["inputPaths"])
+        _set(ctx, name, state="RUNNING")
+        log.info("job %s RUNNING: %d input file(s), batch size %s", name, len(inputs),
+                 prediction_input["batchSize"])
+        for shard, uri in enumerate(inputs):
+            _run_shard(ctx, name, signature, uri, prediction_input, shard, len(inputs), totals, scratch)
+    except JobCancelled:
+        _set(ctx, name, state="CANCELLED", endTime=now_rfc3339(), predictionOutput=totals.output(output_path))
+        log.info("job %s CANCELLED after %d predictions", name, totals.predictions)
+        return
+    except ServiceStopping:
+        log.info("job %s interrupted by shutdown; it restarts when the service starts again", name)
+        return
+    except (JobFailed, gcs.GcsError, BadModel, PredictionError, ApiError) as error:
+        message = error.message if isinstance(error, ApiError) else str(error)
+        _set(ctx, name, state="FAILED", endTime=now_rfc3339(), errorMessage=message,
+             predictionOutput=totals.output(output_path))
+        log.warning("job %s FAILED: %s", name, message)
+        return
+    except Exception as error:
+        _set(ctx, name, state="FAILED", endTime=now_rfc3339(), errorMessage=f"Internal error: {error}",
+             predictionOutput=totals.output(output_path))
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _set(ctx, name, state="SUCCEEDED", endTime=now_rfc3339(), predictionOutput=totals.output(output_path))
+    elapsed = time.monotonic() - totals.started
+    log.info("job %s SUCCEEDED: %d predictions, %d errors in %.1f s (%.0f instances/s) -> %s", name,
+             totals.predictions, totals.errors, elapsed, totals.predictions / max(elapsed, 1e-9), output_path)
+
+
+def _load_signature(ctx: Context, prediction_input: dict, scratch: Path) -> Signature:
+    if prediction_input.get("uri"):
+        target = scratch / "model"
+        if gcs.download_prefix(prediction_input["uri"], target, max_files=1000) == 0:
+            raise JobFailed(f"Model directory {prediction_input['uri']} is empty or does not exist.")
+        loaded = LoadedModel(target)
+    else:
+        version = models.resolve_for_prediction(ctx, prediction_input.get("versionName")
+                                                or prediction_input["modelName"])
+        loaded = ctx.models.get(version["name"], Path(version["_path"]))
+    return loaded.signature(prediction_input.get("signatureName"))
+
+
+def _expand_inputs(patterns: list[str]) -> list[str]:
+    inputs: list[str] = []
+    for pattern in patterns:
+        inputs.extend(gcs.expand_pattern(pattern))
+    if not inputs:
+        raise JobFailed(f"No input files match {patterns}.")
+    return inputs
+
+
+def _records(stream) -> Iterator[bytes]:
+    """TFRecord framing: uint64 length, uint32 crc, data, uint32 crc."""
+    while True:
+        header = stream.read(12)
+        if not header:
+            return
+        if len(header) < 12:
+            raise ValueError("truncated TFRecord header")
+        (length,) = struct.unpack("<Q", header[:8])
+        data = stream.read(length)
+        if len(data) < length or len(stream.read(4)) < 4:
+            raise ValueError("truncated TFRecord record")
+        yield data
+
+
+def _instances(uri: str, data_format: str) -> Iterator[tuple[object, str | None]]:
+    """(instance, None) for each good input and (None, error) for each bad one."""
+    with gcs.open_read(uri) as raw:
+        if data_format in ("JSON", "TEXT"):
+            for number, line in enumerate(raw, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line), None
+                except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                    yield None, f"Failed to parse input line {number} as JSON: {error.__class__.__name__}"
+            return
+        stream = gzip.GzipFile(fileobj=raw) if data_format == "TF_RECORD_GZIP" else raw
+        try:
+            for record in _records(stream):
+                yield record, None
+        except (ValueError, OSError, EOFError) as error:
+            yield None, f"Corrupt TFRecord input: {error}"
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _read_ahead(batches: Iterator[list], stop: threading.Event, depth: int = 2) -> Iterator[list]:
+    """Produce batches in a thread so reading and parsing overlap prediction."""
+    done = object()
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+
+    def produce() -> None:
+        try:
+            for item in batches:
+                while not stop.is_set():
+                    try:
+                        slots.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(done)
+        except BaseException as error:  # handed to the consumer
+            slots.put(error)
+
+    threading.Thread(target=produce, daemon=True, name="batch-reader").start()
+    while True:
+        item = slots.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _predict_batch(signature: Signature, instances: list, errors: Counter, staging: Path) -> list[dict]:
+    """Predict a batch; on an instance-content error, isolate the bad instances one by one."""
+    try:
+        return signature(instances, staging)
+    except PredictionError:
+        rows = []
+        for instance in instances:
+            try:
+                rows.extend(signature([instance], staging))
+            except PredictionError as error:
+                errors[str(error)] += 1
+        return rows
+
+
+def _run_shard(ctx: Context, name: str, signature: Signature, uri: str, prediction_input: dict, shard: int,
+               shards: int, totals: Totals, scratch: Path) -> None:
+    output = prediction_input["outputPath"].rstrip("/")
+    suffix = f"{shard:05d}-of-{shards:05d}"
+    errors: Counter = Counter()
+    cancel, stop_reading = ctx.cancel_event(name), threading.Event()
+    scratch.mkdir(parents=True, exist_ok=True)
+    last_report = time.monotonic()
+    batches = _batches(_instances(uri, prediction_input["dataFormat"]), int(prediction_input["batchSize"]))
+    try:
+        with gcs.open_write(f"{output}/prediction.results-{suffix}") as results:
+            for batch in _read_ahead(batches, stop_reading):
+                if cancel.is_set():
+                    raise JobCancelled()
+                if ctx.stopping.is_set():
+                    raise ServiceStopping()
+                good = [instance for instance, error in batch if error is None]
+                for _, error in batch:
+                    if error is not None:
+                        errors[error] += 1
+                rows = _predict_batch(signature, good, errors, scratch) if good else []
+                if rows:
+                    results.write("\n".join(json.dumps(row) for row in rows) + "\n")
+                totals.predictions += len(rows)
+                totals.errors += len(batch) - len(rows)
+                if time.monotonic() - last_report >= PROGRESS_EVERY_S:
+                    last_report = time.monotonic()
+                    _set(ctx, name, predictionOutput=totals.output(output))
+                    log.info("job %s: %d predictions, %d errors so far (file %d/%d)", name,
+                             totals.predictions, totals.errors, shard + 1, shards)
+    finally:
+        stop_reading.set()
+    with gcs.open_write(f"{output}/prediction.errors_stats-{suffix}") as stats:
+        for message, count in errors.most_common():
+            stats.write(repr((message, count)) + "\n")
+
+
+def resume(ctx: Context) -> None:
+    """After a restart: interrupted jobs run again from the start (outputs are overwritten)."""
+    for job in ctx.store.list("job"):
+        name = job["_name"]
+        if job["state"] == "CANCELLING":
+            _set(ctx, name, state="CANCELLED", endTime=now_rfc3339())
+        elif job["state"] in ("QUEUED", "PREPARING", "RUNNING"):
+            log.info("job %s was %s when the service stopped; running it again", name, job["state"])
+            _set(ctx, name, state="QUEUED")
+            submit(ctx, name)

@@ -1,0 +1,128 @@
+"""GCS access for the service, through google-cloud-storage only.
+
+With STORAGE_EMULATOR_HOST set the client talks to the emulator anonymously;
+otherwise it uses Application Default Credentials against real GCS.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import threading
+from pathlib import Path
+from typing import IO
+
+from google.api_core import exceptions as gexc
+
+_local = threading.local()
+
+
+class GcsError(Exception):
+    """A GCS object or prefix that cannot be read or written, with a readable message."""
+
+
+def client():
+    """One storage client per thread (the client's HTTP session is not thread-safe)."""
+    if getattr(_local, "client", None) is None:
+        from google.cloud import storage
+
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            from google.auth.credentials import AnonymousCredentials
+
+            project = os.environ.get("GOOGLE_CLOUD_PROJECT", "local-project")
+            _local.client = storage.Client(project=project, credentials=AnonymousCredentials())
+        else:
+            _local.client = storage.Client()
+    return _local.client
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """`gs://bucket/a/b` -> ("bucket", "a/b"); anything else is a GcsError."""
+    if not isinstance(uri, str) or not uri.startswith("gs://") or len(uri) <= 5:
+        raise GcsError(f"'{uri}' is not a gs:// URI")
+    bucket, _, path = uri[5:].partition("/")
+    if not bucket:
+        raise GcsError(f"'{uri}' has no bucket")
+    return bucket, path
+
+
+def _translate(uri: str, error: Exception) -> GcsError:
+    if isinstance(error, gexc.NotFound):
+        return GcsError(f"{uri} does not exist")
+    if isinstance(error, gexc.Forbidden):
+        return GcsError(f"no permission to access {uri}")
+    return GcsError(f"cannot access {uri}: {error}")
+
+
+def list_objects(prefix_uri: str, *, limit: int | None = None) -> list[str]:
+    """Names (gs:// URIs) of the objects under a prefix; at most `limit` + 1 are fetched."""
+    bucket, prefix = split_uri(prefix_uri)
+    try:
+        blobs = client().list_blobs(bucket, prefix=prefix, max_results=None if limit is None else limit + 1)
+        return [f"gs://{bucket}/{blob.name}" for blob in blobs if not blob.name.endswith("/")]
+    except gexc.GoogleAPIError as error:
+        raise _translate(prefix_uri, error) from error
+
+
+def expand_pattern(pattern: str) -> list[str]:
+    """Input paths as ml/v1 took them: a file, or a path with a `*` wildcard."""
+    if "*" not in pattern:
+        bucket, path = split_uri(pattern)
+        if not client().bucket(bucket).blob(path).exists():
+            raise GcsError(f"{pattern} does not exist")
+        return [pattern]
+    prefix = pattern[: pattern.index("*")]
+    return sorted(uri for uri in list_objects(prefix) if fnmatch.fnmatchcase(uri, pattern))
+
+
+def download_prefix(prefix_uri: str, dest: Path, *, max_files: int) -> int:
+    """Copy every object under `prefix_uri/` into `dest`, keeping relative paths; returns the count."""
+    prefix_uri = prefix_uri.rstrip("/") + "/"
+    objects = list_objects(prefix_uri, limit=max_files)
+    if len(objects) > max_files:
+        raise GcsError(f"{prefix_uri} holds more than {max_files} files")
+    for uri in objects:
+        relative = uri[len(prefix_uri):]
+        target = dest / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        download_file(uri, target)
+    return len(objects)
+
+
+def download_file(uri: str, target: Path) -> None:
+    bucket, path = split_uri(uri)
+    try:
+        client().bucket(bucket).blob(path).download_to_filename(str(target))
+    except gexc.GoogleAPIError as error:
+        target.unlink(missing_ok=True)
+        raise _translate(uri, error) from error
+
+
+def open_read(uri: str) -> IO[bytes]:
+    """A streaming binary reader (chunks of a few MB, memory bounded)."""
+    bucket, path = split_uri(uri)
+    try:
+        return client().bucket(bucket).blob(path).open("rb", chunk_size=4 * 1024 * 1024)
+    except gexc.GoogleAPIError as error:
+        raise _translate(uri, error) from error
+
+
+def open_write(uri: str) -> IO[str]:
+    """A streaming text writer (resumable upload in chunks)."""
+    bucket, path = split_uri(uri)
+    try:
+        return client().bucket(bucket).blob(path).open("w", chunk_size=4 * 1024 * 1024)
+    except gexc.GoogleAPIError as error:
+        raise _translate(uri, error) from error
+
+
+def stage(uri: str, directory: Path, index: int) -> str:
+    """Copy one object into `directory` (owned by the caller) and return the local path.
+
+    Used for gs:// URLs a model reads inside its graph: TensorFlow's own gs://
+    filesystem cannot be pointed at an emulator, so the service reads the
+    object itself and hands the model a local path.
+    """
+    target = directory / f"{index:06d}_{Path(split_uri(uri)[1]).name}"
+    download_file(uri, target)
+    return str(target)

@@ -1,0 +1,248 @@
+"""projects.models and projects.models.versions: the resource rules of ml/v1."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from include.ml_engine_local import deploy, operations
+from include.ml_engine_local.context import Context, new_etag, now_rfc3339, public
+from include.ml_engine_local.errors import (
+    ApiError,
+    already_exists,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+)
+from include.ml_engine_local.names import check_name, model_name, version_name
+
+log = logging.getLogger(__name__)
+
+BUSY_STATES = ("CREATING", "DELETING", "UPDATING")
+SUPPORTED_FRAMEWORKS = ("TENSORFLOW", "FRAMEWORK_UNSPECIFIED")
+
+
+def _body(body: object) -> dict:
+    if not isinstance(body, dict):
+        raise invalid_argument("The request body must be a JSON object.")
+    return body
+
+
+def _mask(update_mask: str | None, allowed: dict[str, str]) -> list[str]:
+    """Parse updateMask (camelCase or snake_case paths) into canonical field paths."""
+    if not update_mask:
+        raise invalid_argument("Field: update_mask Error: updateMask is required.", "update_mask")
+    fields = []
+    for path in update_mask.split(","):
+        canonical = allowed.get(path.strip())
+        if canonical is None:
+            raise invalid_argument(f"Field: update_mask Error: '{path}' cannot be updated; "
+                                   f"supported: {sorted(set(allowed.values()))}.", "update_mask")
+        fields.append(canonical)
+    return fields
+
+
+# --- models ----------------------------------------------------------------
+
+
+def get_model(ctx: Context, project: str, model: str) -> dict:
+    found = ctx.store.get(model_name(project, model))
+    if found is None:
+        raise not_found(f"Model {model_name(project, model)}")
+    return found
+
+
+def create_model(ctx: Context, project: str, body: object) -> dict:
+    body = _body(body)
+    name = check_name("Model", body.get("name"), "model.name")
+    regions = body.get("regions") or []
+    if not isinstance(regions, list) or len(regions) > 1:
+        raise invalid_argument("Field: model.regions Error: A model may be deployed to at most one region.",
+                               "model.regions")
+    model = {
+        "name": model_name(project, name),
+        "regions": regions or ["us-central1"],
+        "etag": new_etag(),
+    }
+    for optional in ("description", "labels", "onlinePredictionLogging", "onlinePredictionConsoleLogging"):
+        if optional in body:
+            model[optional] = body[optional]
+    with ctx.store.transaction():
+        if ctx.store.get(model["name"]) is not None:
+            raise already_exists("model.name", name)
+        ctx.store.insert(model["name"], "model", f"projects/{project}", model)
+    log.info("created model %s", model["name"])
+    return model
+
+
+def patch_model(ctx: Context, project: str, model: str, body: object, update_mask: str | None) -> dict:
+    body = _body(body)
+    fields = _mask(update_mask, {"description": "description", "labels": "labels",
+                                 "defaultVersion.name": "defaultVersion.name",
+                                 "default_version.name": "defaultVersion.name"})
+    current = get_model(ctx, project, model)
+    changes: dict = {}
+    for path in fields:
+        if path == "defaultVersion.name":
+            target = (body.get("defaultVersion") or {}).get("name", "")
+            short = target.rsplit("/", 1)[-1]
+            version = get_version(ctx, project, model, short)
+            _require_ready(version, "become the default")
+            changes["defaultVersion"] = {"name": version["name"]}
+        else:
+            changes[path] = body.get(path)
+    updated = ctx.store.update(current["name"], lambda doc: doc.update(changes, etag=new_etag()))
+    return operations.finished(ctx, project=project, kind="update", model=model, operation_type="UPDATE_MODEL",
+                               response=updated, response_type=operations.MODEL_TYPE)
+
+
+def delete_model(ctx: Context, project: str, model: str) -> dict:
+    current = get_model(ctx, project, model)
+    with ctx.store.transaction():
+        if ctx.store.list("version", current["name"]):
+            raise failed_precondition(f"Model {current['name']} still has versions; delete them first.")
+        ctx.store.delete(current["name"])
+    log.info("deleted model %s", current["name"])
+    return operations.finished(ctx, project=project, kind="delete", model=model, operation_type="DELETE_MODEL")
+
+
+def list_models(ctx: Context, project: str) -> list[dict]:
+    return ctx.store.list("model", f"projects/{project}")
+
+
+# --- versions --------------------------------------------------------------
+
+
+def with_default_flag(ctx: Context, version: dict) -> dict:
+    """The version as the API shows it: public fields plus isDefault from its model."""
+    model = ctx.store.get(version["name"].rsplit("/versions/", 1)[0]) or {}
+    shown = public(version)
+    shown["isDefault"] = (model.get("defaultVersion") or {}).get("name") == version["name"]
+    if not shown["isDefault"]:
+        shown.pop("isDefault")
+    return shown
+
+
+def get_version(ctx: Context, project: str, model: str, version: str) -> dict:
+    found = ctx.store.get(version_name(project, model, version))
+    if found is None:
+        get_model(ctx, project, model)
+        raise not_found(f"Version {version_name(project, model, version)}")
+    return found
+
+
+def _require_ready(version: dict, action: str) -> None:
+    if version["state"] != "READY":
+        raise failed_precondition(f"Version {version['name']} is {version['state']} and cannot {action}; "
+                                  "it must be READY.")
+
+
+def _require_not_busy(version: dict) -> None:
+    if version["state"] in BUSY_STATES:
+        raise failed_precondition(f"Version {version['name']} is {version['state']}; "
+                                  "wait for the running operation to finish.")
+
+
+def create_version(ctx: Context, project: str, model: str, body: object) -> dict:
+    body = _body(body)
+    parent = get_model(ctx, project, model)
+    short = check_name("Version", body.get("name"), "version.name")
+    uri = body.get("deploymentUri")
+    if not isinstance(uri, str) or not uri.startswith("gs://") or len(uri) <= 5:
+        raise invalid_argument("Field: version.deployment_uri Error: deploymentUri must be a gs:// URI "
+                               "of a SavedModel directory.", "version.deployment_uri")
+    framework = body.get("framework", "TENSORFLOW")
+    if framework not in SUPPORTED_FRAMEWORKS:
+        raise invalid_argument(f"Field: version.framework Error: framework {framework} is not supported by "
+                               "the local service (TENSORFLOW only).", "version.framework")
+    version = {
+        "name": version_name(project, model, short),
+        "deploymentUri": uri,
+        "createTime": now_rfc3339(),
+        "runtimeVersion": body.get("runtimeVersion", "2.11"),
+        "framework": "TENSORFLOW",
+        "pythonVersion": body.get("pythonVersion", "3.7"),
+        "machineType": body.get("machineType", "mls1-c1-m2"),
+        "state": "CREATING",
+        "etag": new_etag(),
+    }
+    for optional in ("description", "labels"):
+        if optional in body:
+            version[optional] = body[optional]
+    with ctx.store.transaction():
+        if ctx.store.get(version["name"]) is not None:
+            raise already_exists("version.name", short)
+        operation = operations.start(ctx, project=project, kind="create", model=model, version=version,
+                                     operation_type="CREATE_VERSION")
+        version["_operation"] = operation["name"]
+        ctx.store.insert(version["name"], "version", parent["name"], version)
+    log.info("creating version %s from %s (operation %s)", version["name"], uri, operation["name"])
+    deploy.submit(ctx, version["name"])
+    return operation
+
+
+def patch_version(ctx: Context, project: str, model: str, version: str, body: object,
+                  update_mask: str | None) -> dict:
+    body = _body(body)
+    fields = _mask(update_mask, {"description": "description", "labels": "labels"})
+    current = get_version(ctx, project, model, version)
+    _require_not_busy(current)
+    changes = {path: body.get(path) for path in fields}
+    updated = ctx.store.update(current["name"], lambda doc: doc.update(changes, etag=new_etag()))
+    return operations.finished(ctx, project=project, kind="update", model=model, version=updated,
+                               operation_type="UPDATE_VERSION", response=updated,
+                               response_type=operations.VERSION_TYPE)
+
+
+def delete_version(ctx: Context, project: str, model: str, version: str) -> dict:
+    current = get_version(ctx, project, model, version)
+    parent = get_model(ctx, project, model)
+    with ctx.store.transaction():
+        _require_not_busy(current)
+        siblings = ctx.store.list("version", parent["name"])
+        is_default = (parent.get("defaultVersion") or {}).get("name") == current["name"]
+        if is_default and len(siblings) > 1:
+            raise failed_precondition(f"Version {current['name']} is the default version of its model and "
+                                      "cannot be deleted while other versions exist; set another default first.")
+        ctx.store.delete(current["name"])
+        if is_default:
+            ctx.store.update(parent["name"], lambda doc: doc.pop("defaultVersion", None))
+    ctx.models.evict(current["name"])
+    local = current.get("_path")
+    if local:
+        shutil.rmtree(Path(local), ignore_errors=True)
+    log.info("deleted version %s", current["name"])
+    return operations.finished(ctx, project=project, kind="delete", model=model, version=current,
+                               operation_type="DELETE_VERSION")
+
+
+def list_versions(ctx: Context, project: str, model: str) -> list[dict]:
+    get_model(ctx, project, model)
+    return [with_default_flag(ctx, v) for v in ctx.store.list("version", model_name(project, model))]
+
+
+def set_default(ctx: Context, project: str, model: str, version: str) -> dict:
+    current = get_version(ctx, project, model, version)
+    _require_ready(current, "become the default")
+    ctx.store.update(model_name(project, model),
+                     lambda doc: doc.update(defaultVersion={"name": current["name"]}, etag=new_etag()))
+    log.info("default version of %s is now %s", model_name(project, model), current["name"])
+    return with_default_flag(ctx, current)
+
+
+def resolve_for_prediction(ctx: Context, name: str) -> dict:
+    """A READY version from `projects/P/models/M` (its default) or `.../versions/V`."""
+    parts = name.split("/")
+    if len(parts) == 4:
+        model = get_model(ctx, parts[1], parts[3])
+        default = (model.get("defaultVersion") or {}).get("name")
+        if not default:
+            raise failed_precondition(f"Model {model['name']} has no default version; create a version first.")
+        version = ctx.store.get(default)
+        if version is None:
+            raise ApiError(404, "NOT_FOUND", f"Default version {default} not found.")
+    else:
+        version = get_version(ctx, parts[1], parts[3], parts[5])
+    _require_ready(version, "serve predictions")
+    return version

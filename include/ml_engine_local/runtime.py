@@ -1,0 +1,216 @@
+"""The TensorFlow runtime: load SavedModels once, turn JSON instances into predictions.
+
+Instances follow ml/v1's rules: with a single input an instance is the value
+itself (or an object keyed by that input's alias); with several inputs it is
+an object keyed by alias. Any `{"b64": "..."}` value is decoded to bytes.
+String inputs whose alias ends in `_url` and whose values are gs:// URLs are
+staged to local files first (see gcs.stage), because TensorFlow's gs://
+filesystem cannot reach an emulator.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from include.ml_engine_local import gcs
+from include.ml_engine_local.errors import PredictionError
+
+log = logging.getLogger(__name__)
+DEFAULT_SIGNATURE = "serving_default"
+
+
+class BadModel(Exception):
+    """A SavedModel that cannot serve: missing files, no `serve` tag, no signature."""
+
+
+@dataclass
+class Signature:
+    """One serving signature: its concrete function and its input specs by alias."""
+
+    function: Any
+    inputs: dict[str, Any]  # alias -> tf.TensorSpec
+
+    def __call__(self, instances: list, staging_dir: Path | None = None) -> list[dict]:
+        return predict(self, instances, staging_dir)
+
+
+class LoadedModel:
+    """A SavedModel loaded with the `serve` tag, its signatures ready to call."""
+
+    def __init__(self, path: Path):
+        import tensorflow as tf
+
+        if not tf.saved_model.contains_saved_model(str(path)):
+            raise BadModel(f"{path.name} is expected to contain exactly one of: "
+                           "[saved_model.pb, saved_model.pbtxt]")
+        try:
+            self._model = tf.saved_model.load(str(path), tags=["serve"])
+        except (RuntimeError, ValueError, OSError, tf.errors.OpError) as error:
+            raise BadModel(f"cannot load the SavedModel with tag 'serve': {error}") from error
+        self.signatures: dict[str, Signature] = {}
+        for name, function in self._model.signatures.items():
+            _, kwargs = function.structured_input_signature
+            self.signatures[name] = Signature(function=function, inputs=dict(kwargs))
+        if not self.signatures:
+            raise BadModel("the SavedModel has no serving signature")
+
+    def signature(self, name: str | None) -> Signature:
+        name = name or DEFAULT_SIGNATURE
+        if name not in self.signatures:
+            raise PredictionError(f"The model has no signature '{name}'; "
+                                  f"it has {sorted(self.signatures)}.")
+        return self.signatures[name]
+
+
+class ModelCache:
+    """Loaded models by version name; each is loaded once, however many requests arrive."""
+
+    def __init__(self):
+        self._models: dict[str, LoadedModel] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, key: str, path: Path) -> LoadedModel:
+        model = self._models.get(key)
+        if model is not None:
+            return model
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._models:
+                log.info("loading SavedModel %s from %s", key, path)
+                self._models[key] = LoadedModel(path)
+            return self._models[key]
+
+    def evict(self, key: str) -> None:
+        self._models.pop(key, None)
+
+
+def _decode_b64(value: Any) -> Any:
+    """Replace every `{"b64": "..."}` by its bytes, recursively."""
+    if isinstance(value, dict):
+        if set(value) == {"b64"}:
+            try:
+                return base64.b64decode(value["b64"], validate=True)
+            except (binascii.Error, TypeError, ValueError) as error:
+                raise PredictionError(f"Invalid base64 value: {error}") from None
+        raise PredictionError(f"Unexpected object {sorted(value)[:5]} where a value was expected.")
+    if isinstance(value, list):
+        return [_decode_b64(item) for item in value]
+    return value
+
+
+def _columns(instances: list, inputs: dict[str, Any]) -> dict[str, list]:
+    """Instances (rows) -> one list of values per input alias (columns)."""
+    if not isinstance(instances, list) or not instances:
+        raise PredictionError("'instances' must be a non-empty list.")
+    aliases = list(inputs)
+    columns: dict[str, list] = {alias: [] for alias in aliases}
+    for index, instance in enumerate(instances):
+        if len(aliases) == 1:
+            alias = aliases[0]
+            if isinstance(instance, dict) and set(instance) == {alias}:
+                instance = instance[alias]
+            columns[alias].append(_decode_b64(instance))
+            continue
+        if not isinstance(instance, dict):
+            raise PredictionError(f"Instance {index} must be an object keyed by the model's inputs "
+                                  f"{aliases}, got {type(instance).__name__}.")
+        missing = [alias for alias in aliases if alias not in instance]
+        unknown = [key for key in instance if key not in inputs]
+        if missing or unknown:
+            raise PredictionError(f"Instance {index} does not match the model's inputs {aliases}: "
+                                  f"missing {missing}, unexpected {unknown}.")
+        for alias in aliases:
+            columns[alias].append(_decode_b64(instance[alias]))
+    return columns
+
+
+def _tensor(alias: str, values: list, spec: Any) -> np.ndarray:
+    """One input column as an array of the spec's dtype and a compatible shape."""
+    if spec.dtype.name == "string":
+        array = np.empty(len(values), dtype=object)
+        for i, value in enumerate(values):
+            if isinstance(value, str):
+                value = value.encode("utf-8")
+            elif not isinstance(value, bytes):
+                raise PredictionError(f"Input '{alias}' expects strings or {{\"b64\": ...}}, "
+                                      f"got {type(value).__name__}.")
+            array[i] = value
+        if spec.shape.rank not in (None, 1):
+            raise PredictionError(f"Input '{alias}' of rank {spec.shape.rank} is not supported.")
+    else:
+        try:
+            array = np.asarray(values, dtype=spec.dtype.as_numpy_dtype)
+        except (ValueError, TypeError) as error:
+            raise PredictionError(f"Input '{alias}' cannot be read as {spec.dtype.name} "
+                                  f"(ragged or non-numeric values): {error}") from None
+    if not spec.shape.is_compatible_with(array.shape):
+        raise PredictionError(f"Input '{alias}' has shape {list(array.shape)[1:]} per batch of "
+                              f"{array.shape[0] if array.ndim else 0}, the model expects "
+                              f"{spec.shape.as_list()[1:]}.")
+    return array
+
+
+def _stage_urls(alias: str, values: list, staging_dir: Path) -> list:
+    if not alias.endswith("_url"):
+        return values
+    staged = []
+    for index, value in enumerate(values):
+        if isinstance(value, str) and value.startswith("gs://"):
+            try:
+                value = gcs.stage(value, staging_dir, index)
+            except gcs.GcsError as error:
+                raise PredictionError(f"Input '{alias}': {error}") from None
+        staged.append(value)
+    return staged
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, list):
+        return [_json_value(item) for item in value]
+    return value
+
+
+def predict(signature: Signature, instances: list, staging_dir: Path | None = None) -> list[dict]:
+    """Run one batch of instances; raise PredictionError for anything the instances got wrong."""
+    import tensorflow as tf
+
+    columns = _columns(instances, signature.inputs)
+    with tempfile.TemporaryDirectory(dir=staging_dir) as tmp:
+        feeds = {}
+        for alias, values in columns.items():
+            spec = signature.inputs[alias]
+            if spec.dtype.name == "string":
+                values = _stage_urls(alias, values, Path(tmp))
+            feeds[alias] = tf.constant(_tensor(alias, values, spec), dtype=spec.dtype)
+        try:
+            outputs = signature.function(**feeds)
+        except (tf.errors.OpError, ValueError, TypeError) as error:
+            message = getattr(error, "message", None) or str(error)
+            raise PredictionError(f"Prediction failed: {message.strip().splitlines()[0]}") from None
+    count = len(instances)
+    rows: list[dict] = [{} for _ in range(count)]
+    for alias, tensor in outputs.items():
+        array = tensor.numpy()
+        if array.ndim == 0 or array.shape[0] != count:
+            raise PredictionError(f"Output '{alias}' is not batched (shape {list(array.shape)}).")
+        values = array.tolist()
+        needs_conversion = array.dtype == object
+        for row, value in zip(rows, values, strict=True):
+            row[alias] = _json_value(value) if needs_conversion else value
+    return rows

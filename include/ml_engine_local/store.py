@@ -1,0 +1,99 @@
+"""Durable state of the service: every resource is one JSON document in SQLite.
+
+Models, versions, operations and jobs are stored as the exact JSON bodies the
+API returns, keyed by their full resource name, so a restart (even kill -9)
+finds them all again. Writes are serialised by one lock; SQLite runs in WAL
+mode with synchronous=NORMAL, enough for a local service.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS resources (
+    name    TEXT PRIMARY KEY,
+    kind    TEXT NOT NULL,
+    parent  TEXT NOT NULL,
+    created REAL NOT NULL,
+    body    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS resources_by_parent ON resources (kind, parent, created);
+"""
+
+
+class Store:
+    """A tiny document store: get / put / update / delete / list by (kind, parent)."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Store]:
+        """Hold the write lock across several calls (check-then-write without races)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def get(self, name: str) -> dict | None:
+        with self._lock:
+            row = self._db.execute("SELECT body FROM resources WHERE name = ?", (name,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def insert(self, name: str, kind: str, parent: str, body: dict) -> dict:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO resources (name, kind, parent, created, body) VALUES (?, ?, ?, ?, ?)",
+                (name, kind, parent, time.time(), json.dumps(body)),
+            )
+        return body
+
+    def put(self, name: str, body: dict) -> dict:
+        with self._lock:
+            self._db.execute("UPDATE resources SET body = ? WHERE name = ?", (json.dumps(body), name))
+        return body
+
+    def update(self, name: str, change: Callable[[dict], None]) -> dict | None:
+        """Read, change in place and write back one document atomically; None if it is gone."""
+        with self._lock:
+            body = self.get(name)
+            if body is None:
+                return None
+            change(body)
+            return self.put(name, body)
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM resources WHERE name = ?", (name,))
+
+    def list(self, kind: str, parent: str | None = None) -> list[dict]:
+        """Documents of one kind (under one parent), oldest first."""
+        with self._lock:
+            if parent is None:
+                rows = self._db.execute(
+                    "SELECT body FROM resources WHERE kind = ? ORDER BY created", (kind,)).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT body FROM resources WHERE kind = ? AND parent = ? ORDER BY created",
+                    (kind, parent)).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,78 @@
+"""Tiny SavedModels the tests export themselves (nothing is downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def export_tiny_model(local_dir: Path, *, factor: float = 2.0) -> Path:
+    """Two inputs (`x` float32 [None, 2], `key` string [None]) -> `y` = factor * sum(x), `key`.
+
+    A negative x[0] fails inside the graph (an assertion), which is how tests
+    produce an instance-content prediction error.
+    """
+    import tensorflow as tf
+
+    class Tiny(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x"),
+                                      tf.TensorSpec([None], tf.string, name="key")])
+        def serve(self, x, key):
+            check = tf.debugging.assert_non_negative(x[:, 0], message="x[0] must not be negative")
+            with tf.control_dependencies([check]):
+                y = tf.reduce_sum(x, axis=1) * factor
+            return {"y": y, "key": tf.identity(key)}
+
+    module = Tiny()
+    tf.saved_model.save(module, str(local_dir), signatures={"serving_default": module.serve})
+    return local_dir
+
+
+def export_single_input_model(local_dir: Path) -> Path:
+    """One input (`x` float32 [None, 3]) -> `total` = sum(x): instances are plain lists."""
+    import tensorflow as tf
+
+    class Single(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+        def serve(self, x):
+            return {"total": tf.reduce_sum(x, axis=1)}
+
+    module = Single()
+    tf.saved_model.save(module, str(local_dir), signatures={"serving_default": module.serve})
+    return local_dir
+
+
+def export_bytes_model(local_dir: Path) -> Path:
+    """`image_bytes` (JPEG, sent as {"b64": ...}) and `key` -> mean pixel brightness, `key`; also a
+    second signature `examples` reading a serialized tf.Example with `image/encoded` and `key`."""
+    import tensorflow as tf
+
+    def brightness(jpegs):
+        images = tf.map_fn(lambda b: tf.cast(tf.io.decode_jpeg(b, channels=3), tf.float32) / 255.0, jpegs,
+                           fn_output_signature=tf.TensorSpec([None, None, 3], tf.float32))
+        return tf.reduce_mean(images, axis=[1, 2, 3])
+
+    class Images(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes"),
+                                      tf.TensorSpec([None], tf.string, name="key")])
+        def serve(self, image_bytes, key):
+            return {"brightness": brightness(image_bytes), "key": tf.identity(key)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        def from_examples(self, examples):
+            spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
+                    "key": tf.io.FixedLenFeature([], tf.string)}
+            parsed = tf.io.parse_example(examples, spec)
+            return {"brightness": brightness(parsed["image/encoded"]), "key": parsed["key"]}
+
+    module = Images()
+    tf.saved_model.save(module, str(local_dir),
+                        signatures={"serving_default": module.serve, "examples": module.from_examples})
+    return local_dir
+
+
+def upload_dir(bucket, local_dir: Path, prefix: str) -> str:
+    """Upload every file under `local_dir` to `gs://BUCKET/prefix/...`; returns that URI."""
+    for path in sorted(Path(local_dir).rglob("*")):
+        if path.is_file():
+            bucket.blob(f"{prefix}/{path.relative_to(local_dir).as_posix()}").upload_from_filename(str(path))
+    return f"gs://{bucket.name}/{prefix}"
