@@ -1,0 +1,702 @@
+"""Operators for the ml/v1 API: models, versions, default version, batch and online prediction.
+
+Every operator is safe to re-run: names are normalised deterministically
+(:mod:`ml_engine.names`) and the hook resolves a 409 to the existing resource when
+it matches, so a cleared task converges on the same version or job. Long waits
+(version creation, version deletion, batch jobs) can defer to the triggerer with
+``deferrable=True``; ``on_kill`` cancels the remote operation or job.
+
+The endpoint comes from the connection (see :mod:`ml_engine.hooks`) unless the
+``endpoint`` argument names one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import AirflowException, conf
+from airflow.providers.google.cloud.operators.cloud_base import GoogleCloudBaseOperator
+
+from ml_engine.hooks import JOB_TERMINAL_STATES, MLEngineHook, describe_job
+from ml_engine.links import MLEngineJobLink, MLEngineVersionLink
+from ml_engine.names import (
+    model_path,
+    normalize_job_id,
+    normalize_version_id,
+    short_name,
+    version_path,
+)
+from ml_engine.triggers import MLEngineJobTrigger, MLEngineOperationTrigger
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import Context
+
+
+class _MLEngineBaseOperator(GoogleCloudBaseOperator):
+    """Connection arguments and the hook shared by all ml/v1 operators."""
+
+    def __init__(
+        self,
+        *,
+        project_id: str | None = None,
+        gcp_conn_id: str = "google_cloud_default",
+        impersonation_chain: str | Sequence[str] | None = None,
+        endpoint: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.project_id = project_id
+        self.gcp_conn_id = gcp_conn_id
+        self.impersonation_chain = impersonation_chain
+        self.endpoint = endpoint
+
+    @cached_property
+    def hook(self) -> MLEngineHook:
+        return self._new_hook()
+
+    def _new_hook(self) -> MLEngineHook:
+        return MLEngineHook(
+            gcp_conn_id=self.gcp_conn_id, impersonation_chain=self.impersonation_chain, endpoint=self.endpoint
+        )
+
+    def _project(self) -> str:
+        project_id = self.project_id or self.hook.project_id
+        if not project_id:
+            raise AirflowException(
+                "No project id: pass project_id or set the 'project' extra of connection "
+                f"{self.gcp_conn_id!r}"
+            )
+        return project_id
+
+    def _trigger_kwargs(self, *, poll_interval: float, timeout: float | None) -> dict[str, Any]:
+        return {
+            "gcp_conn_id": self.gcp_conn_id,
+            "impersonation_chain": self.impersonation_chain,
+            "endpoint": self.hook.endpoint,
+            "poll_interval": poll_interval,
+            "timeout": timeout,
+        }
+
+
+class MLEngineCreateModelOperator(_MLEngineBaseOperator):
+    """
+    Create a model, or return the existing one of that name.
+
+    :param model: The model resource, at least {"name": ...} (templated).
+    :param project_id: Project; defaults to the connection's project (templated).
+    :param gcp_conn_id: The connection ID to use connecting to Google Cloud.
+    :param impersonation_chain: Optional service account to impersonate (templated).
+    :param endpoint: ml/v1 base URL overriding the connection (templated).
+    :return: the model resource (XCom return_value).
+    """
+
+    template_fields: Sequence[str] = ("model", "project_id", "gcp_conn_id", "impersonation_chain", "endpoint")
+
+    def __init__(self, *, model: dict, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+
+    def execute(self, context: Context) -> dict:
+        return self.hook.create_model(project_id=self._project(), model=self.model)
+
+
+class MLEngineCreateVersionOperator(_MLEngineBaseOperator):
+    """
+    Create a model version and wait until it is READY.
+
+    The version name is normalised to an ml/v1 id. A version of that name that
+    already exists is reused when it deploys the same deploymentUri, runtimeVersion,
+    framework and pythonVersion (so a re-run converges), and is an error otherwise.
+    The task fails with the version's errorMessage if the version ends FAILED.
+
+    :param model_name: The model's id (templated).
+    :param version: The version resource: name, deploymentUri, runtimeVersion, framework,
+        pythonVersion, ... (templated).
+    :param wait_timeout: Seconds to wait for READY before failing.
+    :param poll_interval: First interval between status polls, in seconds (it grows).
+    :param deferrable: Wait in the triggerer instead of the worker.
+    :param project_id: Project; defaults to the connection's project (templated).
+    :param gcp_conn_id: The connection ID to use connecting to Google Cloud.
+    :param impersonation_chain: Optional service account to impersonate (templated).
+    :param endpoint: ml/v1 base URL overriding the connection (templated).
+    :return: the version resource (XCom return_value); XCom ``version_name`` holds the short id.
+    """
+
+    template_fields: Sequence[str] = (
+        "model_name",
+        "version",
+        "project_id",
+        "gcp_conn_id",
+        "impersonation_chain",
+        "endpoint",
+    )
+    operator_extra_links = (MLEngineVersionLink(),)
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        version: dict,
+        wait_timeout: float | None = 3600,
+        poll_interval: float = 10,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model_name = model_name
+        self.version = version
+        self.wait_timeout = wait_timeout
+        self.poll_interval = poll_interval
+        self.deferrable = deferrable
+        self._operation_name: str | None = None
+
+    def _version_spec(self) -> dict:
+        if not isinstance(self.version, dict) or not self.version.get("name"):
+            raise AirflowException("version must be a dict with at least 'name' and 'deploymentUri'")
+        return {**self.version, "name": normalize_version_id(self.version["name"])}
+
+    def execute(self, context: Context) -> dict:
+        project_id = self._project()
+        spec = self._version_spec()
+        context["ti"].xcom_push(key="version_name", value=spec["name"])
+        MLEngineVersionLink.persist(
+            context,
+            endpoint=self.hook.endpoint,
+            project_id=project_id,
+            model_name=self.model_name,
+            version_name=spec["name"],
+        )
+        operation, _version = self.hook.begin_create_version(
+            project_id=project_id, model_name=self.model_name, version_spec=spec
+        )
+        if operation is not None and not operation.get("done"):
+            self._operation_name = operation["name"]
+            if self.deferrable:
+                self.defer(
+                    trigger=MLEngineOperationTrigger(
+                        operation_name=operation["name"],
+                        **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
+                    ),
+                    method_name="execute_complete",
+                )
+            self.hook.wait_for_operation(
+                operation_name=operation["name"], timeout=self.wait_timeout, poll_interval=self.poll_interval
+            )
+        return self._finish(project_id, spec["name"], operation)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict:
+        if event.get("status") != "success":
+            raise AirflowException(event.get("message", f"Waiting for the version failed: {event}"))
+        return self._finish(self._project(), self._version_spec()["name"], event.get("operation"))
+
+    def _finish(self, project_id: str, version_name: str, operation: dict | None) -> dict:
+        """Wait out CREATING (a reused version may still be building) and judge the final state."""
+        version = self.hook.wait_for_version(
+            project_id=project_id,
+            model_name=self.model_name,
+            version_name=version_name,
+            timeout=self.wait_timeout,
+            poll_interval=self.poll_interval,
+        )
+        name = version_path(project_id, self.model_name, version_name)
+        if version is None:
+            self.hook.raise_for_operation(operation)
+            raise AirflowException(f"Version {name} does not exist after its creation finished")
+        if version.get("state") == "FAILED":
+            raise AirflowException(
+                f"Version {name} FAILED: {version.get('errorMessage') or 'no errorMessage given'}. "
+                "Fix the cause, delete the version, then re-run."
+            )
+        if version.get("state") != "READY":
+            raise AirflowException(f"Version {name} ended in state {version.get('state')}, not READY")
+        self.log.info("Version %s is READY (deploymentUri %s)", name, version.get("deploymentUri"))
+        return version
+
+    def on_kill(self) -> None:
+        """Cancel the create operation, so a killed task does not leave a version half made."""
+        if self._operation_name:
+            try:
+                self._new_hook().cancel_operation(operation_name=self._operation_name)
+            except Exception:
+                self.log.exception("Could not cancel operation %s", self._operation_name)
+
+
+class MLEngineSetDefaultVersionOperator(_MLEngineBaseOperator):
+    """
+    Make a version the model's default (promotion), remembering the previous default.
+
+    :param model_name: The model's id (templated).
+    :param version_name: The version to promote; normalised to an ml/v1 id (templated).
+    :param project_id: Project; defaults to the connection's project (templated).
+    :param gcp_conn_id: The connection ID to use connecting to Google Cloud.
+    :param impersonation_chain: Optional service account to impersonate (templated).
+    :param endpoint: ml/v1 base URL overriding the connection (templated).
+    :return: the promoted version resource (XCom return_value). XCom ``previous_default_version``
+        holds the short id of the version that was default before, for a rollback to restore;
+        it is None when the model had no default or the version already was the default
+        (a re-run), so a rollback never "restores" the version it is rolling back from.
+    """
+
+    template_fields: Sequence[str] = (
+        "model_name",
+        "version_name",
+        "project_id",
+        "gcp_conn_id",
+        "impersonation_chain",
+        "endpoint",
+    )
+    operator_extra_links = (MLEngineVersionLink(),)
+
+    def __init__(self, *, model_name: str, version_name: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model_name = model_name
+        self.version_name = version_name
+
+    def execute(self, context: Context) -> dict:
+        project_id = self._project()
+        version_name = normalize_version_id(self.version_name)
+        model = self.hook.get_model(project_id=project_id, model_name=self.model_name)
+        if model is None:
+            raise AirflowException(f"Model {model_path(project_id, self.model_name)} does not exist")
+        previous = (model.get("defaultVersion") or {}).get("name")
+        target = version_path(project_id, self.model_name, version_name)
+        previous_id = short_name(previous) if previous and previous != target else None
+        if previous == target:
+            self.log.info("Version %s already is the default; nothing to change", target)
+        else:
+            self.log.info("Default version of %s: %s -> %s", self.model_name, previous, target)
+        context["ti"].xcom_push(key="previous_default_version", value=previous_id)
+        MLEngineVersionLink.persist(
+            context,
+            endpoint=self.hook.endpoint,
+            project_id=project_id,
+            model_name=self.model_name,
+            version_name=version_name,
+        )
+        return self.hook.set_default_version(
+            project_id=project_id, model_name=self.model_name, version_name=version_name
+        )
+
+
+class MLEngineDeleteVersionOperator(_MLEngineBaseOperator):
+    """
+    Delete a version and wait until it is gone; a version that does not exist is already done.
+
+    :param model_name: The model's id (templated).
+    :param version_name: The version to delete; normalised to an ml/v1 id (templated).
+    :param wait_timeout: Seconds to wait for the delete operation.
+    :param poll_interval: First interval between status polls, in seconds (it grows).
+    :param deferrable: Wait in the triggerer instead of the worker.
+    :param project_id: Project; defaults to the connection's project (templated).
+    :param gcp_conn_id: The connection ID to use connecting to Google Cloud.
+    :param impersonation_chain: Optional service account to impersonate (templated).
+    :param endpoint: ml/v1 base URL overriding the connection (templated).
+    :return: the short id of the deleted version, or None if it did not exist.
+    """
+
+    template_fields: Sequence[str] = (
+        "model_name",
+        "version_name",
+        "project_id",
+        "gcp_conn_id",
+        "impersonation_chain",
+        "endpoint",
+    )
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        version_name: str,
+        wait_timeout: float | None = 600,
+        poll_interval: float = 2,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model_name = model_name
+        self.version_name = version_name
+        self.wait_timeout = wait_timeout
+        self.poll_interval = poll_interval
+        self.deferrable = deferrable
+
+    def execute(self, context: Context) -> str | None:
+        project_id = self._project()
+        version_name = normalize_version_id(self.version_name)
+        operation = self.hook.delete_version(
+            project_id=project_id, model_name=self.model_name, version_name=version_name, wait=False
+        )
+        if operation is None:
+            return None
+        if not operation.get("done"):
+            if self.deferrable:
+                self.defer(
+                    trigger=MLEngineOperationTrigger(
+                        operation_name=operation["name"],
+                        **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
+                    ),
+                    method_name="execute_complete",
+                )
+            operation = self.hook.wait_for_operation(
+                operation_name=operation["name"], timeout=self.wait_timeout, poll_interval=self.poll_interval
+            )
+        self.hook.raise_for_operation(operation)
+        self.log.info("Deleted version %s", version_path(project_id, self.model_name, version_name))
+        return version_name
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
+        if event.get("status") != "success":
+            raise AirflowException(event.get("message", f"Waiting for the delete failed: {event}"))
+        self.hook.raise_for_operation(event.get("operation"))
+        return normalize_version_id(self.version_name)
+
+
+class MLEngineListVersionsOperator(_MLEngineBaseOperator):
+    """
+    List every version of a model (all pages), oldest first.
+
+    :param model_name: The model's id (templated).
+    :param project_id: Project; defaults to the connection's project (templated).
+    :param gcp_conn_id: The connection ID to use connecting to Google Cloud.
+    :param impersonation_chain: Optional service account to impersonate (templated).
+    :param endpoint: ml/v1 base URL overriding the connection (templated).
+    :return: the list of version resources (XCom return_value).
+    """
+
+    template_fields: Sequence[str] = ("model_name", "project_id", "gcp_conn_id", "impersonation_chain", "endpoint")
+
+    def __init__(self, *, model_name: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model_name = model_name
+
+    def execute(self, context: Context) -> list[dict]:
+        versions = self.hook.list_versions(project_id=self._project(), model_name=self.model_name)
+        versions.sort(key=lambda v: (v.get("createTime") or "", v.get("name") or ""))
+        self.log.info("Model %s has %s version(s)", self.model_name, len(versions))
+        return versions
+
+
+class MLEngineStartBatchPredictionJobOperator(_MLEngineBaseOperator):
+    """
+    Run a batch prediction job and wait for it to finish.
+
+    The job id is normalised to an ml/v1 id; an existing job of that id is reused when
+    its predictionInput matches (a re-run waits for, or reads, the same job). The task
+    fails when the job ends FAILED or CANCELLED, or when errorCount / predictionCount
+    exceeds ``max_error_rate``.
+
+    Exactly one model source: ``uri`` (a SavedModel in GCS), or ``model_name`` with an
+    optional ``version_name`` (without it, the model's default version).
+
+    :param job_id: Job id, e.g. "batch_{{ ts_nodash }}" (templated).
+    :param region: Region to run the job in (templated).
+    :param data_format: Input format: JSON, TEXT, TF_RECORD, TF_RECORD_GZIP or CSV (templated).
+    :param input_paths: gs:// input files, wildcards allowed (templated).
+    :param output_path: gs:// prefix for prediction.results-* and prediction.errors_stats-* (templated).
+    :param model_name: The model's id (templated).
+    :param version_name: The version's id (templated).
+    :param uri: gs:// SavedModel directory, instead of a deployed model (templated).
+    :param max_worker_count: Most workers the job may use.
+    :param runtime_version: Runtime version (with ``uri``) (templated).
+    :param signature_name: Serving signature; defaults to serving_default (templated).
+    :param batch_size: Instances per batch the service sends through the model.
+    :param output_data_format: Output format; JSON by default (templated).
+    :param labels: Job labels (templated).
+    :param max_error_rate: Fail when errorCount / predictionCount is above this; None: no check.
+    :param wait_timeout: Seconds to wait for the job before failing.
+    :param poll_interval: First interval between status polls, in seconds (it grows).
+    :param deferrable: Wait in the triggerer instead of the worker.
+    :param project_id: Project; defaults to the connection's project (templated).
+    :param gcp_conn_id: The connection ID to use connecting to Google Cloud.
+    :param impersonation_chain: Optional service account to impersonate (templated).
+    :param endpoint: ml/v1 base URL overriding the connection (templated).
+    :return: the job's predictionOutput (outputPath, predictionCount, errorCount, nodeHours)
+        as XCom return_value; XCom ``job_id`` holds the normalised job id.
+    """
+
+    template_fields: Sequence[str] = (
+        "job_id",
+        "region",
+        "data_format",
+        "input_paths",
+        "output_path",
+        "model_name",
+        "version_name",
+        "uri",
+        "runtime_version",
+        "signature_name",
+        "output_data_format",
+        "labels",
+        "project_id",
+        "gcp_conn_id",
+        "impersonation_chain",
+        "endpoint",
+    )
+    operator_extra_links = (MLEngineJobLink(),)
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        region: str,
+        data_format: str,
+        input_paths: list[str],
+        output_path: str,
+        model_name: str | None = None,
+        version_name: str | None = None,
+        uri: str | None = None,
+        max_worker_count: int | None = None,
+        runtime_version: str | None = None,
+        signature_name: str | None = None,
+        batch_size: int | None = None,
+        output_data_format: str | None = None,
+        labels: dict[str, str] | None = None,
+        max_error_rate: float | None = None,
+        wait_timeout: float | None = 24 * 3600,
+        poll_interval: float = 10,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.job_id = job_id
+        self.region = region
+        self.data_format = data_format
+        self.input_paths = input_paths
+        self.output_path = output_path
+        self.model_name = model_name
+        self.version_name = version_name
+        self.uri = uri
+        self.max_worker_count = max_worker_count
+        self.runtime_version = runtime_version
+        self.signature_name = signature_name
+        self.batch_size = batch_size
+        self.output_data_format = output_data_format
+        self.labels = labels
+        self.max_error_rate = max_error_rate
+        self.wait_timeout = wait_timeout
+        self.poll_interval = poll_interval
+        self.deferrable = deferrable
+        self._job_id: str | None = None
+        self._project_id: str | None = None
+
+    def _job_body(self, project_id: str) -> dict:
+        if bool(self.uri) == bool(self.model_name):
+            raise AirflowException("Give exactly one model source: uri, or model_name (with version_name)")
+        if self.version_name and not self.model_name:
+            raise AirflowException("version_name needs model_name")
+        paths = [self.input_paths] if isinstance(self.input_paths, str) else list(self.input_paths or [])
+        if not paths:
+            raise AirflowException("input_paths is empty")
+        prediction_input: dict[str, Any] = {
+            "dataFormat": self.data_format,
+            "inputPaths": paths,
+            "outputPath": self.output_path,
+            "region": self.region,
+        }
+        if self.uri:
+            prediction_input["uri"] = self.uri
+        elif self.version_name:
+            prediction_input["versionName"] = version_path(
+                project_id, self.model_name, normalize_version_id(self.version_name)
+            )
+        else:
+            prediction_input["modelName"] = model_path(project_id, self.model_name)
+        optional = {
+            "maxWorkerCount": self.max_worker_count,
+            "runtimeVersion": self.runtime_version,
+            "signatureName": self.signature_name,
+            "batchSize": self.batch_size,
+            "outputDataFormat": self.output_data_format,
+        }
+        for key, value in optional.items():
+            if value not in (None, ""):
+                # int64 fields travel as strings in ml/v1 JSON.
+                prediction_input[key] = str(value) if isinstance(value, int) else value
+        body: dict[str, Any] = {"jobId": normalize_job_id(self.job_id), "predictionInput": prediction_input}
+        if self.labels:
+            body["labels"] = self.labels
+        return body
+
+    def execute(self, context: Context) -> dict:
+        project_id = self._project()
+        body = self._job_body(project_id)
+        job_id = body["jobId"]
+        context["ti"].xcom_push(key="job_id", value=job_id)
+        MLEngineJobLink.persist(context, endpoint=self.hook.endpoint, project_id=project_id, job_id=job_id)
+        job = self.hook.create_job(project_id=project_id, job=body)
+        if job.get("state") not in JOB_TERMINAL_STATES:
+            self._job_id, self._project_id = job_id, project_id
+            if self.deferrable:
+                self.defer(
+                    trigger=MLEngineJobTrigger(
+                        project_id=project_id,
+                        job_id=job_id,
+                        **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
+                    ),
+                    method_name="execute_complete",
+                )
+            job = self.hook.wait_for_job(
+                project_id=project_id, job_id=job_id, timeout=self.wait_timeout, poll_interval=self.poll_interval
+            )
+        return self._check_job(job)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict:
+        if event.get("status") != "success":
+            raise AirflowException(event.get("message", f"Waiting for the job failed: {event}"))
+        return self._check_job(event["job"])
+
+    def _check_job(self, job: dict) -> dict:
+        job_id = job.get("jobId")
+        state = job.get("state")
+        if state != "SUCCEEDED":
+            raise AirflowException(
+                f"Batch prediction job {job_id} ended {state}: {job.get('errorMessage') or 'no errorMessage'}"
+            )
+        output = job.get("predictionOutput") or {}
+        predictions = int(output.get("predictionCount") or 0)
+        errors = int(output.get("errorCount") or 0)
+        self.log.info("Job %s SUCCEEDED: %s; output %s", job_id, describe_job(job), output.get("outputPath"))
+        if self.max_error_rate is not None:
+            rate = errors / predictions if predictions else (float("inf") if errors else 0.0)
+            if rate > self.max_error_rate:
+                raise AirflowException(
+                    f"Batch prediction job {job_id}: {errors} error(s) for {predictions} prediction(s) "
+                    f"(rate {rate:.3g}) exceeds max_error_rate {self.max_error_rate}; "
+                    f"see {output.get('outputPath')}/prediction.errors_stats-*"
+                )
+        return output
+
+    def on_kill(self) -> None:
+        """Cancel the remote job, so a killed task does not leave it running."""
+        if self._job_id:
+            try:
+                self._new_hook().cancel_job(project_id=self._project_id, job_id=self._job_id)
+            except Exception:
+                self.log.exception("Could not cancel job %s", self._job_id)
+
+
+class MLEnginePredictOperator(_MLEngineBaseOperator):
+    """
+    Send a few instances for online prediction and check the answer (a smoke test).
+
+    Instances are given inline or read from a JSON-lines file in GCS (one instance per
+    line, e.g. {"image_bytes": {"b64": "..."}, "key": "id1"}). They go out in requests of
+    ``batch_size`` so each request stays under the online size limit. The task fails when
+    the service answers {"error": ...} or returns a different number of predictions.
+
+    :param model_name: The model's id (templated).
+    :param version_name: The version's id; without it, the model's default version (templated).
+    :param instances: Instances given inline (templated).
+    :param instances_uri: gs://bucket/path of a JSON-lines instance file (templated).
+    :param signature_name: Serving signature; defaults to serving_default (templated).
+    :param batch_size: Instances per predict request.
+    :param max_instances: Most instances accepted: predictions come back through XCom.
+    :param project_id: Project; defaults to the connection's project (templated).
+    :param gcp_conn_id: The connection ID to use connecting to Google Cloud (and GCS).
+    :param impersonation_chain: Optional service account to impersonate (templated).
+    :param endpoint: ml/v1 base URL overriding the connection (templated).
+    :return: the list of predictions, in instance order (XCom return_value).
+    """
+
+    template_fields: Sequence[str] = (
+        "model_name",
+        "version_name",
+        "instances",
+        "instances_uri",
+        "signature_name",
+        "project_id",
+        "gcp_conn_id",
+        "impersonation_chain",
+        "endpoint",
+    )
+    operator_extra_links = (MLEngineVersionLink(),)
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        version_name: str | None = None,
+        instances: list | None = None,
+        instances_uri: str | None = None,
+        signature_name: str | None = None,
+        batch_size: int = 32,
+        max_instances: int = 1000,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model_name = model_name
+        self.version_name = version_name
+        self.instances = instances
+        self.instances_uri = instances_uri
+        self.signature_name = signature_name
+        self.batch_size = batch_size
+        self.max_instances = max_instances
+
+    def _read_instances(self) -> list:
+        if (self.instances is None) == (not self.instances_uri):
+            raise AirflowException("Give exactly one of instances or instances_uri")
+        if self.instances is not None:
+            instances = self.instances
+            if isinstance(instances, str):
+                instances = json.loads(instances)
+            return list(instances)
+        from airflow.providers.google.cloud.hooks.gcs import GCSHook, _parse_gcs_url
+
+        bucket, blob = _parse_gcs_url(self.instances_uri)
+        gcs = GCSHook(gcp_conn_id=self.gcp_conn_id, impersonation_chain=self.impersonation_chain)
+        text = gcs.download(bucket_name=bucket, object_name=blob).decode("utf-8")
+        instances = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                instances.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise AirflowException(f"{self.instances_uri} line {number} is not JSON: {err}") from err
+        return instances
+
+    def execute(self, context: Context) -> list:
+        project_id = self._project()
+        instances = self._read_instances()
+        if not instances:
+            raise AirflowException("No instances to predict")
+        if len(instances) > self.max_instances:
+            raise AirflowException(
+                f"{len(instances)} instances exceed max_instances={self.max_instances}: this operator is "
+                "for smoke tests; use MLEngineStartBatchPredictionJobOperator for bulk prediction"
+            )
+        version_name = normalize_version_id(self.version_name) if self.version_name else None
+        if version_name:
+            MLEngineVersionLink.persist(
+                context,
+                endpoint=self.hook.endpoint,
+                project_id=project_id,
+                model_name=self.model_name,
+                version_name=version_name,
+            )
+        target = version_path(project_id, self.model_name, version_name) if version_name else model_path(
+            project_id, self.model_name
+        )
+        predictions: list = []
+        step = max(int(self.batch_size), 1)
+        for start in range(0, len(instances), step):
+            chunk = instances[start : start + step]
+            response = self.hook.predict(
+                project_id=project_id,
+                model_name=self.model_name,
+                version_name=version_name,
+                instances=chunk,
+                signature_name=self.signature_name,
+            )
+            got = response["predictions"]
+            if len(got) != len(chunk):
+                raise AirflowException(
+                    f"{target} returned {len(got)} predictions for {len(chunk)} instances "
+                    f"(instances {start}..{start + len(chunk) - 1})"
+                )
+            predictions.extend(got)
+        self.log.info("%s predicted %s instance(s); first: %s", target, len(predictions), predictions[:1])
+        return predictions

@@ -1,0 +1,176 @@
+"""Deferrable waits for ml/v1 long-running operations and jobs.
+
+The triggers only read (operations.get, jobs.get): they have no side effects, so
+the triggerer may run, restart or duplicate them safely. serialize() carries every
+argument, including the connection id and the resolved endpoint, so the triggerer
+talks to the same service as the worker even when its environment differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from ml_engine.hooks import JOB_TERMINAL_STATES, MLEngineAsyncHook, describe_job
+
+
+class _MLEnginePollTrigger(BaseTrigger):
+    """Shared poll loop: growing intervals up to max_poll_interval, optional timeout."""
+
+    def __init__(
+        self,
+        *,
+        gcp_conn_id: str = "google_cloud_default",
+        impersonation_chain: str | Sequence[str] | None = None,
+        endpoint: str | None = None,
+        poll_interval: float = 10,
+        max_poll_interval: float = 60,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.gcp_conn_id = gcp_conn_id
+        self.impersonation_chain = impersonation_chain
+        self.endpoint = endpoint
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self.timeout = timeout
+
+    def _common_kwargs(self) -> dict[str, Any]:
+        return {
+            "gcp_conn_id": self.gcp_conn_id,
+            "impersonation_chain": self.impersonation_chain,
+            "endpoint": self.endpoint,
+            "poll_interval": self.poll_interval,
+            "max_poll_interval": self.max_poll_interval,
+            "timeout": self.timeout,
+        }
+
+    def _get_async_hook(self) -> MLEngineAsyncHook:
+        return MLEngineAsyncHook(
+            gcp_conn_id=self.gcp_conn_id,
+            impersonation_chain=self.impersonation_chain,
+            endpoint=self.endpoint,
+        )
+
+    async def _sleep_or_time_out(self, start: float, interval: float) -> float | None:
+        """Sleep before the next poll; None when the timeout has passed."""
+        elapsed = time.monotonic() - start
+        if self.timeout is not None and elapsed >= self.timeout:
+            return None
+        if self.timeout is not None:
+            interval = min(interval, max(self.timeout - elapsed, 0.1))
+        await asyncio.sleep(interval)
+        return min(interval * 1.5, self.max_poll_interval)
+
+
+class MLEngineOperationTrigger(_MLEnginePollTrigger):
+    """
+    Wait until an ml/v1 Operation (version create/delete, model delete) is done.
+
+    Yields {"status": "success", "operation": {...}} when done (the operation may
+    carry an error for the operator to report), {"status": "error", "message": ...}
+    on a failure to poll or a timeout.
+
+    :param operation_name: Full operation name, projects/P/operations/O.
+    :param gcp_conn_id: The connection ID to use connecting to Google Cloud.
+    :param impersonation_chain: Optional service account to impersonate.
+    :param endpoint: ml/v1 base URL (None: from the connection/environment).
+    :param poll_interval: First interval between polls, in seconds; grows by 1.5x.
+    :param max_poll_interval: Longest interval between polls, in seconds.
+    :param timeout: Seconds after which the wait fails (None: no limit).
+    """
+
+    def __init__(self, *, operation_name: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.operation_name = operation_name
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "ml_engine.triggers.MLEngineOperationTrigger",
+            {"operation_name": self.operation_name, **self._common_kwargs()},
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = self._get_async_hook()
+        start = time.monotonic()
+        interval: float | None = self.poll_interval
+        try:
+            while interval is not None:
+                operation = await hook.get_operation(operation_name=self.operation_name)
+                elapsed = time.monotonic() - start
+                self.log.info(
+                    "Operation %s: %s (%.0f s elapsed)",
+                    self.operation_name,
+                    "done" if operation.get("done") else "running",
+                    elapsed,
+                )
+                if operation.get("done"):
+                    yield TriggerEvent({"status": "success", "operation": operation})
+                    return
+                interval = await self._sleep_or_time_out(start, interval)
+        except Exception as err:
+            self.log.exception("Polling operation %s failed", self.operation_name)
+            yield TriggerEvent({"status": "error", "message": f"Polling {self.operation_name} failed: {err}"})
+            return
+        yield TriggerEvent(
+            {
+                "status": "error",
+                "message": f"Operation {self.operation_name} not done within {self.timeout} s",
+            }
+        )
+
+
+class MLEngineJobTrigger(_MLEnginePollTrigger):
+    """
+    Wait until an ml/v1 job reaches SUCCEEDED, FAILED or CANCELLED.
+
+    QUEUED, PREPARING, RUNNING and CANCELLING are waited through. Yields
+    {"status": "success", "job": {...}} on any terminal state (the operator judges
+    the outcome), {"status": "error", "message": ...} on a failure to poll or a timeout.
+
+    :param project_id: Project of the job.
+    :param job_id: Short job id.
+    :param gcp_conn_id: The connection ID to use connecting to Google Cloud.
+    :param impersonation_chain: Optional service account to impersonate.
+    :param endpoint: ml/v1 base URL (None: from the connection/environment).
+    :param poll_interval: First interval between polls, in seconds; grows by 1.5x.
+    :param max_poll_interval: Longest interval between polls, in seconds.
+    :param timeout: Seconds after which the wait fails (None: no limit).
+    """
+
+    def __init__(self, *, project_id: str, job_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.project_id = project_id
+        self.job_id = job_id
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "ml_engine.triggers.MLEngineJobTrigger",
+            {"project_id": self.project_id, "job_id": self.job_id, **self._common_kwargs()},
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = self._get_async_hook()
+        start = time.monotonic()
+        interval: float | None = self.poll_interval
+        try:
+            while interval is not None:
+                job = await hook.get_job(project_id=self.project_id, job_id=self.job_id)
+                self.log.info(
+                    "Job %s: %s (%.0f s elapsed)", self.job_id, describe_job(job), time.monotonic() - start
+                )
+                if job.get("state") in JOB_TERMINAL_STATES:
+                    yield TriggerEvent({"status": "success", "job": job})
+                    return
+                interval = await self._sleep_or_time_out(start, interval)
+        except Exception as err:
+            self.log.exception("Polling job %s failed", self.job_id)
+            yield TriggerEvent({"status": "error", "message": f"Polling job {self.job_id} failed: {err}"})
+            return
+        yield TriggerEvent(
+            {"status": "error", "message": f"Job {self.job_id} not finished within {self.timeout} s"}
+        )
