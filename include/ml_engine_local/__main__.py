@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("ml_engine_local").info(
         "ml/v1 service on http://%s:%d/ (state in %s, GCS %s)", args.host, args.port, state_dir,
         os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com")
-    uvicorn.run(create_app(state_dir), host=args.host, port=args.port, access_log=False,
+    # A long keep-alive: httplib2 (googleapiclient) reuses idle connections and fails on a closed one.
+    uvicorn.run(create_app(state_dir), host=args.host, port=args.port, access_log=False, timeout_keep_alive=600,
                 log_level=args.log_level.lower())
 
 

@@ -186,6 +186,18 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+_TRACE_NOISE = ("Graph execution error", "Detected at node", "File ", "[[", "defined at", "Traceback")
+
+
+def _tf_message(error: Exception) -> str:
+    """The line of a TensorFlow error that says what went wrong, without the graph stack."""
+    text = getattr(error, "message", None) or str(error)
+    lines = [line.strip() for line in text.splitlines()]
+    useful = [line for line in lines if line and not any(noise in line for noise in _TRACE_NOISE)
+              and not line.startswith(("|", "^", "\\"))]
+    return (useful[-1] if useful else lines[0])[:500]
+
+
 def predict(signature: Signature, instances: list, staging_dir: Path | None = None) -> list[dict]:
     """Run one batch of instances; raise PredictionError for anything the instances got wrong."""
     import tensorflow as tf
@@ -201,8 +213,7 @@ def predict(signature: Signature, instances: list, staging_dir: Path | None = No
         try:
             outputs = signature.function(**feeds)
         except (tf.errors.OpError, ValueError, TypeError) as error:
-            message = getattr(error, "message", None) or str(error)
-            raise PredictionError(f"Prediction failed: {message.strip().splitlines()[0]}") from None
+            raise PredictionError(f"Prediction failed: {_tf_message(error)}") from None
     count = len(instances)
     rows: list[dict] = [{} for _ in range(count)]
     for alias, tensor in outputs.items():

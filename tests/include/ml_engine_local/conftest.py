@@ -1,0 +1,66 @@
+"""Fixtures for the service tests: SavedModels exported here, deployed through the real API."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from tests.savedmodels import export_bytes_model, export_single_input_model, export_tiny_model, upload_dir
+
+PROJECT = "test-project"
+PARENT = f"projects/{PROJECT}"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def wait_operation(api, name: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        operation = api.projects().operations().get(name=name).execute()
+        if operation.get("done"):
+            return operation
+        time.sleep(0.2)
+    raise TimeoutError(f"operation {name} not done after {timeout} s")
+
+
+def wait_job(api, job_id: str, timeout: float = 120, states=("SUCCEEDED", "FAILED", "CANCELLED")) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api.projects().jobs().get(name=f"{PARENT}/jobs/{job_id}").execute()
+        if job["state"] in states:
+            return job
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} not in {states} after {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def model_uris(bucket, tmp_path_factory) -> dict[str, str]:
+    """gs:// URIs of the test SavedModels: tiny (x, key), single (x), images (image_bytes, key)."""
+    root = tmp_path_factory.mktemp("savedmodels")
+    return {
+        "tiny": upload_dir(bucket, export_tiny_model(root / "tiny"), "savedmodels/tiny"),
+        "tiny3": upload_dir(bucket, export_tiny_model(root / "tiny3", factor=3.0), "savedmodels/tiny3"),
+        "single": upload_dir(bucket, export_single_input_model(root / "single"), "savedmodels/single"),
+        "images": upload_dir(bucket, export_bytes_model(root / "images"), "savedmodels/images"),
+    }
+
+
+@pytest.fixture(scope="session")
+def deploy(ml_api, model_uris):
+    """deploy(kind) -> (model_name, version_name) of a new model whose first version is READY."""
+
+    def _deploy(kind: str = "tiny", model: str | None = None, version: str = "v1") -> tuple[str, str]:
+        model = model or unique(f"m_{kind}")
+        models = ml_api.projects().models()
+        models.create(parent=PARENT, body={"name": model}).execute()
+        operation = models.versions().create(
+            parent=f"{PARENT}/models/{model}", body={"name": version, "deploymentUri": model_uris[kind]}).execute()
+        done = wait_operation(ml_api, operation["name"])
+        assert "error" not in done, done
+        return f"{PARENT}/models/{model}", f"{PARENT}/models/{model}/versions/{version}"
+
+    return _deploy

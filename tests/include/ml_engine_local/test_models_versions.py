@@ -1,0 +1,199 @@
+"""Models, versions and operations through googleapiclient: life cycle and every refusal."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from googleapiclient.errors import HttpError
+
+from .conftest import PARENT, unique, wait_operation
+
+
+def error_of(excinfo) -> dict:
+    return json.loads(excinfo.value.content)["error"]
+
+
+def test_model_create_get_list_patch_delete(ml_api):
+    models = ml_api.projects().models()
+    name = unique("lifecycle")
+    created = models.create(parent=PARENT, body={"name": name, "description": "d", "regions": ["europe-west1"]}).execute()
+    assert created["name"] == f"{PARENT}/models/{name}"
+    assert created["regions"] == ["europe-west1"]
+    assert models.get(name=created["name"]).execute()["description"] == "d"
+    listed = [m["name"] for m in models.list(parent=PARENT).execute()["models"]]
+    assert created["name"] in listed
+
+    operation = models.patch(name=created["name"], body={"description": "new"}, updateMask="description").execute()
+    assert operation["done"] is True and operation["response"]["description"] == "new"
+    assert models.get(name=created["name"]).execute()["description"] == "new"
+
+    deleted = models.delete(name=created["name"]).execute()
+    assert deleted["done"] is True and deleted["metadata"]["operationType"] == "DELETE_MODEL"
+    with pytest.raises(HttpError) as excinfo:
+        models.get(name=created["name"]).execute()
+    assert excinfo.value.resp.status == 404
+
+
+def test_model_refusals(ml_api):
+    models = ml_api.projects().models()
+    name = unique("dup")
+    models.create(parent=PARENT, body={"name": name}).execute()
+    with pytest.raises(HttpError) as excinfo:
+        models.create(parent=PARENT, body={"name": name}).execute()
+    error = error_of(excinfo)
+    assert error["code"] == 409 and error["status"] == "ALREADY_EXISTS"
+    assert error["details"][0]["fieldViolations"][0]["field"] == "model.name"
+
+    for bad in ("1starts_with_digit", "has-dash", "x" * 129, ""):
+        with pytest.raises(HttpError) as excinfo:
+            models.create(parent=PARENT, body={"name": bad}).execute()
+        assert error_of(excinfo)["status"] == "INVALID_ARGUMENT", bad
+
+    with pytest.raises(HttpError) as excinfo:
+        models.create(parent=PARENT, body={"name": unique("regions"), "regions": ["a", "b"]}).execute()
+    assert "at most one region" in error_of(excinfo)["message"]
+
+    with pytest.raises(HttpError) as excinfo:
+        models.patch(name=f"{PARENT}/models/{name}", body={"name": "x"}, updateMask="name").execute()
+    assert error_of(excinfo)["status"] == "INVALID_ARGUMENT"
+
+
+def test_list_pagination_and_empty(ml_api):
+    project = f"projects/{unique('p')}"
+    models = ml_api.projects().models()
+    assert models.list(parent=project).execute() == {}
+    names = [unique("page") for _ in range(5)]
+    for name in names:
+        models.create(parent=project, body={"name": name}).execute()
+    first = models.list(parent=project, pageSize=2).execute()
+    assert len(first["models"]) == 2 and first["nextPageToken"]
+    seen, request = [], models.list(parent=project, pageSize=2)
+    while request is not None:
+        response = request.execute()
+        seen += [m["name"].rsplit("/", 1)[-1] for m in response.get("models", [])]
+        request = models.list_next(request, response)
+    assert seen == names
+
+
+def test_version_lifecycle_default_and_delete_rules(ml_api, deploy, model_uris):
+    model, first = deploy("tiny")
+    versions = ml_api.projects().models().versions()
+    got = versions.get(name=first).execute()
+    assert got["state"] == "READY" and got["isDefault"] is True
+    assert ml_api.projects().models().get(name=model).execute()["defaultVersion"]["name"] == first
+
+    operation = versions.create(parent=model, body={"name": "v2", "deploymentUri": model_uris["tiny3"],
+                                                     "labels": {"val_iou": "0_5"}}).execute()
+    assert operation["name"].startswith(f"{PARENT}/operations/create_{model.rsplit('/', 1)[-1]}_v2-")
+    metadata = operation["metadata"]
+    assert metadata["@type"] == "type.googleapis.com/google.cloud.ml.v1.OperationMetadata"
+    assert metadata["operationType"] == "CREATE_VERSION" and metadata["version"]["state"] == "CREATING"
+    done = wait_operation(ml_api, operation["name"])
+    assert done["response"]["state"] == "READY"
+    second = f"{model}/versions/v2"
+    assert "isDefault" not in versions.get(name=second).execute()
+
+    # the default cannot be deleted while others exist
+    with pytest.raises(HttpError) as excinfo:
+        versions.delete(name=first).execute()
+    assert error_of(excinfo)["status"] == "FAILED_PRECONDITION"
+
+    switched = versions.setDefault(name=second, body={}).execute()
+    assert switched["isDefault"] is True
+    assert ml_api.projects().models().get(name=model).execute()["defaultVersion"]["name"] == second
+
+    patched = versions.patch(name=second, body={"description": "better"}, updateMask="description").execute()
+    assert patched["done"] and patched["response"]["description"] == "better"
+    assert versions.get(name=second).execute()["labels"] == {"val_iou": "0_5"}
+
+    # model delete refused while versions exist
+    with pytest.raises(HttpError) as excinfo:
+        ml_api.projects().models().delete(name=model).execute()
+    assert error_of(excinfo)["status"] == "FAILED_PRECONDITION"
+
+    assert versions.delete(name=first).execute()["done"] is True
+    listed = versions.list(parent=model).execute()["versions"]
+    assert [v["name"] for v in listed] == [second]
+    # the last version (the default) may go, and the model then has no default
+    versions.delete(name=second).execute()
+    assert "defaultVersion" not in ml_api.projects().models().get(name=model).execute()
+    assert versions.list(parent=model).execute() == {}
+    ml_api.projects().models().delete(name=model).execute()
+
+
+def test_version_refusals(ml_api, deploy, model_uris):
+    model, first = deploy("tiny")
+    versions = ml_api.projects().models().versions()
+    with pytest.raises(HttpError) as excinfo:
+        versions.create(parent=model, body={"name": "v1", "deploymentUri": model_uris["tiny"]}).execute()
+    assert error_of(excinfo)["code"] == 409
+    with pytest.raises(HttpError) as excinfo:
+        versions.create(parent=model, body={"name": "v-bad", "deploymentUri": model_uris["tiny"]}).execute()
+    assert error_of(excinfo)["status"] == "INVALID_ARGUMENT"
+    with pytest.raises(HttpError) as excinfo:
+        versions.create(parent=model, body={"name": "v3", "deploymentUri": "/local/path"}).execute()
+    assert "deployment_uri" in error_of(excinfo)["message"]
+    with pytest.raises(HttpError) as excinfo:
+        versions.create(parent=f"{PARENT}/models/nope", body={"name": "v1", "deploymentUri": "gs://b/x"}).execute()
+    assert excinfo.value.resp.status == 404
+    with pytest.raises(HttpError) as excinfo:
+        versions.get(name=f"{model}/versions/nope").execute()
+    assert excinfo.value.resp.status == 404
+    with pytest.raises(HttpError) as excinfo:
+        versions.patch(name=first, body={"deploymentUri": "gs://x/y"}, updateMask="deploymentUri").execute()
+    assert error_of(excinfo)["status"] == "INVALID_ARGUMENT"
+
+
+def test_bad_artifacts_end_failed_with_message(ml_api, bucket, gcs_prefix):
+    models = ml_api.projects().models()
+    model = unique("badart")
+    models.create(parent=PARENT, body={"name": model}).execute()
+    bucket.blob(f"{gcs_prefix}/junk/readme.txt").upload_from_string("not a model")
+    cases = {"empty": f"gs://{bucket.name}/{gcs_prefix}/nothing_here",
+             "junk": f"gs://{bucket.name}/{gcs_prefix}/junk"}
+    for version, uri in cases.items():
+        operation = models.versions().create(parent=f"{PARENT}/models/{model}",
+                                             body={"name": version, "deploymentUri": uri}).execute()
+        done = wait_operation(ml_api, operation["name"])
+        assert "saved_model.pb" in done["error"]["message"]
+        got = models.versions().get(name=f"{PARENT}/models/{model}/versions/{version}").execute()
+        assert got["state"] == "FAILED" and got["errorMessage"].startswith("Create Version failed")
+    # no READY version, so no default
+    assert "defaultVersion" not in models.get(name=f"{PARENT}/models/{model}").execute()
+
+
+def test_too_many_files_fails(ml_api, bucket, gcs_prefix):
+    for i in range(1001):
+        bucket.blob(f"{gcs_prefix}/many/f{i:04d}").upload_from_string(b"")
+    models = ml_api.projects().models()
+    model = unique("many")
+    models.create(parent=PARENT, body={"name": model}).execute()
+    operation = models.versions().create(parent=f"{PARENT}/models/{model}", body={
+        "name": "v1", "deploymentUri": f"gs://{bucket.name}/{gcs_prefix}/many"}).execute()
+    assert "more than 1000 files" in wait_operation(ml_api, operation["name"])["error"]["message"]
+
+
+def test_operations_list_and_cancel_of_done(ml_api, deploy):
+    model, _ = deploy("tiny")
+    listed = ml_api.projects().operations().list(name=PARENT).execute()["operations"]
+    mine = [op for op in listed if op["metadata"]["modelName"] == model]
+    assert mine and all(op["done"] for op in mine)
+    assert ml_api.projects().operations().cancel(name=mine[0]["name"]).execute() == {}
+    with pytest.raises(HttpError) as excinfo:
+        ml_api.projects().operations().get(name=f"{PARENT}/operations/nope").execute()
+    assert excinfo.value.resp.status == 404
+
+
+def test_unimplemented_methods_answer_501(ml_api, deploy):
+    model, _ = deploy("tiny")
+    with pytest.raises(HttpError) as excinfo:
+        ml_api.projects().models().getIamPolicy(resource=model).execute()
+    assert error_of(excinfo) == {"code": 501, "status": "UNIMPLEMENTED", "message": error_of(excinfo)["message"]}
+    with pytest.raises(HttpError) as excinfo:
+        ml_api.projects().explain(name=model, body={}).execute()
+    assert excinfo.value.resp.status == 501
+    with pytest.raises(HttpError) as excinfo:
+        ml_api.projects().jobs().create(parent=PARENT, body={"jobId": unique("train"),
+                                                             "trainingInput": {}}).execute()
+    assert excinfo.value.resp.status == 501
