@@ -166,16 +166,20 @@ class FaultInjector:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (400, nothing changed) once it passes `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise invalid_argument(f"Request payload size exceeds the limit: {limit} bytes.")
+    """The body, refusing (400, nothing changed) once it passes `limit` bytes.
+
+    An oversize body is still read to its end (and thrown away) so the client
+    gets the error instead of a broken pipe.
+    """
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise invalid_argument(f"Request payload size exceeds the limit: {limit} bytes.")
-        chunks.append(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif chunks:
+            chunks.clear()
+    if size > limit:
+        raise invalid_argument(f"Request payload size exceeds the limit: {limit} bytes.")
     return b"".join(chunks)
 
 

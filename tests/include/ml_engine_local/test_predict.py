@@ -1,0 +1,156 @@
+"""Online prediction through the client everyone copied from Google's docs (predict_json)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+from googleapiclient.errors import HttpError
+
+from .conftest import PARENT, unique, wait_operation
+
+
+def predict_json(api, name: str, instances: list) -> list:
+    """The ml/v1 sample client, unchanged in substance."""
+    response = api.projects().predict(name=name, body={"instances": instances}).execute()
+    if "error" in response:
+        raise RuntimeError(response["error"])
+    return response["predictions"]
+
+
+def jpeg(brightness: int) -> bytes:
+    import tensorflow as tf
+
+    return tf.io.encode_jpeg(np.full((8, 8, 3), brightness, dtype=np.uint8), quality=95).numpy()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(deploy) -> str:
+    return deploy("tiny")[0]
+
+
+def test_named_inputs_model_and_version_paths(ml_api, deploy):
+    model, version = deploy("tiny")
+    instances = [{"x": [1.0, 2.0], "key": "a"}, {"x": [3.0, 4.0], "key": "b"}]
+    expected = [{"y": 6.0, "key": "a"}, {"y": 14.0, "key": "b"}]
+    assert predict_json(ml_api, model, instances) == expected  # the default version
+    assert predict_json(ml_api, version, instances) == expected
+
+
+def test_single_input_plain_lists(ml_api, deploy):
+    model, _ = deploy("single")
+    assert predict_json(ml_api, model, [[1, 2, 3], [0.5, 0.5, 0]]) == [{"total": 6.0}, {"total": 1.0}]
+    assert predict_json(ml_api, model, [{"x": [1, 1, 1]}]) == [{"total": 3.0}]
+
+
+def test_b64_bytes_and_signature_name(ml_api, deploy):
+    import tensorflow as tf
+
+    model, _ = deploy("images")
+    dark, bright = jpeg(20), jpeg(230)
+    predictions = predict_json(ml_api, model, [
+        {"image_bytes": {"b64": base64.b64encode(dark).decode()}, "key": "dark"},
+        {"image_bytes": {"b64": base64.b64encode(bright).decode()}, "key": "bright"},
+    ])
+    assert [p["key"] for p in predictions] == ["dark", "bright"]
+    assert predictions[0]["brightness"] < 0.15 < 0.85 < predictions[1]["brightness"]
+
+    example = tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[bright])),
+        "key": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"ex1"]))})).SerializeToString()
+    response = ml_api.projects().predict(name=model, body={
+        "instances": [{"b64": base64.b64encode(example).decode()}], "signature_name": "examples"}).execute()
+    assert response["predictions"][0]["key"] == "ex1"
+    assert response["predictions"][0]["brightness"] == pytest.approx(predictions[1]["brightness"], abs=1e-6)
+
+
+@pytest.mark.parametrize(("instances", "fragment"), [
+    ([{"x": [1.0], "key": "a"}], "shape"),
+    ([{"x": [1.0, 2.0]}], "missing ['key']"),
+    ([{"x": [1.0, 2.0], "key": "a", "extra": 1}], "unexpected ['extra']"),
+    ([[1.0, 2.0]], "must be an object"),
+    ([{"x": ["a", "b"], "key": "a"}], "cannot be read as float32"),
+    ([{"x": [-1.0, 2.0], "key": "a"}], "must not be negative"),
+    ([], "non-empty list"),
+])
+def test_instance_errors_answer_error_field(ml_api, tiny_model, instances, fragment):
+    response = ml_api.projects().predict(name=tiny_model, body={"instances": instances}).execute()
+    assert set(response) == {"error"} and fragment in response["error"], response
+
+
+def test_unknown_signature_is_an_error_field(ml_api, deploy):
+    model, _ = deploy("tiny")
+    response = ml_api.projects().predict(name=model, body={"instances": [{"x": [1, 2], "key": "a"}],
+                                                           "signature_name": "nope"}).execute()
+    assert "no signature 'nope'" in response["error"]
+
+
+def _post(url: str, data: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_request_level_faults_use_google_error_shape(ml_api, ml_service, deploy):
+    model, _ = deploy("tiny")
+    url = f"{ml_service.url}v1/{model}:predict"
+    status, body = _post(url, b"{not json")
+    assert status == 400 and body["error"]["status"] == "INVALID_ARGUMENT"
+    assert "Invalid JSON payload" in body["error"]["message"]
+    status, body = _post(url, json.dumps({"instances": [{"x": [1, 2], "key": "k" * 2_000_000}]}).encode())
+    assert status == 400 and "payload size exceeds the limit: 1572864" in body["error"]["message"]
+    status, body = _post(url, b'{"no_instances": 1}')
+    assert status == 400
+    with pytest.raises(HttpError) as excinfo:
+        ml_api.projects().predict(name=f"{PARENT}/models/nope", body={"instances": [1]}).execute()
+    assert excinfo.value.resp.status == 404
+    with pytest.raises(HttpError) as excinfo:
+        ml_api.projects().predict(name=f"{model}/versions/nope", body={"instances": [1]}).execute()
+    assert excinfo.value.resp.status == 404
+
+
+def test_not_ready_and_no_default_are_failed_precondition(ml_api, bucket, gcs_prefix):
+    models = ml_api.projects().models()
+    model = unique("noready")
+    models.create(parent=PARENT, body={"name": model}).execute()
+    with pytest.raises(HttpError) as excinfo:
+        ml_api.projects().predict(name=f"{PARENT}/models/{model}", body={"instances": [1]}).execute()
+    assert excinfo.value.resp.status == 400 and b"no default version" in excinfo.value.content
+    operation = models.versions().create(parent=f"{PARENT}/models/{model}", body={
+        "name": "broken", "deploymentUri": f"gs://{bucket.name}/{gcs_prefix}/missing"}).execute()
+    wait_operation(ml_api, operation["name"])
+    with pytest.raises(HttpError) as excinfo:
+        ml_api.projects().predict(name=f"{PARENT}/models/{model}/versions/broken",
+                                  body={"instances": [1]}).execute()
+    assert excinfo.value.resp.status == 400 and b"FAILED_PRECONDITION" in excinfo.value.content
+
+
+def test_injected_faults_then_recovery(ml_api, ml_service, deploy):
+    model, _ = deploy("tiny")
+    _post(f"{ml_service.url}_local/faults", json.dumps({"status": 503, "times": 1, "method": "POST",
+                                                         "path_regex": ":predict$"}).encode())
+    with pytest.raises(HttpError) as excinfo:
+        ml_api.projects().predict(name=model, body={"instances": [{"x": [1, 2], "key": "a"}]}).execute()
+    assert excinfo.value.resp.status == 503
+    assert predict_json(ml_api, model, [{"x": [1, 2], "key": "a"}]) == [{"y": 6.0, "key": "a"}]
+
+
+def test_version_page_and_upload_form(ml_service, deploy):
+    _, version = deploy("images")
+    with urllib.request.urlopen(f"{ml_service.url}ui/{version}") as response:
+        page = response.read().decode()
+    assert "READY" in page and "type='file'" in page
+    boundary = "----testboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + jpeg(200) + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{ml_service.url}ui/{version}", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request) as response:
+        page = response.read().decode()
+    assert "<h2>Prediction</h2>" in page and "brightness" in page
