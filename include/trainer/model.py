@@ -72,10 +72,16 @@ def build_model(image_size: int, *, filters: int = 24) -> keras.Model:
     return keras.Model(inputs, outputs, name="bright_region_heatmap")
 
 
-def compile_model(model: keras.Model, *, learning_rate: float) -> keras.Model:
-    """Cross-entropy + Dice on the soft heatmap, with IoU reported each epoch."""
+def compile_model(model: keras.Model, *, learning_rate: float, decay_steps: int | None = None) -> keras.Model:
+    """Cross-entropy + Dice on the soft heatmap, with IoU reported each epoch.
+
+    With `decay_steps` (the whole run's steps) the rate follows a cosine down to
+    ~0, so the last epochs settle instead of bouncing around the plateau.
+    """
+    schedule = (keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps, alpha=0.02)
+                if decay_steps else learning_rate)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate=schedule),
         loss=heatmap_loss,
         metrics=[ThresholdIoU()],
     )

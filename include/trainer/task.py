@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -67,7 +68,8 @@ def train(
         splits = data.stage_dataset(data_uri, Path(tmp) / "data", seed=seed)
         train_ds = data.make_dataset(splits, "train", batch_size=batch_size, seed=seed)
         eval_ds = data.make_dataset(splits, "eval", batch_size=batch_size, seed=seed)
-        model = compile_model(build_model(splits.image_size), learning_rate=learning_rate)
+        steps = math.ceil(splits.train_examples / batch_size) * epochs
+        model = compile_model(build_model(splits.image_size), learning_rate=learning_rate, decay_steps=steps)
         log.info("Training %s params on %s examples (%s held out), %sx%s images, %s epochs, batch %s",
                  model.count_params(), splits.train_examples, splits.eval_examples, splits.image_size,
                  splits.image_size, epochs, batch_size)
