@@ -241,7 +241,7 @@ class MLEngineHook(GoogleBaseHook):
     def _list_all(self, collection: Any, key: str, **list_kwargs: Any) -> list[dict]:
         """Every item of a paginated list call."""
         items: list[dict] = []
-        request = collection.list(**list_kwargs)
+        request = collection.list(**{k: v for k, v in list_kwargs.items() if v is not None})
         while request is not None:
             response = self._execute(request) or {}
             items.extend(response.get(key, []))
@@ -304,10 +304,11 @@ class MLEngineHook(GoogleBaseHook):
         return self._get_or_none(models.get(name=model_path(project_id, model_name)))
 
     @GoogleBaseHook.fallback_to_default_project_id
-    def list_models(self, *, project_id: str = PROVIDE_PROJECT_ID, filter: str | None = None) -> list[dict]:
-        kwargs = {"parent": project_path(project_id)}
-        if filter:
-            kwargs["filter"] = filter
+    def list_models(
+        self, *, project_id: str = PROVIDE_PROJECT_ID, filter: str | None = None, page_size: int | None = None
+    ) -> list[dict]:
+        """Every model of the project, following nextPageToken."""
+        kwargs: dict[str, Any] = {"parent": project_path(project_id), "pageSize": page_size, "filter": filter}
         return self._list_all(self.get_conn().projects().models(), "models", **kwargs)
 
     @GoogleBaseHook.fallback_to_default_project_id
@@ -448,9 +449,14 @@ class MLEngineHook(GoogleBaseHook):
         return None if result is gone else result
 
     @GoogleBaseHook.fallback_to_default_project_id
-    def list_versions(self, *, model_name: str, project_id: str = PROVIDE_PROJECT_ID) -> list[dict]:
+    def list_versions(
+        self, *, model_name: str, project_id: str = PROVIDE_PROJECT_ID, page_size: int | None = None
+    ) -> list[dict]:
+        """Every version of the model, following nextPageToken."""
         versions = self.get_conn().projects().models().versions()
-        return self._list_all(versions, "versions", parent=model_path(project_id, model_name))
+        return self._list_all(
+            versions, "versions", parent=model_path(project_id, model_name), pageSize=page_size
+        )
 
     @GoogleBaseHook.fallback_to_default_project_id
     def set_default_version(
@@ -571,10 +577,11 @@ class MLEngineHook(GoogleBaseHook):
         return self._execute(self.get_conn().projects().jobs().get(name=job_path(project_id, job_id)))
 
     @GoogleBaseHook.fallback_to_default_project_id
-    def list_jobs(self, *, project_id: str = PROVIDE_PROJECT_ID, filter: str | None = None) -> list[dict]:
-        kwargs = {"parent": project_path(project_id)}
-        if filter:
-            kwargs["filter"] = filter
+    def list_jobs(
+        self, *, project_id: str = PROVIDE_PROJECT_ID, filter: str | None = None, page_size: int | None = None
+    ) -> list[dict]:
+        """Every job of the project (optionally filtered, e.g. 'state=RUNNING'), following nextPageToken."""
+        kwargs: dict[str, Any] = {"parent": project_path(project_id), "pageSize": page_size, "filter": filter}
         return self._list_all(self.get_conn().projects().jobs(), "jobs", **kwargs)
 
     @GoogleBaseHook.fallback_to_default_project_id
