@@ -1,0 +1,194 @@
+"""The one place for configuration: project, bucket, region, endpoints, model name and pipeline defaults.
+
+Every value comes from an environment variable, with a default that fits the
+embedded stack (`make services`: GCS emulator on 127.0.0.1:9023, local ml/v1
+service on 127.0.0.1:8780). Reading the environment is all that happens at DAG
+parse time: no Airflow Variables, no network.
+
+| setting              | environment variable        | default (embedded stack)              |
+| -------------------- | --------------------------- | ------------------------------------- |
+| project              | GOOGLE_CLOUD_PROJECT        | local-project                         |
+| bucket               | ML_BUCKET                   | ml-lifecycle                          |
+| region               | ML_REGION                   | us-central1                           |
+| ml_engine_endpoint   | ML_ENGINE_ENDPOINT          | http://127.0.0.1:8780/                |
+| storage_emulator_host| STORAGE_EMULATOR_HOST       | http://127.0.0.1:9023 (unset = real GCS, see below) |
+| gcp_conn_id          | ML_GCP_CONN_ID              | google_cloud_default                  |
+| model_name           | ML_MODEL_NAME               | heatmap                               |
+| data_uri             | ML_DATA_URI                 | gs://{bucket}/data/default            |
+| retrain_schedule     | ML_RETRAIN_SCHEDULE         | @weekly                               |
+| batch_schedule       | ML_BATCH_SCHEDULE           | @daily                                |
+| epochs               | ML_EPOCHS                   | 8                                     |
+| num_examples         | ML_NUM_EXAMPLES             | 1024 (size of the generated dataset)  |
+| variants             | ML_VARIANTS                 | b64,instances,url,tfexample           |
+| serving_variant      | ML_SERVING_VARIANT          | b64                                   |
+| promotion_policy     | ML_PROMOTION_POLICY         | better                                |
+| min_metric           | ML_MIN_METRIC               | 0.0                                   |
+| keep_versions        | ML_KEEP_VERSIONS            | 8                                     |
+| batch_input_uris     | ML_BATCH_INPUT_URIS         | (empty: generated sample inputs)      |
+| batch_sample_count   | ML_BATCH_SAMPLE_COUNT       | 64                                    |
+| max_error_rate       | ML_MAX_ERROR_RATE           | 0.05 (errors / (predictions + errors))|
+| task_retries         | ML_TASK_RETRIES             | 2                                     |
+| retry_delay_seconds  | ML_RETRY_DELAY_SECONDS      | 30                                    |
+
+The ml/v1 endpoint and credentials the operators use come from the Airflow
+connection `gcp_conn_id` (extras `ml_engine_endpoint`, `is_anonymous`, `project`)
+or, when it names no endpoint, from ML_ENGINE_ENDPOINT; `airflow_connection_json()`
+builds that connection for the embedded stack (`make run`, the tests). On real
+GCP, leave STORAGE_EMULATOR_HOST and ML_ENGINE_ENDPOINT unset and point the
+connection at a project with credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+DEFAULT_PROJECT = "local-project"
+DEFAULT_BUCKET = "ml-lifecycle"
+DEFAULT_REGION = "us-central1"
+DEFAULT_ML_ENGINE_ENDPOINT = "http://127.0.0.1:8780/"
+DEFAULT_STORAGE_EMULATOR_HOST = "http://127.0.0.1:9023"
+DEFAULT_MODEL_NAME = "heatmap"
+
+#: Serving variants the trainer exports; what each expects per instance.
+VARIANTS = ("b64", "instances", "url", "tfexample")
+VARIANT_INPUTS = {
+    "instances": "image (nested JSON list) + key",
+    "b64": 'image_bytes ({"b64": JPEG}) + key',
+    "url": "image_url (gs:// JPEG) + key",
+    "tfexample": "examples (serialized tf.Example: image/encoded, key)",
+}
+#: Promotion policies of the gate (see include.lifecycle.gate).
+PROMOTION_POLICIES = ("better", "not_worse", "always", "never")
+#: The gate's metric (from metrics.json, higher is better) and the version label that records it.
+METRIC = "val_iou"
+METRIC_LABEL = "val_iou_x10000"
+#: Runtime fields of created versions (ml/v1's last TF runtime; the local service accepts any).
+RUNTIME_VERSION = "2.11"
+PYTHON_VERSION = "3.7"
+#: Asset event marking a promotion; batch_prediction is scheduled on it.
+PROMOTION_ASSET_URI = "ml-engine://models/{model}/default-version"
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved configuration; build it with `load()`."""
+
+    project: str = DEFAULT_PROJECT
+    bucket: str = DEFAULT_BUCKET
+    region: str = DEFAULT_REGION
+    ml_engine_endpoint: str = DEFAULT_ML_ENGINE_ENDPOINT
+    storage_emulator_host: str | None = DEFAULT_STORAGE_EMULATOR_HOST
+    gcp_conn_id: str = "google_cloud_default"
+    model_name: str = DEFAULT_MODEL_NAME
+    data_uri: str = ""
+    retrain_schedule: str | None = "@weekly"
+    batch_schedule: str = "@daily"
+    epochs: int = 8
+    num_examples: int = 1024
+    image_size: int = 32
+    variants: tuple[str, ...] = VARIANTS
+    serving_variant: str = "b64"
+    promotion_policy: str = "better"
+    min_metric: float = 0.0
+    keep_versions: int = 8
+    smoke_instances: int = 4
+    batch_input_uris: tuple[str, ...] = ()
+    batch_sample_count: int = 64
+    max_error_rate: float = 0.05
+    task_retries: int = 2
+    retry_delay_seconds: int = 30
+
+    @property
+    def bucket_uri(self) -> str:
+        return f"gs://{self.bucket}"
+
+    @property
+    def runs_uri(self) -> str:
+        """Per-run artifacts: gs://BUCKET/runs/MODEL/RUN_KEY/{train,export,smoke}."""
+        return f"{self.bucket_uri}/runs"
+
+    @property
+    def batch_uri(self) -> str:
+        """Batch inputs and outputs: gs://BUCKET/batch/MODEL/JOB_ID/{inputs,outputs}."""
+        return f"{self.bucket_uri}/batch"
+
+    def promotion_asset_uri(self, model_name: str | None = None) -> str:
+        return PROMOTION_ASSET_URI.format(model=model_name or self.model_name)
+
+
+def load() -> Settings:
+    """Settings from the environment (cheap: safe at DAG parse time)."""
+    bucket = _env("ML_BUCKET", DEFAULT_BUCKET)
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    schedule = _env("ML_RETRAIN_SCHEDULE", "@weekly")
+    return Settings(
+        project=_env("GOOGLE_CLOUD_PROJECT", DEFAULT_PROJECT),
+        bucket=bucket,
+        region=_env("ML_REGION", DEFAULT_REGION),
+        ml_engine_endpoint=_env("ML_ENGINE_ENDPOINT", DEFAULT_ML_ENGINE_ENDPOINT),
+        storage_emulator_host=emulator.strip() if emulator is not None else DEFAULT_STORAGE_EMULATOR_HOST,
+        gcp_conn_id=_env("ML_GCP_CONN_ID", "google_cloud_default"),
+        model_name=_env("ML_MODEL_NAME", DEFAULT_MODEL_NAME),
+        data_uri=_env("ML_DATA_URI", f"gs://{bucket}/data/default"),
+        retrain_schedule=None if schedule.lower() in ("none", "off") else schedule,
+        batch_schedule=_env("ML_BATCH_SCHEDULE", "@daily"),
+        epochs=int(_env("ML_EPOCHS", "8")),
+        num_examples=int(_env("ML_NUM_EXAMPLES", "1024")),
+        image_size=int(_env("ML_IMAGE_SIZE", "32")),
+        variants=_env_list("ML_VARIANTS", VARIANTS),
+        serving_variant=_env("ML_SERVING_VARIANT", "b64"),
+        promotion_policy=_env("ML_PROMOTION_POLICY", "better"),
+        min_metric=float(_env("ML_MIN_METRIC", "0.0")),
+        keep_versions=int(_env("ML_KEEP_VERSIONS", "8")),
+        smoke_instances=int(_env("ML_SMOKE_INSTANCES", "4")),
+        batch_input_uris=_env_list("ML_BATCH_INPUT_URIS", ()),
+        batch_sample_count=int(_env("ML_BATCH_SAMPLE_COUNT", "64")),
+        max_error_rate=float(_env("ML_MAX_ERROR_RATE", "0.05")),
+        task_retries=int(_env("ML_TASK_RETRIES", "2")),
+        retry_delay_seconds=int(_env("ML_RETRY_DELAY_SECONDS", "30")),
+    )
+
+
+def airflow_connection_json(settings: Settings | None = None) -> str:
+    """AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT for the embedded stack: anonymous, local endpoint, project."""
+    settings = settings or load()
+    return json.dumps({
+        "conn_type": "google_cloud_platform",
+        "extra": {
+            "project": settings.project,
+            "is_anonymous": True,
+            "ml_engine_endpoint": settings.ml_engine_endpoint,
+        },
+    })
+
+
+def embedded_environment(settings: Settings | None = None) -> dict[str, str]:
+    """The environment a process needs to run the DAGs against the embedded stack."""
+    settings = settings or load()
+    env = {
+        "GOOGLE_CLOUD_PROJECT": settings.project,
+        "ML_ENGINE_ENDPOINT": settings.ml_engine_endpoint,
+        f"AIRFLOW_CONN_{settings.gcp_conn_id.upper()}": airflow_connection_json(settings),
+    }
+    if settings.storage_emulator_host:
+        env["STORAGE_EMULATOR_HOST"] = settings.storage_emulator_host
+    return env
+
+
+if __name__ == "__main__":  # `python -m include.config`: print the resolved settings
+    for key, value in load().__dict__.items():
+        print(f"{key} = {value!r}")

@@ -1,0 +1,57 @@
+"""The promotion gate: is the candidate better than the current default, by the chosen policy?
+
+Policies (metric: higher is better):
+- better:    candidate > current default (or there is no comparable default)
+- not_worse: candidate >= current default
+- always:    promote whatever the metrics say (still subject to min_metric)
+- never:     deploy and smoke-test only; a person promotes later (model_maintenance)
+A candidate below `min_metric` is never promoted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from include.config import PROMOTION_POLICIES
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    candidate: float
+    current: float | None
+    current_version: str | None
+    policy: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def decide(*, candidate: float, current: float | None, current_version: str | None, policy: str,
+           min_metric: float = 0.0) -> Decision:
+    if policy not in PROMOTION_POLICIES:
+        raise ValueError(f"unknown promotion policy {policy!r}; choose one of {PROMOTION_POLICIES}")
+    if candidate is None or math.isnan(candidate):
+        raise ValueError("the candidate has no metric")
+
+    def done(promote: bool, reason: str) -> Decision:
+        return Decision(promote, reason, candidate, current, current_version, policy)
+
+    if candidate < min_metric:
+        return done(False, f"candidate {candidate:.4f} is below the minimum metric {min_metric:.4f}")
+    if policy == "never":
+        return done(False, "policy 'never': versions deployed, promotion left to a person")
+    if policy == "always":
+        return done(True, f"policy 'always' (candidate {candidate:.4f}, current {current})")
+    if current_version is None:
+        return done(True, f"no current default version: candidate {candidate:.4f} becomes the first")
+    if current is None:
+        return done(True, f"current default {current_version} records no metric: candidate {candidate:.4f} wins")
+    if policy == "better" and candidate > current:
+        return done(True, f"candidate {candidate:.4f} > current {current:.4f} ({current_version})")
+    if policy == "not_worse" and candidate >= current:
+        return done(True, f"candidate {candidate:.4f} >= current {current:.4f} ({current_version})")
+    relation = "is not better than" if policy == "better" else "is worse than"
+    return done(False, f"candidate {candidate:.4f} {relation} current {current:.4f} ({current_version})")

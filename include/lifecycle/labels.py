@@ -1,0 +1,36 @@
+"""What a deployed version records about itself in its ml/v1 labels.
+
+Label values must be lowercase strings, so the gate metric is stored as an
+integer in ten-thousandths: val_iou 0.8123 -> label `val_iou_x10000: "8123"`.
+The gate reads it back from the current default version, so the comparison
+needs nothing but the ml/v1 API (no side database).
+"""
+
+from __future__ import annotations
+
+from include.config import METRIC_LABEL
+from include.lifecycle.naming import label_value
+
+SCALE = 10_000
+
+
+def encode_metric(value: float) -> str:
+    return str(round(float(value) * SCALE))
+
+
+def decode_metric(labels: dict | None) -> float | None:
+    """The metric recorded in a version's labels, or None when absent or unreadable."""
+    raw = (labels or {}).get(METRIC_LABEL)
+    try:
+        return int(raw) / SCALE
+    except (TypeError, ValueError):
+        return None
+
+
+def version_labels(*, metric: float, variant: str, key: str, dag_id: str) -> dict[str, str]:
+    return {
+        METRIC_LABEL: encode_metric(metric),
+        "variant": label_value(variant),
+        "run": label_value(key),
+        "dag": label_value(dag_id),
+    }

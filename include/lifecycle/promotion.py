@@ -1,0 +1,52 @@
+"""Promotion bookkeeping in ml/v1 itself: the promoted version's labels name the default it replaced.
+
+`promoted_from` is what model_maintenance's rollback follows; `promoted_run`
+says which run promoted it. Label values are lowercase ml/v1 ids, as version ids
+are not: the value is looked up case-insensitively among the model's versions.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from include.lifecycle.naming import label_value, short_name
+
+log = logging.getLogger(__name__)
+
+
+def patch_labels(hook, *, model: str, version: str, changes: dict[str, str | None]) -> dict:
+    """Merge `changes` into a version's labels (None removes a label) with versions.patch."""
+    from ml_engine.names import version_path
+
+    project = hook.project_id
+    name = version_path(project, model, version)
+    versions = hook.get_conn().projects().models().versions()
+    current = versions.get(name=name).execute(num_retries=hook.num_retries)
+    labels = dict(current.get("labels") or {})
+    for key, value in changes.items():
+        if value is None:
+            labels.pop(key, None)
+        else:
+            labels[key] = label_value(value)
+    if labels == (current.get("labels") or {}):
+        return current
+    operation = versions.patch(name=name, body={"labels": labels}, updateMask="labels").execute(
+        num_retries=hook.num_retries)
+    log.info("Labels of %s: %s", name, labels)
+    return operation
+
+
+def label_promoted(hook, *, model: str, version: str, previous: str | None, key: str) -> None:
+    patch_labels(hook, model=model, version=version,
+                 changes={"promoted_from": previous, "promoted_run": key})
+
+
+def resolve_label(versions: list[dict], value: str | None) -> str | None:
+    """The version id whose lowercase form is the label `value` (labels are lowercase, ids may not be)."""
+    if not value:
+        return None
+    for version in versions:
+        name = short_name(version["name"])
+        if label_value(name) == value:
+            return name
+    return None

@@ -1,0 +1,81 @@
+"""Which versions to delete: keep the N newest, never the default, never the ones a caller protects."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from include.lifecycle.naming import short_name
+
+
+def _created(version: dict) -> str:
+    return version.get("createTime") or ""
+
+
+def _parse_time(value: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (AttributeError, ValueError):
+        return None
+
+
+def beyond_newest(versions: list[dict], *, keep: int, protect: set[str] = frozenset()) -> list[str]:
+    """Short ids of versions older than the `keep` newest; the default and `protect` always stay."""
+    if keep < 1:
+        raise ValueError("keep must be at least 1")
+    ordered = sorted(versions, key=lambda v: (_created(v), v.get("name", "")), reverse=True)
+    doomed = []
+    for index, version in enumerate(ordered):
+        name = short_name(version["name"])
+        if index < keep or version.get("isDefault") or name in protect:
+            continue
+        doomed.append(name)
+    return doomed
+
+
+def older_than(versions: list[dict], *, days: float, now: datetime,
+               protect: set[str] = frozenset()) -> list[str]:
+    """Short ids of versions created more than `days` ago; the default and `protect` always stay."""
+    cutoff = now - timedelta(days=days)
+    doomed = []
+    for version in versions:
+        created = _parse_time(_created(version))
+        name = short_name(version["name"])
+        if created is None or version.get("isDefault") or name in protect:
+            continue
+        if created < cutoff:
+            doomed.append(name)
+    return doomed
+
+
+def previous_default(versions: list[dict], *, current_default: str | None) -> str | None:
+    """The version that was default before the current one, from the `promoted_from` label trail.
+
+    Rollback needs this when no XCom of the promoting run is at hand: the
+    lifecycle DAG labels each promoted version with the default it replaced.
+    """
+    from include.lifecycle.promotion import resolve_label
+
+    by_name = {short_name(v["name"]): v for v in versions}
+    current = by_name.get(current_default or "")
+    if current is None:
+        return None
+    previous = resolve_label(versions, (current.get("labels") or {}).get("promoted_from"))
+    return previous if previous and by_name[previous].get("state") == "READY" else None
+
+
+def previous_of_variant(versions: list[dict], *, current_default: str | None) -> str | None:
+    """Fallback rollback target: the newest READY version of the default's variant created before it."""
+    by_name = {short_name(v["name"]): v for v in versions}
+    current = by_name.get(current_default or "")
+    if current is None:
+        return None
+    variant = (current.get("labels") or {}).get("variant")
+    older = [
+        v for v in versions
+        if v.get("state") == "READY" and _created(v) < _created(current)
+        and (current_default is None or short_name(v["name"]) != current_default)
+        and (variant is None or (v.get("labels") or {}).get("variant") == variant)
+    ]
+    if not older:
+        return None
+    return short_name(max(older, key=lambda v: (_created(v), v["name"]))["name"])
