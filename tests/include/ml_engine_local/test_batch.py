@@ -1,0 +1,176 @@
+"""Batch prediction jobs: JSON and TFRecord inputs with bad records, outputs in GCS, cancel, filters."""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import json
+import struct
+
+import pytest
+from googleapiclient.errors import HttpError
+
+from .conftest import PARENT, unique, wait_job
+
+
+def tfrecord(records: list[bytes]) -> bytes:
+    """TFRecord framing written by hand (length, crc, data, crc); the service ignores CRCs."""
+    out = b""
+    for record in records:
+        out += struct.pack("<Q", len(record)) + b"\0" * 4 + record + b"\0" * 4
+    return out
+
+
+def read_outputs(bucket, prefix: str) -> tuple[list[dict], list[tuple[str, int]], list[str]]:
+    results, errors, names = [], [], []
+    for blob in bucket.list_blobs(prefix=prefix + "/"):
+        names.append(blob.name.rsplit("/", 1)[-1])
+        text = blob.download_as_text()
+        if "prediction.results-" in blob.name:
+            results += [json.loads(line) for line in text.splitlines() if line]
+        elif "prediction.errors_stats-" in blob.name:
+            errors += [ast.literal_eval(line) for line in text.splitlines() if line]
+    return results, errors, sorted(names)
+
+
+def start_job(api, body: dict) -> str:
+    job_id = body.setdefault("jobId", unique("job"))
+    api.projects().jobs().create(parent=PARENT, body=body).execute()
+    return job_id
+
+
+def prediction_input(source: dict, inputs: list[str], output: str, data_format="JSON", **extra) -> dict:
+    return {"predictionInput": {**source, "dataFormat": data_format, "inputPaths": inputs,
+                                "outputPath": output, "region": "us-central1", **extra}}
+
+
+def test_json_job_with_bad_lines_over_two_files(ml_api, deploy, bucket, gcs_prefix):
+    model, _ = deploy("tiny")
+    good = [json.dumps({"x": [i, 1], "key": f"k{i}"}) for i in range(25)]
+    bucket.blob(f"{gcs_prefix}/in/part-0.json").upload_from_string(
+        "\n".join(good[:15] + ["{broken json", json.dumps({"x": [-5, 1], "key": "neg"}), ""]))
+    bucket.blob(f"{gcs_prefix}/in/part-1.json").upload_from_string("\n".join(good[15:] + ['{"x": [1], "key": "short"}']))
+    bucket.blob(f"{gcs_prefix}/in/other.txt").upload_from_string("not matched by the wildcard")
+    output = f"gs://{bucket.name}/{gcs_prefix}/out"
+    job_id = start_job(ml_api, prediction_input({"modelName": model}, [f"gs://{bucket.name}/{gcs_prefix}/in/part-*"],
+                                                output, batchSize=4))
+    job = wait_job(ml_api, job_id)
+    assert job["state"] == "SUCCEEDED", job
+    assert job["predictionOutput"]["predictionCount"] == "25"
+    assert job["predictionOutput"]["errorCount"] == "3"
+    assert job["predictionOutput"]["outputPath"] == output
+    results, errors, names = read_outputs(bucket, f"{gcs_prefix}/out")
+    assert names == ["prediction.errors_stats-00000-of-00002", "prediction.errors_stats-00001-of-00002",
+                     "prediction.results-00000-of-00002", "prediction.results-00001-of-00002"]
+    assert sorted(r["key"] for r in results) == sorted(f"k{i}" for i in range(25))
+    assert all(r["y"] == 2.0 * (int(r["key"][1:]) + 1) for r in results)
+    messages = " | ".join(message for message, _ in errors)
+    assert sum(count for _, count in errors) == 3
+    assert "Failed to parse input line 16 as JSON" in messages
+    assert "must not be negative" in messages and "shape" in messages
+
+
+def test_tfrecord_and_gzip_jobs_on_a_version(ml_api, deploy, bucket, gcs_prefix):
+    import tensorflow as tf
+
+    _, version = deploy("images")
+    jpeg = tf.io.encode_jpeg(tf.fill([8, 8, 3], tf.constant(128, tf.uint8))).numpy()
+
+    def example(key: str) -> bytes:
+        return tf.train.Example(features=tf.train.Features(feature={
+            "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
+            "key": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key.encode()]))})).SerializeToString()
+
+    records = [example(f"r{i}") for i in range(10)] + [b"not an example"]
+    bucket.blob(f"{gcs_prefix}/in.tfrecord").upload_from_string(tfrecord(records))
+    bucket.blob(f"{gcs_prefix}/in.tfrecord.gz").upload_from_string(gzip.compress(tfrecord(records[:4])))
+    for data_format, path, expected in (("TF_RECORD", "in.tfrecord", 10), ("TF_RECORD_GZIP", "in.tfrecord.gz", 4)):
+        output = f"gs://{bucket.name}/{gcs_prefix}/out_{data_format}"
+        job_id = start_job(ml_api, prediction_input({"versionName": version}, [f"gs://{bucket.name}/{gcs_prefix}/{path}"],
+                                                    output, data_format, signatureName="examples", batchSize=3))
+        job = wait_job(ml_api, job_id)
+        assert job["state"] == "SUCCEEDED", job
+        assert job["predictionOutput"]["predictionCount"] == str(expected)
+        results, errors, _ = read_outputs(bucket, f"{gcs_prefix}/out_{data_format}")
+        assert sorted(r["key"] for r in results) == sorted(f"r{i}" for i in range(expected))
+        assert all(abs(r["brightness"] - 128 / 255) < 0.02 for r in results)
+        if data_format == "TF_RECORD":
+            assert job["predictionOutput"]["errorCount"] == "1" and len(errors) == 1
+
+
+def test_job_from_uri_and_failures(ml_api, model_uris, bucket, gcs_prefix):
+    bucket.blob(f"{gcs_prefix}/in.json").upload_from_string(json.dumps([1, 2, 3]))
+    output = f"gs://{bucket.name}/{gcs_prefix}/out"
+    job_id = start_job(ml_api, prediction_input({"uri": model_uris["single"]}, [f"gs://{bucket.name}/{gcs_prefix}/in.json"],
+                                                output))
+    job = wait_job(ml_api, job_id)
+    assert job["state"] == "SUCCEEDED" and job["predictionOutput"]["predictionCount"] == "1"
+    # missing inputs fail the job with a clear message
+    job_id = start_job(ml_api, prediction_input({"uri": model_uris["single"]}, [f"gs://{bucket.name}/{gcs_prefix}/nope*"],
+                                                output))
+    job = wait_job(ml_api, job_id)
+    assert job["state"] == "FAILED" and "No input files match" in job["errorMessage"]
+    job_id = start_job(ml_api, prediction_input({"uri": model_uris["single"]}, [f"gs://{bucket.name}/{gcs_prefix}/in.json"],
+                                                output, signatureName="nope"))
+    job = wait_job(ml_api, job_id)
+    assert job["state"] == "FAILED" and "no signature 'nope'" in job["errorMessage"]
+
+
+@pytest.mark.parametrize(("change", "fragment"), [
+    ({"dataFormat": "CSV"}, "dataFormat"),
+    ({"inputPaths": []}, "inputPaths"),
+    ({"outputPath": "/tmp/out"}, "outputPath"),
+    ({"region": ""}, "region"),
+    ({"batchSize": 0}, "batchSize"),
+    ({"versionName": "projects/test-project/models/m/versions/v"}, "exactly one of"),
+    ({"modelName": "projects/test-project/models/does_not_exist"}, "was not found"),
+])
+def test_job_validation(ml_api, bucket, change, fragment):
+    body = prediction_input({"uri": "gs://b/model"}, ["gs://b/in"], "gs://b/out")
+    if "modelName" in change:
+        del body["predictionInput"]["uri"]
+    body["predictionInput"].update(change)
+    with pytest.raises(HttpError) as excinfo:
+        start_job(ml_api, body)
+    assert excinfo.value.resp.status == 400 and fragment in json.loads(excinfo.value.content)["error"]["message"]
+
+
+def test_duplicate_job_id_and_bad_id(ml_api, model_uris, bucket, gcs_prefix):
+    bucket.blob(f"{gcs_prefix}/in.json").upload_from_string("[1, 1, 1]\n")
+    body = prediction_input({"uri": model_uris["single"]}, [f"gs://{bucket.name}/{gcs_prefix}/in.json"],
+                            f"gs://{bucket.name}/{gcs_prefix}/out")
+    job_id = start_job(ml_api, dict(body))
+    with pytest.raises(HttpError) as excinfo:
+        start_job(ml_api, {**body, "jobId": job_id})
+    assert excinfo.value.resp.status == 409
+    with pytest.raises(HttpError) as excinfo:
+        start_job(ml_api, {**body, "jobId": "bad-id"})
+    assert excinfo.value.resp.status == 400
+    wait_job(ml_api, job_id)
+
+
+def test_cancel_running_job_and_list_filters(ml_api, deploy, bucket, gcs_prefix):
+    model, _ = deploy("tiny")
+    lines = "\n".join(json.dumps({"x": [i % 7, 1], "key": str(i)}) for i in range(40_000))
+    bucket.blob(f"{gcs_prefix}/big.json").upload_from_string(lines)
+    prefix = unique("cancelme")
+    job_id = start_job(ml_api, {"jobId": prefix, **prediction_input(
+        {"modelName": model}, [f"gs://{bucket.name}/{gcs_prefix}/big.json"], f"gs://{bucket.name}/{gcs_prefix}/out",
+        batchSize=1)})
+    wait_job(ml_api, job_id, states=("RUNNING",))
+    assert ml_api.projects().jobs().cancel(name=f"{PARENT}/jobs/{job_id}", body={}).execute() == {}
+    job = wait_job(ml_api, job_id)
+    assert job["state"] == "CANCELLED"
+    assert int(job["predictionOutput"]["predictionCount"]) < 40_000
+    with pytest.raises(HttpError) as excinfo:
+        ml_api.projects().jobs().cancel(name=f"{PARENT}/jobs/{job_id}", body={}).execute()
+    assert excinfo.value.resp.status == 400
+
+    jobs = ml_api.projects().jobs()
+    assert [j["jobId"] for j in jobs.list(parent=PARENT, filter=f"jobId:{prefix[:12]}*").execute()["jobs"]] == [job_id]
+    cancelled = jobs.list(parent=PARENT, filter="state=CANCELLED").execute()["jobs"]
+    assert job_id in [j["jobId"] for j in cancelled]
+    assert all(j["state"] == "CANCELLED" for j in cancelled)
+    with pytest.raises(HttpError) as excinfo:
+        jobs.list(parent=PARENT, filter="createTime > 3").execute()
+    assert excinfo.value.resp.status == 400
