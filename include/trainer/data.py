@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,13 @@ DEFAULT_SEED = 42
 EXAMPLES_PER_SHARD = 512
 _EVAL_NAME_HINTS = ("eval", "valid")
 _NOT_RECORDS = (".json", ".txt", ".md")
+_SHARD_NAME = re.compile(r"^(train|eval)-\d{5}-of-\d{5}\.tfrecord$")
+
+
+def is_unfinished_generation(data_uri: str) -> bool:
+    """True when the prefix holds only our shard files and no summary: a generation cut short."""
+    uris = gcs.list_uris(data_uri)
+    return bool(uris) and all(_SHARD_NAME.match(posixpath.basename(u)) for u in uris)
 
 
 def summary_uri(data_uri: str) -> str:

@@ -36,8 +36,17 @@ DEFAULT_LEARNING_RATE = 5e-3
 
 def _ensure_data(data_uri: str, *, generate_if_missing: bool, num_examples: int, image_size: int,
                  seed: int) -> None:
-    if gcs.list_uris(data_uri):
+    if data.read_summary(data_uri) is not None:
         return
+    if data.is_unfinished_generation(data_uri):
+        if generate_if_missing:
+            log.warning("%s holds shards but no summary.json (generation cut short): regenerating", data_uri)
+            data.generate_dataset(data_uri, num_examples=num_examples, image_size=image_size, seed=seed,
+                                  overwrite=True)
+            return
+        raise FileNotFoundError(f"{data_uri} holds an unfinished generated dataset (no summary.json)")
+    if gcs.list_uris(data_uri):
+        return  # the user's own TFRecords
     if not generate_if_missing:
         raise FileNotFoundError(f"no training data under {data_uri} (pass generate_if_missing=True)")
     log.info("No data under %s: generating the default dataset first", data_uri)

@@ -63,3 +63,17 @@ def test_train_without_data_says_so(bucket, gcs_prefix):
     root = f"gs://{bucket.name}/{gcs_prefix}"
     with pytest.raises(FileNotFoundError, match="no training data"):
         task.train(f"{root}/nothing", f"{root}/job", epochs=1)
+
+
+def test_unfinished_generation_is_redone_not_trained_on(bucket, gcs_prefix):
+    root = f"gs://{bucket.name}/{gcs_prefix}"
+    gcs.write_bytes(f"{root}/data/train-00000-of-00001.tfrecord", b"cut short")
+    assert data.is_unfinished_generation(f"{root}/data")
+    with pytest.raises(FileNotFoundError, match="unfinished"):
+        task.train(f"{root}/data", f"{root}/job", epochs=1)
+
+    metrics = task.train(f"{root}/data", f"{root}/job", epochs=1, generate_if_missing=True, num_examples=16,
+                         image_size=8, batch_size=8)
+
+    assert data.read_summary(f"{root}/data")["num_examples"] == 16
+    assert metrics["train_examples"] + metrics["eval_examples"] == 16
