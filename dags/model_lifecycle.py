@@ -119,6 +119,7 @@ def model_lifecycle():
             "export_uri": f"{run_uri}/export",
             "smoke_uri": f"{run_uri}/smoke",
             "manifest_uri": f"{run_uri}/manifest.json",
+            "gate_uri": f"{run_uri}/gate.json",
         }
         log.info("Run %s of model %s: versions %s, artifacts under %s", key, model, versions, run_uri)
         return result
@@ -219,7 +220,7 @@ def model_lifecycle():
         from ml_engine.hooks import MLEngineHook
 
         from include.lifecycle import gate as gating
-        from include.lifecycle import labels, naming
+        from include.lifecycle import labels, naming, storage
 
         hook = MLEngineHook(gcp_conn_id=CFG.gcp_conn_id)
         model = hook.get_model(model_name=plan["model"]) or {}
@@ -237,6 +238,7 @@ def model_lifecycle():
                                  current_version=current_version, policy=params["promotion_policy"],
                                  min_metric=float(params["min_metric"]))
         ti.xcom_push(key="decision", value=decision.to_dict())
+        storage.write_json(plan["gate_uri"], decision.to_dict())
         log.info("Gate (%s): %s -> %s", decision.policy, decision.reason,
                  "PROMOTE" if decision.promote else "DO NOT PROMOTE")
         return "set_default" if decision.promote else "not_promoted"

@@ -189,6 +189,19 @@ def embedded_environment(settings: Settings | None = None) -> dict[str, str]:
     return env
 
 
-if __name__ == "__main__":  # `python -m include.config`: print the resolved settings
+def main(argv: list[str] | None = None) -> None:
+    """`python -m include.config`: the resolved settings; `--exports`: shell exports for the embedded stack."""
+    import shlex
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if "--exports" in argv:
+        for key, value in embedded_environment().items():
+            print(f"export {key}={shlex.quote(value)}")
+        return
     for key, value in load().__dict__.items():
         print(f"{key} = {value!r}")
+
+
+if __name__ == "__main__":
+    main()
