@@ -105,13 +105,13 @@ def normalize_endpoint(endpoint: str | None) -> str | None:
 def _same_value(requested: Any, existing: Any) -> bool:
     """Compare request and response values the way ml/v1 echoes them (int64 as str, lists)."""
     if isinstance(requested, list | tuple):
-        return isinstance(existing, list | tuple) and len(requested) == len(existing) and all(
-            _same_value(a, b) for a, b in zip(requested, existing, strict=True)
+        return (
+            isinstance(existing, list | tuple)
+            and len(requested) == len(existing)
+            and all(_same_value(a, b) for a, b in zip(requested, existing, strict=True))
         )
     if isinstance(requested, dict):
-        return isinstance(existing, dict) and all(
-            _same_value(v, existing.get(k)) for k, v in requested.items()
-        )
+        return isinstance(existing, dict) and all(_same_value(v, existing.get(k)) for k, v in requested.items())
     if requested is None or existing is None:
         return requested == existing
     if isinstance(requested, bool) or isinstance(existing, bool):
@@ -173,9 +173,7 @@ class MLEngineHook(GoogleBaseHook):
     @property
     def endpoint(self) -> str | None:
         """The ml/v1 base URL in use, or None for Google's global endpoint."""
-        endpoint = (
-            self._endpoint_argument or self._get_field(ENDPOINT_EXTRA) or os.environ.get(ENDPOINT_ENV)
-        )
+        endpoint = self._endpoint_argument or self._get_field(ENDPOINT_EXTRA) or os.environ.get(ENDPOINT_ENV)
         if not endpoint and (region := self._get_field(REGION_EXTRA)):
             endpoint = f"https://{region}-ml.googleapis.com/"
         return normalize_endpoint(endpoint)
@@ -414,9 +412,7 @@ class MLEngineHook(GoogleBaseHook):
         return final
 
     @GoogleBaseHook.fallback_to_default_project_id
-    def get_version(
-        self, *, model_name: str, version_name: str, project_id: str = PROVIDE_PROJECT_ID
-    ) -> dict | None:
+    def get_version(self, *, model_name: str, version_name: str, project_id: str = PROVIDE_PROJECT_ID) -> dict | None:
         """The version, or None when it does not exist."""
         versions = self.get_conn().projects().models().versions()
         return self._get_or_none(versions.get(name=version_path(project_id, model_name, version_name)))
@@ -437,11 +433,11 @@ class MLEngineHook(GoogleBaseHook):
         gone = {"state": "NOT_FOUND"}
         result = self._poll(
             what=f"Version {name}",
-            fetch=lambda: self.get_version(project_id=project_id, model_name=model_name, version_name=name)
-            or gone,
+            fetch=lambda: self.get_version(project_id=project_id, model_name=model_name, version_name=name) or gone,
             is_done=lambda v: v.get("state") not in VERSION_PENDING_STATES,
-            describe=lambda v: f"state {v.get('state')}"
-            + (f", error: {v['errorMessage']}" if v.get("errorMessage") else ""),
+            describe=lambda v: (
+                f"state {v.get('state')}" + (f", error: {v['errorMessage']}" if v.get("errorMessage") else "")
+            ),
             timeout=timeout,
             poll_interval=poll_interval,
             max_poll_interval=max_poll_interval,
@@ -454,14 +450,10 @@ class MLEngineHook(GoogleBaseHook):
     ) -> list[dict]:
         """Every version of the model, following nextPageToken."""
         versions = self.get_conn().projects().models().versions()
-        return self._list_all(
-            versions, "versions", parent=model_path(project_id, model_name), pageSize=page_size
-        )
+        return self._list_all(versions, "versions", parent=model_path(project_id, model_name), pageSize=page_size)
 
     @GoogleBaseHook.fallback_to_default_project_id
-    def set_default_version(
-        self, *, model_name: str, version_name: str, project_id: str = PROVIDE_PROJECT_ID
-    ) -> dict:
+    def set_default_version(self, *, model_name: str, version_name: str, project_id: str = PROVIDE_PROJECT_ID) -> dict:
         """Make a version the model's default; returns the version."""
         versions = self.get_conn().projects().models().versions()
         name = version_path(project_id, model_name, version_name)
@@ -524,9 +516,9 @@ class MLEngineHook(GoogleBaseHook):
             what=f"Operation {operation_name}",
             fetch=lambda: self.get_operation(operation_name=operation_name),
             is_done=lambda op: bool(op.get("done")),
-            describe=lambda op: "done" + (f", error: {op['error']}" if op.get("error") else "")
-            if op.get("done")
-            else "running",
+            describe=lambda op: (
+                "done" + (f", error: {op['error']}" if op.get("error") else "") if op.get("done") else "running"
+            ),
             timeout=timeout,
             poll_interval=poll_interval,
             max_poll_interval=max_poll_interval,

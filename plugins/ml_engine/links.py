@@ -26,10 +26,7 @@ def version_url(*, endpoint: str | None, project_id: str, model_name: str, versi
     """Page of one version: the local service's UI or the Cloud console."""
     if is_local_endpoint(endpoint):
         return f"{normalize_endpoint(endpoint)}ui/projects/{project_id}/models/{model_name}/versions/{version_name}"
-    return (
-        f"{CONSOLE}/ai-platform/models/{model_name}/versions/{version_name}/details"
-        f"?project={quote(project_id)}"
-    )
+    return f"{CONSOLE}/ai-platform/models/{model_name}/versions/{version_name}/details?project={quote(project_id)}"
 
 
 def job_url(*, endpoint: str | None, project_id: str, job_id: str) -> str:
@@ -70,9 +67,7 @@ class MLEngineVersionLink(_MLEngineLink):
     ) -> None:
         cls.persist_url(
             context,
-            version_url(
-                endpoint=endpoint, project_id=project_id, model_name=model_name, version_name=version_name
-            ),
+            version_url(endpoint=endpoint, project_id=project_id, model_name=model_name, version_name=version_name),
         )
 
 

@@ -66,8 +66,7 @@ class _MLEngineBaseOperator(GoogleCloudBaseOperator):
         project_id = self.project_id or self.hook.project_id
         if not project_id:
             raise AirflowException(
-                "No project id: pass project_id or set the 'project' extra of connection "
-                f"{self.gcp_conn_id!r}"
+                f"No project id: pass project_id or set the 'project' extra of connection {self.gcp_conn_id!r}"
             )
         return project_id
 
@@ -677,8 +676,10 @@ class MLEnginePredictOperator(_MLEngineBaseOperator):
                 model_name=self.model_name,
                 version_name=version_name,
             )
-        target = version_path(project_id, self.model_name, version_name) if version_name else model_path(
-            project_id, self.model_name
+        target = (
+            version_path(project_id, self.model_name, version_name)
+            if version_name
+            else model_path(project_id, self.model_name)
         )
         predictions: list = []
         step = max(int(self.batch_size), 1)

@@ -160,9 +160,7 @@ class MLEngineJobTrigger(_MLEnginePollTrigger):
         try:
             while interval is not None:
                 job = await hook.get_job(project_id=self.project_id, job_id=self.job_id)
-                self.log.info(
-                    "Job %s: %s (%.0f s elapsed)", self.job_id, describe_job(job), time.monotonic() - start
-                )
+                self.log.info("Job %s: %s (%.0f s elapsed)", self.job_id, describe_job(job), time.monotonic() - start)
                 if job.get("state") in JOB_TERMINAL_STATES:
                     yield TriggerEvent({"status": "success", "job": job})
                     return
@@ -171,6 +169,4 @@ class MLEngineJobTrigger(_MLEnginePollTrigger):
             self.log.exception("Polling job %s failed", self.job_id)
             yield TriggerEvent({"status": "error", "message": f"Polling job {self.job_id} failed: {err}"})
             return
-        yield TriggerEvent(
-            {"status": "error", "message": f"Job {self.job_id} not finished within {self.timeout} s"}
-        )
+        yield TriggerEvent({"status": "error", "message": f"Job {self.job_id} not finished within {self.timeout} s"})

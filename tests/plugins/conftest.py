@@ -21,7 +21,8 @@ if "airflow" not in sys.modules:
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).parent / "dags"))
 
-TEST_PROJECT = "test-project"
+from tests.plugins.helpers import TEST_PROJECT
+
 TEST_DAGS = Path(__file__).parent / "dags"
 
 

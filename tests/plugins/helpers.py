@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+TEST_PROJECT = "test-project"
+
 
 def write_lines(bucket, path: str, rows: list) -> str:
     """Write rows as JSON lines to gs://bucket/path; returns the URI."""

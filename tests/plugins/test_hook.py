@@ -9,8 +9,7 @@ import uuid
 import pytest
 from googleapiclient.errors import HttpError
 
-from tests.plugins.conftest import TEST_PROJECT
-from tests.plugins.helpers import instances, write_lines
+from tests.plugins.helpers import TEST_PROJECT, instances, write_lines
 
 
 def test_endpoint_precedence(ml_conn, monkeypatch):
@@ -59,9 +58,7 @@ def test_create_model_is_idempotent_and_lists_follow_pages(hook, model_name):
     assert hook.get_model(model_name=f"{model_name}_0") is None
 
 
-def test_create_version_idempotent_conflict_and_failed(
-    hook, model_name, tiny_model_uri, tiny_model_uri_v2, capsys
-):
+def test_create_version_idempotent_conflict_and_failed(hook, model_name, tiny_model_uri, tiny_model_uri_v2, capsys):
     from ml_engine.hooks import MLEngineConflictError
 
     hook.create_model(model={"name": model_name})
@@ -72,11 +69,13 @@ def test_create_version_idempotent_conflict_and_failed(
     assert "state READY (0 s elapsed)" in capsys.readouterr().out  # every poll logs state and time
 
     # Same name, same deployment: the existing version comes back, nothing new is created.
-    assert hook.create_version(model_name=model_name, version_spec=spec)["name"] == version["name"]
+    assert hook.create_version(model_name=model_name, version_spec=spec, poll_interval=0.2)["name"] == version["name"]
     assert len(hook.list_versions(model_name=model_name, page_size=1)) == 1
 
     with pytest.raises(MLEngineConflictError, match=r"deploymentUri.*Delete it or choose another"):
-        hook.create_version(model_name=model_name, version_spec={**spec, "deploymentUri": tiny_model_uri_v2})
+        hook.create_version(
+            model_name=model_name, version_spec={**spec, "deploymentUri": tiny_model_uri_v2}, poll_interval=0.2
+        )
 
     broken = hook.create_version(
         model_name=model_name,
@@ -87,7 +86,9 @@ def test_create_version_idempotent_conflict_and_failed(
     assert broken["state"] == "FAILED"
     assert broken["errorMessage"]
 
-    hook.create_version(model_name=model_name, version_spec={"name": "v2", "deploymentUri": tiny_model_uri_v2})
+    hook.create_version(
+        model_name=model_name, version_spec={"name": "v2", "deploymentUri": tiny_model_uri_v2}, poll_interval=0.2
+    )
     assert hook.set_default_version(model_name=model_name, version_name="v2")["name"].endswith("/v2")
     assert hook.get_model(model_name=model_name)["defaultVersion"]["name"].endswith("/v2")
     names = sorted(v["name"].split("/")[-1] for v in hook.list_versions(model_name=model_name, page_size=1))
@@ -103,7 +104,9 @@ def test_predict_answers_and_clear_error(hook, model_name, tiny_model_uri):
     from ml_engine.hooks import MLEnginePredictionError
 
     hook.create_model(model={"name": model_name})
-    hook.create_version(model_name=model_name, version_spec={"name": "v1", "deploymentUri": tiny_model_uri})
+    hook.create_version(
+        model_name=model_name, version_spec={"name": "v1", "deploymentUri": tiny_model_uri}, poll_interval=0.2
+    )
     answer = hook.predict(model_name=model_name, instances=[{"x": [1.0, 2.0], "key": "a"}])
     assert answer["predictions"] == [{"y": pytest.approx(6.0), "key": "a"}]
     with pytest.raises(MLEnginePredictionError, match="must not be negative"):
@@ -114,7 +117,9 @@ def test_jobs_idempotent_wait_list_and_conflict(hook, model_name, tiny_model_uri
     from ml_engine.hooks import MLEngineConflictError
 
     hook.create_model(model={"name": model_name})
-    hook.create_version(model_name=model_name, version_spec={"name": "v1", "deploymentUri": tiny_model_uri})
+    hook.create_version(
+        model_name=model_name, version_spec={"name": "v1", "deploymentUri": tiny_model_uri}, poll_interval=0.2
+    )
     source = write_lines(bucket, f"{gcs_prefix}/in.json", instances(5))
     job = {
         "jobId": f"{model_name}_job",
@@ -160,8 +165,12 @@ def test_retries_past_num_retries_until_deadline(ml_conn, faults, model_name, mo
         json.dumps(
             {
                 "conn_type": "google_cloud_platform",
-                "extra": {"ml_engine_endpoint": ml_conn.url, "is_anonymous": True, "project": TEST_PROJECT,
-                          "num_retries": 1},
+                "extra": {
+                    "ml_engine_endpoint": ml_conn.url,
+                    "is_anonymous": True,
+                    "project": TEST_PROJECT,
+                    "num_retries": 1,
+                },
             }
         ),
     )
