@@ -23,6 +23,9 @@ lint: install  ## ruff
 test: install lint  ## install, lint, run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+run: install  ## set up, start the local stack, run model_lifecycle then batch_prediction, summary, stop
+	@bash scripts/run.sh
+
 services: install  ## start the GCS emulator and the ml/v1 service in the background
 	$(PY) -m include.devstack start
 
@@ -30,7 +33,7 @@ stop:  ## stop everything `make services` / `make airflow` started
 	@if [[ -x $(PY) ]]; then $(PY) -m include.devstack stop; fi
 
 bench: install  ## benchmarks: service vs raw TensorFlow, side by side
-	$(PY) -m tests.bench.run_bench
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean: stop
 	rm -rf $(STATE_DIR)

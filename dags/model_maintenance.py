@@ -99,9 +99,17 @@ def model_maintenance():
 
     @task(outlets=[PROMOTION])
     def record_default_change(params: dict, ti=None, outlet_events=None) -> dict:
-        """Emit the promotion Asset for the new default, so batch predictions follow it."""
+        """Record the replaced default (set_default only) and emit the promotion Asset for batch predictions."""
         version = ti.xcom_pull(task_ids="choose_default")
         previous = ti.xcom_pull(task_ids="set_default", key="previous_default_version")
+        if params["action"] == "set_default" and previous:
+            # Extend the rollback trail; a rollback itself must not, or a second rollback would bounce back.
+            from ml_engine.hooks import MLEngineHook
+
+            from include.lifecycle import promotion
+
+            promotion.patch_labels(MLEngineHook(gcp_conn_id=CFG.gcp_conn_id), model=params["model_name"],
+                                   version=version, changes={"promoted_from": previous})
         event = {"model": params["model_name"], "version": version, "previous": previous,
                  "action": params["action"]}
         outlet_events[PROMOTION].extra = event

@@ -1,0 +1,95 @@
+"""The shape of each DAG: tasks, order, branches, trigger rules, mapping, schedules, params, Assets."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def dags(tmp_path_factory) -> dict:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    return bag.dags
+
+
+def _downstream(dag, task_id: str) -> set[str]:
+    return set(dag.get_task(task_id).downstream_task_ids)
+
+
+def test_model_lifecycle_order(dags):
+    dag = dags["model_lifecycle"]
+    chain = ["plan", "prepare_data", "train", "export_variants", "upload", "create_model", "create_version",
+             "smoke_test", "gate"]
+    for upstream, downstream in itertools.pairwise(chain):
+        assert downstream in _downstream(dag, upstream), f"{upstream} >> {downstream} missing"
+    assert _downstream(dag, "gate") == {"set_default", "not_promoted"}
+    assert "record_promotion" in _downstream(dag, "set_default")
+    assert _downstream(dag, "record_promotion") == {"retention"}
+    assert _downstream(dag, "not_promoted") == {"retention"}
+
+
+def test_model_lifecycle_trigger_rules_and_mapping(dags):
+    dag = dags["model_lifecycle"]
+    assert dag.get_task("train").trigger_rule == "none_failed"  # prepare_data may be skipped
+    assert dag.get_task("retention").trigger_rule == "none_failed"  # runs after either gate outcome
+    assert dag.get_task("record_promotion").trigger_rule == "all_success"  # only after a real promotion
+    for mapped in ("create_version", "smoke_test"):
+        assert dag.get_task(mapped).is_mapped, f"{mapped} should map over the variants"
+    assert type(dag.get_task("gate")).__name__ == "_BranchPythonDecoratedOperator"
+
+
+def test_model_lifecycle_schedule_params_and_asset(dags):
+    from include import config
+
+    dag = dags["model_lifecycle"]
+    assert dag.schedule == config.load().retrain_schedule == "@weekly"
+    params = dag.params.dump()
+    assert {"model_name", "epochs", "variants", "serving_variant", "promotion_policy", "min_metric"} <= set(params)
+    assert dag.params.get_param("promotion_policy").schema["enum"] == list(config.PROMOTION_POLICIES)
+    assert dag.params.get_param("serving_variant").schema["enum"] == list(config.VARIANTS)
+    outlets = dag.get_task("record_promotion").outlets
+    assert [a.uri for a in outlets] == [config.load().promotion_asset_uri()]
+    assert dag.max_active_runs == 1
+
+
+def test_batch_prediction_runs_daily_and_on_promotion(dags):
+    from include import config
+
+    dag = dags["batch_prediction"]
+    assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
+    assert dag.timetable.timetable.expression == "0 0 * * *"  # @daily
+    assert [a.uri for a in dag.timetable.asset_condition.objects] == [config.load().promotion_asset_uri()]
+    assert [t.task_id for t in dag.topological_sort()] == ["resolve_target", "prepare_inputs", "batch_predict",
+                                                             "summarize"]
+    job = dag.get_task("batch_predict")
+    assert type(job).__name__ == "MLEngineStartBatchPredictionJobOperator"
+    assert job.max_error_rate is None  # judged by summarize, after the summary is written
+    assert "max_error_rate" in dag.params
+
+
+def test_model_maintenance_is_manual_with_three_actions(dags):
+    dag = dags["model_maintenance"]
+    assert dag.schedule is None
+    assert dag.params.get_param("action").schema["enum"] == ["rollback", "set_default", "delete_older_than"]
+    assert _downstream(dag, "choose_action") == {"choose_default", "choose_old_versions"}
+    assert "set_default" in _downstream(dag, "choose_default")
+    assert dag.get_task("delete_version").is_mapped
+    assert [a.uri for a in dag.get_task("record_default_change").outlets]
+
+
+def test_every_task_has_retries_and_the_ml_tasks_share_the_connection(dags):
+    from include import config
+
+    for dag in dags.values():
+        for task in dag.tasks:
+            assert task.retries >= 1, f"{dag.dag_id}.{task.task_id}"
+            if hasattr(task, "gcp_conn_id") or "gcp_conn_id" in getattr(task, "partial_kwargs", {}):
+                conn = getattr(task, "gcp_conn_id", None) or task.partial_kwargs["gcp_conn_id"]
+                assert conn == config.load().gcp_conn_id

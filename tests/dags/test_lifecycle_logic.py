@@ -1,0 +1,143 @@
+"""The decisions behind the DAGs: names, metric labels, the gate, retention, rollback target, batch outputs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from include import config
+from include.lifecycle import batch_outputs, gate, labels, naming, retention, smoke
+
+
+def test_names_are_deterministic_and_valid_ml_ids():
+    key = naming.run_key(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    assert key == "20260102T030405"
+    assert naming.version_id(key, "b64") == "v20260102T030405_b64"
+    job = naming.job_id("batch_prediction", "scheduled__2026-01-02T00:00:00+00:00")
+    assert job == "batch_prediction_scheduled__2026_01_02T00_00_00_00_00"
+    assert naming.ml_id("2026-01-02") == "v_2026_01_02"
+    for value in (job, naming.ml_id("x" * 300)):
+        assert len(value) <= 128 and value[0].isalpha()
+
+
+def test_metric_label_round_trip_is_lowercase_digits():
+    encoded = labels.version_labels(metric=0.81234, variant="b64", key="20260102T030405", dag_id="model_lifecycle")
+    assert encoded[config.METRIC_LABEL] == "8123"
+    assert all(v == v.lower() for v in encoded.values())
+    assert labels.decode_metric(encoded) == pytest.approx(0.8123)
+    assert labels.decode_metric({}) is None
+    assert labels.decode_metric({config.METRIC_LABEL: "n/a"}) is None
+
+
+@pytest.mark.parametrize(("policy", "candidate", "current", "promote"), [
+    ("better", 0.8, 0.7, True),
+    ("better", 0.7, 0.7, False),
+    ("better", 0.6, 0.7, False),
+    ("not_worse", 0.7, 0.7, True),
+    ("not_worse", 0.69, 0.7, False),
+    ("always", 0.1, 0.9, True),
+    ("never", 0.99, 0.1, False),
+])
+def test_gate_policies(policy, candidate, current, promote):
+    decision = gate.decide(candidate=candidate, current=current, current_version="v1_b64", policy=policy)
+    assert decision.promote is promote
+    assert decision.reason
+
+
+def test_gate_first_deployment_minimum_and_unknown_policy():
+    assert gate.decide(candidate=0.3, current=None, current_version=None, policy="better").promote
+    assert gate.decide(candidate=0.3, current=None, current_version="old", policy="better").promote
+    low = gate.decide(candidate=0.3, current=None, current_version=None, policy="always", min_metric=0.5)
+    assert not low.promote and "minimum" in low.reason
+    with pytest.raises(ValueError, match="unknown promotion policy"):
+        gate.decide(candidate=0.3, current=0.1, current_version="v", policy="sometimes")
+
+
+def _version(name: str, created: str, *, default: bool = False, state: str = "READY", **labels_) -> dict:
+    return {"name": f"projects/p/models/m/versions/{name}", "createTime": created, "isDefault": default,
+            "state": state, "labels": labels_}
+
+
+def test_retention_keeps_newest_default_and_protected():
+    versions = [_version(f"v{i}", f"2026-01-0{i}T00:00:00Z", default=(i == 1)) for i in range(1, 7)]
+    assert retention.beyond_newest(versions, keep=2) == ["v4", "v3", "v2"]
+    assert retention.beyond_newest(versions, keep=2, protect={"v3"}) == ["v4", "v2"]
+    assert retention.beyond_newest(versions, keep=10) == []
+    with pytest.raises(ValueError):
+        retention.beyond_newest(versions, keep=0)
+
+
+def test_delete_by_age_never_touches_the_default():
+    versions = [_version("old", "2025-01-01T00:00:00Z"), _version("olddefault", "2025-01-01T00:00:00Z", default=True),
+                _version("new", "2026-01-09T00:00:00Z")]
+    now = datetime(2026, 1, 10, tzinfo=UTC)
+    assert retention.older_than(versions, days=30, now=now) == ["old"]
+
+
+def test_rollback_target_follows_the_promotion_trail_then_the_variant():
+    versions = [
+        _version("vA_b64", "2026-01-01T00:00:00Z", variant="b64"),
+        _version("vB_b64", "2026-01-02T00:00:00Z", variant="b64"),
+        _version("vC_b64", "2026-01-03T00:00:00Z", default=True, variant="b64", promoted_from="va_b64"),
+        _version("vC_url", "2026-01-03T00:00:00Z", variant="url"),
+    ]
+    assert retention.previous_default(versions, current_default="vC_b64") == "vA_b64"
+    assert retention.previous_of_variant(versions, current_default="vC_b64") == "vB_b64"
+    assert retention.previous_default(versions, current_default="vB_b64") is None
+    assert retention.previous_of_variant(versions, current_default="vA_b64") is None
+
+
+def test_errors_stats_lines_are_python_tuples():
+    text = "('Prediction failed: bad jpeg', 3)\n(\"it's quoted\", 1)\n\nnot a tuple\n"
+    counts = batch_outputs.parse_errors_stats(text)
+    assert counts == {"Prediction failed: bad jpeg": 3, "it's quoted": 1, "not a tuple": 1}
+
+
+def test_batch_summary_from_files():
+    files = {
+        "gs://b/out/prediction.results-00000-of-00002": '{"key": "a", "heatmap": []}\n{"key": "b", "heatmap": []}\n',
+        "gs://b/out/prediction.results-00001-of-00002": "",
+        "gs://b/out/prediction.errors_stats-00000-of-00002": "",
+        "gs://b/out/prediction.errors_stats-00001-of-00002": "('not a jpeg', 2)\n",
+        "gs://b/out/summary.json": "{}",
+    }
+    summary = batch_outputs.summarize(job_id="j", output_path="gs://b/out",
+                                      prediction_output={"predictionCount": "2", "errorCount": "2"},
+                                      list_uris=lambda prefix: sorted(files), read_text=files.__getitem__)
+    assert (summary.prediction_count, summary.error_count, summary.result_lines) == (2, 2, 2)
+    assert summary.error_types == {"not a jpeg": 2}
+    assert summary.error_rate == 0.5
+    assert len(summary.result_files) == 2 and len(summary.errors_stats_files) == 2
+    assert summary.sample_keys == ["a", "b"]
+
+
+def test_smoke_check_accepts_good_and_rejects_bad_predictions():
+    heat = [[0.1, 0.9], [0.0, 1.0]]
+    report = smoke.check_predictions([{"key": "a"}], [{"heatmap": heat, "key": "a"}])
+    assert report["heatmap_shape"] == [2, 2] and report["keys_checked"] == 1
+    assert smoke.check_predictions([{"examples": {}}], [{"heatmap": heat, "key": "k"}], keys=["k"])["keys_checked"]
+    for instances, predictions in [
+        ([{"key": "a"}], []),
+        ([{"key": "a"}], [{"heatmap": heat, "key": "b"}]),
+        ([{"key": "a"}], [{"heatmap": [[2.0]], "key": "a"}]),
+        ([{"key": "a"}], [{"heatmap": [0.1, 0.2], "key": "a"}]),
+        ([{"key": "a"}], [{"scores": heat, "key": "a"}]),
+    ]:
+        with pytest.raises(smoke.SmokeTestError):
+            smoke.check_predictions(instances, predictions)
+
+
+def test_config_defaults_fit_the_embedded_stack(monkeypatch):
+    for name in ("GOOGLE_CLOUD_PROJECT", "ML_BUCKET", "ML_ENGINE_ENDPOINT", "ML_MODEL_NAME", "ML_VARIANTS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = config.load()
+    assert settings.ml_engine_endpoint == "http://127.0.0.1:8780/"
+    assert settings.data_uri == "gs://ml-lifecycle/data/default"
+    assert settings.variants == config.VARIANTS and settings.serving_variant in settings.variants
+    monkeypatch.setenv("ML_VARIANTS", "b64, tfexample")
+    monkeypatch.setenv("ML_BUCKET", "other")
+    settings = config.load()
+    assert settings.variants == ("b64", "tfexample") and settings.runs_uri == "gs://other/runs"
+    env = config.embedded_environment(settings)
+    assert '"is_anonymous": true' in env["AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT"]
