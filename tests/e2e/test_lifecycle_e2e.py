@@ -1,0 +1,184 @@
+"""End to end on the local stack: model_lifecycle, batch_prediction and model_maintenance with tiny settings.
+
+One scenario, run once (real GCS emulator, real ml/v1 service, real training,
+`dag.test()` in a fresh interpreter against a SQLite Airflow home):
+
+1. lifecycle A (4 epochs): data generated, 2 variants deployed, smoke-tested, A promoted.
+2. batch on the default, with 2 unreadable lines: results, errors_stats, counts, summary.json.
+3. lifecycle B (1 epoch, worse): deployed and smoke-tested, NOT promoted; the default stays A.
+4. maintenance set_default B, then 5. rollback: back to A (the promotion trail).
+6. batch with a low max_error_rate: the run fails at summarize, after writing its summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from include import config
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "e2e_heatmap"
+BUCKET = "e2e-lifecycle"
+KEY_A, KEY_B = "20260101T000000", "20260102T000000"
+A_B64, B_B64 = f"v{KEY_A}_b64", f"v{KEY_B}_b64"
+BATCH_SAMPLES, BAD_SAMPLES = 8, 2
+
+
+def _steps() -> list[dict]:
+    step = {"model_name": MODEL}
+    return [
+        {**step, "name": "lifecycle_a", "dag_id": "model_lifecycle", "logical_date": "2026-01-01T00:00:00+00:00",
+         "conf": {"epochs": 4}},
+        {**step, "name": "batch_a", "dag_id": "batch_prediction", "logical_date": "2026-01-01T06:00:00+00:00",
+         "conf": {"bad_samples": BAD_SAMPLES, "max_error_rate": 0.5}},
+        {**step, "name": "lifecycle_b_worse", "dag_id": "model_lifecycle",
+         "logical_date": "2026-01-02T00:00:00+00:00", "conf": {"epochs": 1}},
+        {**step, "name": "set_default_b", "dag_id": "model_maintenance", "logical_date": "2026-01-03T00:00:00+00:00",
+         "conf": {"action": "set_default", "version": B_B64}},
+        {**step, "name": "rollback", "dag_id": "model_maintenance", "logical_date": "2026-01-03T01:00:00+00:00",
+         "conf": {"action": "rollback"}},
+        {**step, "name": "batch_too_many_errors", "dag_id": "batch_prediction",
+         "logical_date": "2026-01-03T06:00:00+00:00", "conf": {"bad_samples": BAD_SAMPLES, "max_error_rate": 0.05},
+         "expect": "failed"},
+    ]
+
+
+@pytest.fixture(scope="module")
+def scenario(ml_service, gcs_emulator, tmp_path_factory) -> dict[str, dict]:
+    home = tmp_path_factory.mktemp("airflow_home")
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}",
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "ML_BUCKET": BUCKET,
+        "ML_MODEL_NAME": MODEL,
+        "ML_NUM_EXAMPLES": "96",
+        "ML_VARIANTS": "b64,tfexample",
+        "ML_SERVING_VARIANT": "b64",
+        "ML_SMOKE_INSTANCES": "2",
+        "ML_BATCH_SAMPLE_COUNT": str(BATCH_SAMPLES),
+        "ML_TASK_RETRIES": "0",
+        "ML_ENGINE_ENDPOINT": ml_service.url,
+        "STORAGE_EMULATOR_HOST": gcs_emulator,
+    }
+    env.update({k: v for k, v in config.embedded_environment(_settings(env)).items()})
+    migrate = subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-2000:]
+    steps_file = home / "steps.json"
+    steps_file.write_text(json.dumps(_steps()))
+    log_path = home / "run_dags.log"
+    with open(log_path, "w") as log:
+        result = subprocess.run([sys.executable, str(ROOT / "tests" / "e2e" / "run_dags.py"), str(steps_file)],
+                                env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, timeout=900)
+    reports = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("E2E_STEP "):
+            report = json.loads(line[len("E2E_STEP "):])
+            reports[report.get("name") or "import"] = report
+    assert result.returncode == 0, (f"scenario stopped (exit {result.returncode}) after {list(reports)}: "
+                                    f"{json.dumps(list(reports.values())[-1:], indent=1)[:4000]}\n"
+                                    f"log tail:\n{log_path.read_text()[-6000:]}")
+    return reports
+
+
+def _settings(env: dict) -> config.Settings:
+    saved = dict(os.environ)
+    try:
+        os.environ.update(env)
+        return config.load()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _metric(report: dict, version: str) -> float:
+    return int(report["model"]["versions"][version]["labels"][config.METRIC_LABEL]) / 10_000
+
+
+def test_first_run_deploys_smoke_tests_and_promotes(scenario):
+    run = scenario["lifecycle_a"]
+    tasks = run["tasks"]
+    assert run["state"] == "success"
+    assert tasks["prepare_data"] == "success"  # no data yet: generated
+    assert tasks["smoke_test[0]"] == tasks["smoke_test[1]"] == "success"
+    assert tasks["set_default"] == tasks["record_promotion"] == tasks["retention"] == "success"
+    assert tasks["not_promoted"] == "skipped"
+    assert run["decision"]["promote"] is True
+    model = run["model"]
+    assert model["default"] == A_B64
+    assert set(model["versions"]) == {A_B64, f"v{KEY_A}_tfexample"}
+    assert all(v["state"] == "READY" for v in model["versions"].values())
+    labels = model["versions"][A_B64]["labels"]
+    assert labels["variant"] == "b64" and labels["run"] == KEY_A.lower() and labels["promoted_run"] == KEY_A.lower()
+    assert 0.0 < _metric(run, A_B64) <= 1.0
+
+
+def test_batch_prediction_outputs_and_counts(scenario, gcs_client):
+    run = scenario["batch_a"]
+    assert run["state"] == "success", run["tasks"]
+    outputs = f"batch/{MODEL}/"
+    blobs = [b.name for b in gcs_client.list_blobs(BUCKET, prefix=outputs)]
+    summaries = [b for b in blobs if b.endswith("/outputs/summary.json") and "2026_01_01T06" in b]
+    assert len(summaries) == 1, blobs
+    summary = json.loads(gcs_client.bucket(BUCKET).blob(summaries[0]).download_as_text())
+    assert summary["version"] == A_B64 and summary["variant"] == "b64"
+    assert (summary["prediction_count"], summary["error_count"]) == (BATCH_SAMPLES, BAD_SAMPLES)
+    assert summary["result_lines"] == BATCH_SAMPLES
+    assert sum(summary["error_types"].values()) == BAD_SAMPLES
+    prefix = summaries[0].rsplit("/", 1)[0]
+    names = {b.rsplit("/", 1)[-1] for b in blobs if b.startswith(prefix)}
+    assert {"prediction.results-00000-of-00002", "prediction.results-00001-of-00002",
+            "prediction.errors_stats-00000-of-00002", "prediction.errors_stats-00001-of-00002"} <= names
+    lines = []
+    for name in sorted(n for n in names if n.startswith("prediction.results-")):
+        text = gcs_client.bucket(BUCKET).blob(f"{prefix}/{name}").download_as_text()
+        lines += [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert sorted(line["key"] for line in lines) == [f"sample-{i:05d}" for i in range(BATCH_SAMPLES)]
+    assert all(len(line["heatmap"]) == len(line["heatmap"][0]) for line in lines)
+
+
+def test_worse_second_run_is_not_promoted(scenario):
+    first, run = scenario["lifecycle_a"], scenario["lifecycle_b_worse"]
+    tasks = run["tasks"]
+    assert run["state"] == "success"
+    assert tasks["prepare_data"] == "skipped"  # data already there
+    assert tasks["train"] == "success"
+    assert tasks["smoke_test[0]"] == tasks["smoke_test[1]"] == "success"
+    assert tasks["not_promoted"] == "success"
+    assert tasks["set_default"] == tasks["record_promotion"] == "skipped"
+    assert tasks["retention"] == "success"
+    assert run["decision"]["promote"] is False and run["decision"]["current_version"] == A_B64
+    assert _metric(run, B_B64) < _metric(first, A_B64)
+    assert run["model"]["default"] == A_B64  # untouched
+    assert run["model"]["versions"][B_B64]["state"] == "READY"  # deployed, just not promoted
+
+
+def test_set_default_then_rollback(scenario):
+    assert scenario["set_default_b"]["state"] == "success"
+    assert scenario["set_default_b"]["model"]["default"] == B_B64
+    assert scenario["set_default_b"]["model"]["versions"][B_B64]["labels"]["promoted_from"] == A_B64.lower()
+    rollback = scenario["rollback"]
+    assert rollback["state"] == "success"
+    assert rollback["tasks"]["choose_old_versions"] == "skipped"
+    assert rollback["model"]["default"] == A_B64
+
+
+def test_batch_fails_above_the_error_rate_threshold(scenario):
+    run = scenario["batch_too_many_errors"]
+    assert run["state"] == "failed"
+    assert run["tasks"]["batch_predict"] == "success"
+    assert run["tasks"]["summarize"] == "failed"
