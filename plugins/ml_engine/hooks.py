@@ -36,7 +36,6 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlparse
 
 from airflow.providers.common.compat.sdk import AirflowException
 from airflow.providers.google.common.hooks.base_google import (
@@ -51,15 +50,14 @@ from googleapiclient.discovery import Resource, build
 from googleapiclient.errors import HttpError
 from googleapiclient.http import HttpRequest
 
+from ml_engine.endpoints import GLOBAL_ENDPOINT, is_local_endpoint, normalize_endpoint, regional_endpoint
 from ml_engine.names import job_path, model_path, project_path, short_name, version_path
+from ml_engine.states import JOB_TERMINAL_STATES, VERSION_PENDING_STATES, describe_job
 
 ENDPOINT_EXTRA = "ml_engine_endpoint"
 REGION_EXTRA = "ml_engine_region"
 ENDPOINT_ENV = "ML_ENGINE_ENDPOINT"
-GLOBAL_ENDPOINT = "https://ml.googleapis.com/"
 
-JOB_TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
-VERSION_PENDING_STATES = frozenset({"CREATING", "UPDATING", "DELETING"})
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Fields that make two versions "the same deployment" for an idempotent create.
 VERSION_IDENTITY_FIELDS = ("deploymentUri", "runtimeVersion", "framework", "pythonVersion")
@@ -84,22 +82,6 @@ class MLEngineTimeoutError(AirflowException):
 def http_status(error: HttpError) -> int:
     """HTTP status of a googleapiclient error as an int."""
     return int(getattr(error, "status_code", None) or error.resp.status)
-
-
-def is_local_endpoint(endpoint: str | None) -> bool:
-    """True for an endpoint that is not one of Google's (the local ml/v1 service)."""
-    if not endpoint:
-        return False
-    host = urlparse(endpoint).hostname or ""
-    return not host.endswith("googleapis.com")
-
-
-def normalize_endpoint(endpoint: str | None) -> str | None:
-    """Endpoint with a trailing slash so googleapiclient joins paths under it."""
-    if not endpoint:
-        return None
-    endpoint = endpoint.strip()
-    return endpoint if endpoint.endswith("/") else endpoint + "/"
 
 
 def _same_value(requested: Any, existing: Any) -> bool:
@@ -175,7 +157,7 @@ class MLEngineHook(GoogleBaseHook):
         """The ml/v1 base URL in use, or None for Google's global endpoint."""
         endpoint = self._endpoint_argument or self._get_field(ENDPOINT_EXTRA) or os.environ.get(ENDPOINT_ENV)
         if not endpoint and (region := self._get_field(REGION_EXTRA)):
-            endpoint = f"https://{region}-ml.googleapis.com/"
+            endpoint = regional_endpoint(region)
         return normalize_endpoint(endpoint)
 
     @property
@@ -634,16 +616,6 @@ class MLEngineHook(GoogleBaseHook):
             raise MLEnginePredictionError(f"Prediction by {name} returned no 'predictions': {response!r:.500}")
         return response
 
-
-def describe_job(job: dict) -> str:
-    """One log line for a job: state, counts, error."""
-    text = f"state {job.get('state')}"
-    output = job.get("predictionOutput") or {}
-    if output.get("predictionCount") is not None or output.get("errorCount") is not None:
-        text += f", predictions {output.get('predictionCount', 0)}, errors {output.get('errorCount', 0)}"
-    if job.get("errorMessage"):
-        text += f", error: {job['errorMessage']}"
-    return text
 
 
 class MLEngineAsyncHook(GoogleBaseAsyncHook):

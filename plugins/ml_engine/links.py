@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom
 
-from ml_engine.hooks import is_local_endpoint, normalize_endpoint
+from ml_engine.endpoints import is_local_endpoint, normalize_endpoint
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import BaseOperator, Context, TaskInstanceKey

@@ -17,10 +17,8 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import AirflowException, conf
-from airflow.providers.google.cloud.operators.cloud_base import GoogleCloudBaseOperator
+from airflow.providers.common.compat.sdk import AirflowException, BaseOperator, conf
 
-from ml_engine.hooks import JOB_TERMINAL_STATES, MLEngineHook, describe_job
 from ml_engine.links import MLEngineJobLink, MLEngineVersionLink
 from ml_engine.names import (
     model_path,
@@ -29,14 +27,20 @@ from ml_engine.names import (
     short_name,
     version_path,
 )
-from ml_engine.triggers import MLEngineJobTrigger, MLEngineOperationTrigger
+from ml_engine.states import JOB_TERMINAL_STATES, describe_job
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
+    from ml_engine.hooks import MLEngineHook
 
-class _MLEngineBaseOperator(GoogleCloudBaseOperator):
-    """Connection arguments and the hook shared by all ml/v1 operators."""
+
+class _MLEngineBaseOperator(BaseOperator):
+    """Connection arguments and the hook shared by all ml/v1 operators.
+
+    The hook, googleapiclient and the triggers are imported when a task runs, not when
+    a DAG file imports this module: DAG files must parse in well under a second.
+    """
 
     def __init__(
         self,
@@ -58,6 +62,8 @@ class _MLEngineBaseOperator(GoogleCloudBaseOperator):
         return self._new_hook()
 
     def _new_hook(self) -> MLEngineHook:
+        from ml_engine.hooks import MLEngineHook
+
         return MLEngineHook(
             gcp_conn_id=self.gcp_conn_id, impersonation_chain=self.impersonation_chain, endpoint=self.endpoint
         )
@@ -174,6 +180,8 @@ class MLEngineCreateVersionOperator(_MLEngineBaseOperator):
         if operation is not None and not operation.get("done"):
             self._operation_name = operation["name"]
             if self.deferrable:
+                from ml_engine.triggers import MLEngineOperationTrigger
+
                 self.defer(
                     trigger=MLEngineOperationTrigger(
                         operation_name=operation["name"],
@@ -332,6 +340,8 @@ class MLEngineDeleteVersionOperator(_MLEngineBaseOperator):
             return None
         if not operation.get("done"):
             if self.deferrable:
+                from ml_engine.triggers import MLEngineOperationTrigger
+
                 self.defer(
                     trigger=MLEngineOperationTrigger(
                         operation_name=operation["name"],
@@ -529,6 +539,8 @@ class MLEngineStartBatchPredictionJobOperator(_MLEngineBaseOperator):
         if job.get("state") not in JOB_TERMINAL_STATES:
             self._job_id, self._project_id = job_id, project_id
             if self.deferrable:
+                from ml_engine.triggers import MLEngineJobTrigger
+
                 self.defer(
                     trigger=MLEngineJobTrigger(
                         project_id=project_id,

@@ -15,7 +15,8 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from ml_engine.hooks import JOB_TERMINAL_STATES, MLEngineAsyncHook, describe_job
+from ml_engine.hooks import MLEngineAsyncHook
+from ml_engine.states import JOB_TERMINAL_STATES, describe_job
 
 
 class _MLEnginePollTrigger(BaseTrigger):
