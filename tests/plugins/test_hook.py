@@ -201,3 +201,29 @@ def test_wait_times_out_with_clear_message(hook, model_name):
             poll_interval=0.3,
             max_poll_interval=1,
         )
+
+
+def test_create_retried_after_lost_answer_resolves_409(ml_conn):
+    """A create whose first answer was lost (503) and whose retry meets 409 returns the existing model.
+
+    The local service applies injected faults before doing the work, so this case (work done,
+    answer lost) needs HttpMockSequence.
+    """
+    from googleapiclient.discovery import build
+    from googleapiclient.http import HttpMockSequence
+    from ml_engine.hooks import MLEngineHook
+
+    def error(status: int, reason: str) -> bytes:
+        return json.dumps({"error": {"code": status, "message": reason, "status": reason}}).encode()
+
+    existing = {"name": f"projects/{TEST_PROJECT}/models/m1", "regions": ["us-central1"]}
+    http = HttpMockSequence(
+        [
+            ({"status": "503"}, error(503, "UNAVAILABLE")),
+            ({"status": "409"}, error(409, "ALREADY_EXISTS")),
+            ({"status": "200"}, json.dumps(existing).encode()),
+        ]
+    )
+    hook = MLEngineHook()
+    hook._conn = build("ml", "v1", http=http, static_discovery=True, client_options={"api_endpoint": ml_conn.url})
+    assert hook.create_model(model={"name": "m1"}) == existing
