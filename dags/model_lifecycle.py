@@ -227,16 +227,16 @@ def model_lifecycle():
         default_name = (model.get("defaultVersion") or {}).get("name")
         current_version = naming.short_name(default_name) if default_name else None
         current_metric = None
+        own_default = None
         if current_version in plan["versions"].values():
             # ml/v1 makes a model's first READY version its default: that is not a baseline.
-            log.info("Default %s belongs to this run (first deployment or a re-run): no baseline", current_version)
-            current_version = None
+            own_default, current_version = current_version, None
         elif current_version:
             version = hook.get_version(model_name=plan["model"], version_name=current_version) or {}
             current_metric = labels.decode_metric(version.get("labels"))
         decision = gating.decide(candidate=float(metrics[config.METRIC]), current=current_metric,
                                  current_version=current_version, policy=params["promotion_policy"],
-                                 min_metric=float(params["min_metric"]))
+                                 min_metric=float(params["min_metric"]), own_default=own_default)
         ti.xcom_push(key="decision", value=decision.to_dict())
         storage.write_json(plan["gate_uri"], decision.to_dict())
         log.info("Gate (%s): %s -> %s", decision.policy, decision.reason,

@@ -30,7 +30,9 @@ class Decision:
 
 
 def decide(*, candidate: float, current: float | None, current_version: str | None, policy: str,
-           min_metric: float = 0.0) -> Decision:
+           min_metric: float = 0.0, own_default: str | None = None) -> Decision:
+    """`own_default`: the model's default is one of the candidate run's own versions (ml/v1 makes the
+    first READY version the default, and a re-run finds its own promotion): no baseline to beat."""
     if policy not in PROMOTION_POLICIES:
         raise ValueError(f"unknown promotion policy {policy!r}; choose one of {PROMOTION_POLICIES}")
     if candidate is None or math.isnan(candidate):
@@ -45,6 +47,9 @@ def decide(*, candidate: float, current: float | None, current_version: str | No
         return done(False, "policy 'never': versions deployed, promotion left to a person")
     if policy == "always":
         return done(True, f"policy 'always' (candidate {candidate:.4f}, current {current})")
+    if current_version is None and own_default:
+        return done(True, f"the default {own_default} is this run's own version (first deployment or a re-run): "
+                          f"nothing to beat, candidate {candidate:.4f}")
     if current_version is None:
         return done(True, f"no current default version: candidate {candidate:.4f} becomes the first")
     if current is None:

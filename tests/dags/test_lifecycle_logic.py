@@ -48,6 +48,8 @@ def test_gate_policies(policy, candidate, current, promote):
 def test_gate_first_deployment_minimum_and_unknown_policy():
     assert gate.decide(candidate=0.3, current=None, current_version=None, policy="better").promote
     assert gate.decide(candidate=0.3, current=None, current_version="old", policy="better").promote
+    own = gate.decide(candidate=0.3, current=None, current_version=None, policy="better", own_default="v1_b64")
+    assert own.promote and "own version" in own.reason
     low = gate.decide(candidate=0.3, current=None, current_version=None, policy="always", min_metric=0.5)
     assert not low.promote and "minimum" in low.reason
     with pytest.raises(ValueError, match="unknown promotion policy"):

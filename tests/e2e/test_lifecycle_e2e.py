@@ -7,7 +7,8 @@ One scenario, run once (real GCS emulator, real ml/v1 service, real training,
 2. batch on the default, with 2 unreadable lines: results, errors_stats, counts, summary.json.
 3. lifecycle B (1 epoch, worse): deployed and smoke-tested, NOT promoted; the default stays A.
 4. maintenance set_default B, then 5. rollback: back to A (the promotion trail).
-6. batch with a low max_error_rate: the run fails at summarize, after writing its summary.
+6. lifecycle A again (same logical date, as a cleared run): converges on the same versions and default.
+7. batch with a low max_error_rate: the run fails at summarize, after writing its summary.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def _steps() -> list[dict]:
          "conf": {"action": "set_default", "version": B_B64}},
         {**step, "name": "rollback", "dag_id": "model_maintenance", "logical_date": "2026-01-03T01:00:00+00:00",
          "conf": {"action": "rollback"}},
+        {**step, "name": "lifecycle_a_again", "dag_id": "model_lifecycle",
+         "logical_date": "2026-01-01T00:00:00+00:00", "conf": {"epochs": 4}},
         {**step, "name": "batch_too_many_errors", "dag_id": "batch_prediction",
          "logical_date": "2026-01-03T06:00:00+00:00", "conf": {"bad_samples": BAD_SAMPLES, "max_error_rate": 0.05},
          "expect": "failed"},
@@ -89,6 +92,7 @@ def scenario(ml_service, gcs_emulator, tmp_path_factory) -> dict[str, dict]:
         if line.startswith("E2E_STEP "):
             report = json.loads(line[len("E2E_STEP "):])
             reports[report.get("name") or "import"] = report
+    (home / "reports.json").write_text(json.dumps(reports, indent=1))  # kept for a look after a failure
     assert result.returncode == 0, (f"scenario stopped (exit {result.returncode}) after {list(reports)}: "
                                     f"{json.dumps(list(reports.values())[-1:], indent=1)[:4000]}\n"
                                     f"log tail:\n{log_path.read_text()[-6000:]}")
@@ -182,3 +186,12 @@ def test_batch_fails_above_the_error_rate_threshold(scenario):
     assert run["state"] == "failed"
     assert run["tasks"]["batch_predict"] == "success"
     assert run["tasks"]["summarize"] == "failed"
+
+
+def test_rerun_of_a_run_converges(scenario):
+    before, again = scenario["rollback"], scenario["lifecycle_a_again"]
+    assert again["state"] == "success", again["tasks"]
+    assert again["model"]["default"] == A_B64
+    assert set(again["model"]["versions"]) == set(before["model"]["versions"])  # no duplicates, nothing lost
+    assert again["decision"]["promote"] is True  # its own version is the default: no baseline to beat
+    assert "own version" in again["decision"]["reason"]
