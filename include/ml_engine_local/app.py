@@ -7,7 +7,6 @@ regex routing table below, which mirrors the discovery document.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from include.ml_engine_local import batch, deploy, jobs, models, operations, pages
 from include.ml_engine_local.context import Context
 from include.ml_engine_local.errors import ApiError, PredictionError, invalid_argument, unimplemented
-from include.ml_engine_local.runtime import BadModel
+from include.ml_engine_local.runtime import BadModel, dumps, loads
 
 log = logging.getLogger("ml_engine_local")
 
@@ -46,8 +46,8 @@ class Call:
         if not self.raw.strip():
             return {}
         try:
-            return json.loads(self.raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            return loads(self.raw)
+        except orjson.JSONDecodeError as error:
             raise invalid_argument(f"Invalid JSON payload received. {error}") from None
 
 
@@ -242,7 +242,7 @@ def create_app(state_dir: Path) -> FastAPI:
             return JSONResponse(error.body(), status_code=error.code)
         query = dict(request.query_params)
         status, body = await run_in_threadpool(dispatch, ctx, request.method, path, query, raw)
-        return JSONResponse(body, status_code=status)
+        return Response(dumps(body), status_code=status, media_type="application/json")
 
     @app.get("/", response_class=HTMLResponse)
     @app.get("/ui", response_class=HTMLResponse)

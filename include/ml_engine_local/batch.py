@@ -12,7 +12,6 @@ and the rest of its batch is still predicted.
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 import queue
 import shutil
@@ -24,10 +23,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from include.ml_engine_local import gcs, models
+import orjson
+
+from include.ml_engine_local import gcs, models, runtime
 from include.ml_engine_local.context import Context, new_etag, now_rfc3339
 from include.ml_engine_local.errors import ApiError, PredictionError
-from include.ml_engine_local.runtime import BadModel, LoadedModel, Signature
+from include.ml_engine_local.runtime import BadModel, LoadedModel, PreparedBatch, Signature, dumps, loads
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 5.0
@@ -66,7 +67,7 @@ def submit(ctx: Context, name: str) -> None:
 
 def _run_logged(ctx: Context, name: str) -> None:
     try:
-        run(ctx, name)
+        run_job(ctx, name)
     except Exception:
         log.exception("job %s crashed", name)
 
@@ -75,7 +76,7 @@ def _set(ctx: Context, name: str, **changes) -> dict | None:
     return ctx.store.update(name, lambda doc: doc.update(changes, etag=new_etag()))
 
 
-def run(ctx: Context, name: str) -> None:
+def run_job(ctx: Context, name: str) -> None:
     job = ctx.store.get(name)
     if job is None:
         return
@@ -157,16 +158,27 @@ def _records(stream) -> Iterator[bytes]:
         yield data
 
 
+def _lines(stream, chunk_size: int = 4 * 1024 * 1024) -> Iterator[bytes]:
+    """Lines of a stream read in large chunks (the GCS reader's own readline is byte-slow)."""
+    pending = b""
+    while chunk := stream.read(chunk_size):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        yield from lines
+    if pending:
+        yield pending
+
+
 def _instances(uri: str, data_format: str) -> Iterator[tuple[object, str | None]]:
     """(instance, None) for each good input and (None, error) for each bad one."""
     with gcs.open_read(uri) as raw:
         if data_format in ("JSON", "TEXT"):
-            for number, line in enumerate(raw, start=1):
+            for number, line in enumerate(_lines(raw), start=1):
                 if not line.strip():
                     continue
                 try:
-                    yield json.loads(line), None
-                except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                    yield loads(line), None
+                except orjson.JSONDecodeError as error:
                     yield None, f"Failed to parse input line {number} as JSON: {error.__class__.__name__}"
             return
         stream = gzip.GzipFile(fileobj=raw) if data_format == "TF_RECORD_GZIP" else raw
@@ -218,18 +230,41 @@ def _read_ahead(batches: Iterator[list], stop: threading.Event, depth: int = 2) 
         yield item
 
 
-def _predict_batch(signature: Signature, instances: list, errors: Counter, staging: Path) -> list[dict]:
-    """Predict a batch; on an instance-content error, isolate the bad instances one by one."""
-    try:
-        return signature(instances, staging)
-    except PredictionError:
-        rows = []
-        for instance in instances:
+@dataclass
+class InputBatch:
+    """One batch as read: the good instances, the read errors, and (if they converted) their tensors."""
+
+    instances: list
+    read_errors: list[str]
+    prepared: PreparedBatch | None
+
+
+def _prepare_batches(items: Iterator[list], signature: Signature, scratch: Path) -> Iterator[InputBatch]:
+    for batch in items:
+        good = [instance for instance, error in batch if error is None]
+        prepared = None
+        if good:
             try:
-                rows.extend(signature([instance], staging))
-            except PredictionError as error:
-                errors[str(error)] += 1
-        return rows
+                prepared = runtime.prepare(signature, good, scratch)
+            except PredictionError:
+                prepared = None  # isolated one by one by the consumer
+        yield InputBatch(good, [error for _, error in batch if error is not None], prepared)
+
+
+def _predict_batch(signature: Signature, batch: InputBatch, errors: Counter, staging: Path) -> list[dict]:
+    """Predict a batch; on an instance-content error, isolate the bad instances one by one."""
+    if batch.prepared is not None:
+        try:
+            return runtime.run(signature, batch.prepared)
+        except PredictionError:
+            pass
+    rows = []
+    for instance in batch.instances:
+        try:
+            rows.extend(runtime.predict(signature, [instance], staging))
+        except PredictionError as error:
+            errors[str(error)] += 1
+    return rows
 
 
 def _run_shard(ctx: Context, name: str, signature: Signature, uri: str, prediction_input: dict, shard: int,
@@ -240,23 +275,21 @@ def _run_shard(ctx: Context, name: str, signature: Signature, uri: str, predicti
     cancel, stop_reading = ctx.cancel_event(name), threading.Event()
     scratch.mkdir(parents=True, exist_ok=True)
     last_report = time.monotonic()
-    batches = _batches(_instances(uri, prediction_input["dataFormat"]), int(prediction_input["batchSize"]))
+    batches = _prepare_batches(_batches(_instances(uri, prediction_input["dataFormat"]),
+                                        int(prediction_input["batchSize"])), signature, scratch)
     try:
-        with gcs.open_write(f"{output}/prediction.results-{suffix}") as results:
+        with gcs.open_write(f"{output}/prediction.results-{suffix}", binary=True) as results:
             for batch in _read_ahead(batches, stop_reading):
                 if cancel.is_set():
                     raise JobCancelled()
                 if ctx.stopping.is_set():
                     raise ServiceStopping()
-                good = [instance for instance, error in batch if error is None]
-                for _, error in batch:
-                    if error is not None:
-                        errors[error] += 1
-                rows = _predict_batch(signature, good, errors, scratch) if good else []
+                errors.update(batch.read_errors)
+                rows = _predict_batch(signature, batch, errors, scratch) if batch.instances else []
                 if rows:
-                    results.write("\n".join(json.dumps(row) for row in rows) + "\n")
+                    results.write(b"\n".join(dumps(row) for row in rows) + b"\n")
                 totals.predictions += len(rows)
-                totals.errors += len(batch) - len(rows)
+                totals.errors += len(batch.read_errors) + len(batch.instances) - len(rows)
                 if time.monotonic() - last_report >= PROGRESS_EVERY_S:
                     last_report = time.monotonic()
                     _set(ctx, name, predictionOutput=totals.output(output))

@@ -107,11 +107,11 @@ def open_read(uri: str) -> IO[bytes]:
         raise _translate(uri, error) from error
 
 
-def open_write(uri: str) -> IO[str]:
-    """A streaming text writer (resumable upload in chunks)."""
+def open_write(uri: str, *, binary: bool = False) -> IO:
+    """A streaming writer (resumable upload in chunks), text unless `binary`."""
     bucket, path = split_uri(uri)
     try:
-        return client().bucket(bucket).blob(path).open("w", chunk_size=4 * 1024 * 1024)
+        return client().bucket(bucket).blob(path).open("wb" if binary else "w", chunk_size=4 * 1024 * 1024)
     except gexc.GoogleAPIError as error:
         raise _translate(uri, error) from error
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from include.ml_engine_local import jobs, models, operations
 from include.ml_engine_local.context import Context
 from include.ml_engine_local.errors import ApiError, PredictionError
+from include.ml_engine_local.runtime import dumps, loads
 
 _STYLE = """<style>body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}
@@ -82,7 +83,7 @@ def _predict_upload(ctx: Context, version_name: str, form) -> str:
                 image = tf.image.resize(tf.io.decode_image(data, channels=3, expand_animations=False),
                                         (height, width)) / 255.0
                 instance[alias] = image.numpy().tolist()
-        prediction = signature([instance], ctx.scratch_dir)[0]
+        prediction = loads(dumps(signature([instance], ctx.scratch_dir)[0]))
     except (PredictionError, tf.errors.OpError, ValueError) as error:
         return f"<h2>Prediction failed</h2><pre>{_esc(error)}</pre>"
     shown = {key: (value if len(json.dumps(value)) < 2000 else f"<{len(json.dumps(value))} bytes of JSON>")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gc
 import logging
 import tempfile
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from include.ml_engine_local import gcs
 from include.ml_engine_local.errors import PredictionError
@@ -89,6 +91,9 @@ class ModelCache:
             if key not in self._models:
                 log.info("loading SavedModel %s from %s", key, path)
                 self._models[key] = LoadedModel(path)
+                # A loaded model is a large, long-lived object graph: move it out of the
+                # collector's view so parsing JSON (many short-lived lists) stays fast.
+                gc.freeze()
             return self._models[key]
 
     def evict(self, key: str) -> None:
@@ -120,7 +125,7 @@ def _columns(instances: list, inputs: dict[str, Any]) -> dict[str, list]:
             alias = aliases[0]
             if isinstance(instance, dict) and set(instance) == {alias}:
                 instance = instance[alias]
-            columns[alias].append(_decode_b64(instance))
+            columns[alias].append(instance)
             continue
         if not isinstance(instance, dict):
             raise PredictionError(f"Instance {index} must be an object keyed by the model's inputs "
@@ -131,7 +136,7 @@ def _columns(instances: list, inputs: dict[str, Any]) -> dict[str, list]:
             raise PredictionError(f"Instance {index} does not match the model's inputs {aliases}: "
                                   f"missing {missing}, unexpected {unknown}.")
         for alias in aliases:
-            columns[alias].append(_decode_b64(instance[alias]))
+            columns[alias].append(instance[alias])
     return columns
 
 
@@ -140,6 +145,7 @@ def _tensor(alias: str, values: list, spec: Any) -> np.ndarray:
     if spec.dtype.name == "string":
         array = np.empty(len(values), dtype=object)
         for i, value in enumerate(values):
+            value = _decode_b64(value)
             if isinstance(value, str):
                 value = value.encode("utf-8")
             elif not isinstance(value, bytes):
@@ -162,8 +168,6 @@ def _tensor(alias: str, values: list, spec: Any) -> np.ndarray:
 
 
 def _stage_urls(alias: str, values: list, staging_dir: Path) -> list:
-    if not alias.endswith("_url"):
-        return values
     staged = []
     for index, value in enumerate(values):
         if isinstance(value, str) and value.startswith("gs://"):
@@ -173,6 +177,15 @@ def _stage_urls(alias: str, values: list, staging_dir: Path) -> list:
                 raise PredictionError(f"Input '{alias}': {error}") from None
         staged.append(value)
     return staged
+
+
+def dumps(value: Any) -> bytes:
+    """JSON bytes; numpy arrays and scalars are written natively (float32 at float32 precision)."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def loads(data: bytes | str) -> Any:
+    return orjson.loads(data)
 
 
 def _json_value(value: Any) -> Any:
@@ -198,30 +211,69 @@ def _tf_message(error: Exception) -> str:
     return (useful[-1] if useful else lines[0])[:500]
 
 
-def predict(signature: Signature, instances: list, staging_dir: Path | None = None) -> list[dict]:
-    """Run one batch of instances; raise PredictionError for anything the instances got wrong."""
+@dataclass
+class PreparedBatch:
+    """Input tensors ready for the signature, and the staged files they may point at."""
+
+    feeds: dict[str, Any]
+    count: int
+    staging: tempfile.TemporaryDirectory | None = None
+
+    def cleanup(self) -> None:
+        if self.staging is not None:
+            self.staging.cleanup()
+            self.staging = None
+
+
+def prepare(signature: Signature, instances: list, staging_dir: Path | None = None) -> PreparedBatch:
+    """JSON instances -> input tensors (the CPU-bound Python half of a prediction).
+
+    Kept apart from `run` so batch jobs can prepare the next batch while
+    TensorFlow (which releases the GIL) computes the current one.
+    """
     import tensorflow as tf
 
     columns = _columns(instances, signature.inputs)
-    with tempfile.TemporaryDirectory(dir=staging_dir) as tmp:
-        feeds = {}
+    batch = PreparedBatch(feeds={}, count=len(instances))
+    try:
         for alias, values in columns.items():
             spec = signature.inputs[alias]
-            if spec.dtype.name == "string":
-                values = _stage_urls(alias, values, Path(tmp))
-            feeds[alias] = tf.constant(_tensor(alias, values, spec), dtype=spec.dtype)
-        try:
-            outputs = signature.function(**feeds)
-        except (tf.errors.OpError, ValueError, TypeError) as error:
-            raise PredictionError(f"Prediction failed: {_tf_message(error)}") from None
-    count = len(instances)
-    rows: list[dict] = [{} for _ in range(count)]
+            if spec.dtype.name == "string" and alias.endswith("_url"):
+                if batch.staging is None:
+                    batch.staging = tempfile.TemporaryDirectory(dir=staging_dir)
+                values = _stage_urls(alias, values, Path(batch.staging.name))
+            batch.feeds[alias] = tf.constant(_tensor(alias, values, spec), dtype=spec.dtype)
+    except BaseException:
+        batch.cleanup()
+        raise
+    return batch
+
+
+def run(signature: Signature, batch: PreparedBatch) -> list[dict]:
+    """Call the signature on a prepared batch; one row per instance, keyed by output alias.
+
+    Rows hold numpy values for numeric outputs: serialise them with `dumps`.
+    """
+    import tensorflow as tf
+
+    try:
+        outputs = signature.function(**batch.feeds)
+    except (tf.errors.OpError, ValueError, TypeError) as error:
+        raise PredictionError(f"Prediction failed: {_tf_message(error)}") from None
+    finally:
+        batch.cleanup()
+    rows: list[dict] = [{} for _ in range(batch.count)]
     for alias, tensor in outputs.items():
         array = tensor.numpy()
-        if array.ndim == 0 or array.shape[0] != count:
+        if array.ndim == 0 or array.shape[0] != batch.count:
             raise PredictionError(f"Output '{alias}' is not batched (shape {list(array.shape)}).")
-        values = array.tolist()
-        needs_conversion = array.dtype == object
+        # numeric rows stay numpy (serialised by `dumps`); strings become text or {"b64": ...}
+        values = [_json_value(value) for value in array.tolist()] if array.dtype == object else array
         for row, value in zip(rows, values, strict=True):
-            row[alias] = _json_value(value) if needs_conversion else value
+            row[alias] = value
     return rows
+
+
+def predict(signature: Signature, instances: list, staging_dir: Path | None = None) -> list[dict]:
+    """Run one batch of instances; raise PredictionError for anything the instances got wrong."""
+    return run(signature, prepare(signature, instances, staging_dir))

@@ -1,0 +1,222 @@
+"""`make bench`: the local ml/v1 service against raw TensorFlow, measured side by side in one run.
+
+Same SavedModel (the project's heatmap network, `b64` and `instances`
+serving variants), same instances, same batch size:
+
+- batch: a batch prediction job (JSON lines read from GCS, results written to
+  GCS) in instances/s, as a ratio of calling the loaded signature in-process;
+- online: one-instance predict latency p50/p95 over a kept-alive HTTP
+  connection, against the raw signature call on the same instance.
+
+Rounds alternate service and raw runs so machine noise hits both alike;
+medians are reported. Goals (issue 2): batch >= 0.7x raw, online p50 overhead <= 5 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from include import devstack
+
+PROJECT = "bench-project"
+BUCKET = "bench-bucket"
+
+
+def _images(count: int, size: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(count, size, size, 3), dtype=np.uint8)
+
+
+def _export(variant: str, size: int, directory: Path) -> Path:
+    from include.trainer.model import build_model
+    from include.trainer.serving import HeatmapServer
+
+    HeatmapServer(build_model(size), variant).save(str(directory))
+    return directory
+
+
+def _instances(variant: str, images: np.ndarray) -> list[dict]:
+    from include.trainer.features import encode_jpeg
+
+    if variant == "b64":
+        return [{"image_bytes": {"b64": base64.b64encode(encode_jpeg(img)).decode()}, "key": f"k{i}"}
+                for i, img in enumerate(images)]
+    return [{"image": (img / 255.0).round(4).tolist(), "key": f"k{i}"} for i, img in enumerate(images)]
+
+
+def _raw_inputs(variant: str, instances: list[dict]):
+    import tensorflow as tf
+
+    if variant == "b64":
+        return {"image_bytes": tf.constant([base64.b64decode(i["image_bytes"]["b64"]) for i in instances]),
+                "key": tf.constant([i["key"] for i in instances])}
+    return {"image": tf.constant(np.asarray([i["image"] for i in instances], np.float32)),
+            "key": tf.constant([i["key"] for i in instances])}
+
+
+def _raw_batch_seconds(signature, variant: str, instances: list[dict], batch_size: int) -> float:
+    """In-process inference at the same batch size (inputs prepared beforehand, outputs to numpy)."""
+    batches = [_raw_inputs(variant, instances[i:i + batch_size]) for i in range(0, len(instances), batch_size)]
+    started = time.perf_counter()
+    for feeds in batches:
+        {name: tensor.numpy() for name, tensor in signature(**feeds).items()}
+    return time.perf_counter() - started
+
+
+def _job_seconds(api, model: str, input_uri: str, output_uri: str, batch_size: int, tag: str) -> float:
+    """Wall time of a batch job from create to SUCCEEDED (polled every 50 ms)."""
+    job_id = f"bench_{tag}_{int(time.time() * 1000)}"
+    started = time.perf_counter()
+    api.projects().jobs().create(parent=f"projects/{PROJECT}", body={"jobId": job_id, "predictionInput": {
+        "modelName": f"projects/{PROJECT}/models/{model}", "dataFormat": "JSON", "inputPaths": [input_uri],
+        "outputPath": output_uri, "region": "us-central1", "batchSize": batch_size}}).execute()
+    while True:
+        job = api.projects().jobs().get(name=f"projects/{PROJECT}/jobs/{job_id}").execute()
+        if job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            break
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    if job["state"] != "SUCCEEDED" or job["predictionOutput"]["errorCount"] != "0":
+        raise RuntimeError(f"benchmark job did not succeed cleanly: {job}")
+    return elapsed
+
+
+def _latencies(call, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def _deploy(api, bucket, model: str, directory: Path) -> None:
+    prefix = f"models/{model}"
+    for path in directory.rglob("*"):
+        if path.is_file():
+            bucket.blob(f"{prefix}/{path.relative_to(directory).as_posix()}").upload_from_filename(str(path))
+    api.projects().models().create(parent=f"projects/{PROJECT}", body={"name": model}).execute()
+    operation = api.projects().models().versions().create(
+        parent=f"projects/{PROJECT}/models/{model}",
+        body={"name": "v1", "deploymentUri": f"gs://{BUCKET}/{prefix}"}).execute()
+    while not api.projects().operations().get(name=operation["name"]).execute().get("done"):
+        time.sleep(0.2)
+
+
+def bench_variant(variant: str, args, api, bucket, ml_port: int, workdir: Path) -> dict:
+    import tensorflow as tf
+
+    directory = _export(variant, args.image_size, workdir / variant)
+    model = f"bench_{variant}"
+    _deploy(api, bucket, model, directory)
+    signature = tf.saved_model.load(str(directory)).signatures["serving_default"]
+    instances = _instances(variant, _images(args.instances, args.image_size))
+    bucket.blob(f"inputs/{variant}.json").upload_from_string("\n".join(json.dumps(i) for i in instances))
+    input_uri = f"gs://{BUCKET}/inputs/{variant}.json"
+
+    _raw_batch_seconds(signature, variant, instances[: args.batch_size * 2], args.batch_size)  # warm up
+    raw, service = [], []
+    for round_number in range(args.rounds):
+        raw.append(_raw_batch_seconds(signature, variant, instances, args.batch_size))
+        service.append(_job_seconds(api, model, input_uri, f"gs://{BUCKET}/out/{variant}/{round_number}",
+                                    args.batch_size, variant))
+    raw_rate = args.instances / statistics.median(raw)
+    service_rate = args.instances / statistics.median(service)
+
+    one = instances[:1]
+    raw_feeds = _raw_inputs(variant, one)
+    body = json.dumps({"instances": one}).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", ml_port)
+    path = f"/v1/projects/{PROJECT}/models/{model}:predict"
+
+    def http_predict() -> None:
+        connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        payload = response.read()
+        if response.status != 200 or b'"predictions"' not in payload[:40]:
+            raise RuntimeError(f"predict failed: {response.status} {payload[:200]!r}")
+
+    def raw_predict() -> None:
+        {name: tensor.numpy() for name, tensor in signature(**raw_feeds).items()}
+
+    for _ in range(20):
+        http_predict()
+        raw_predict()
+    raw_ms, http_ms = [], []
+    for _ in range(args.rounds):
+        raw_ms += _latencies(raw_predict, args.online_requests // args.rounds)
+        http_ms += _latencies(http_predict, args.online_requests // args.rounds)
+    connection.close()
+    return {
+        "variant": variant,
+        "batch_raw_per_s": raw_rate,
+        "batch_service_per_s": service_rate,
+        "batch_ratio": service_rate / raw_rate,
+        "online_raw_p50_ms": _percentile(raw_ms, 50),
+        "online_raw_p95_ms": _percentile(raw_ms, 95),
+        "online_service_p50_ms": _percentile(http_ms, 50),
+        "online_service_p95_ms": _percentile(http_ms, 95),
+        "online_p50_ratio": _percentile(http_ms, 50) / _percentile(raw_ms, 50),
+        "online_p50_overhead_ms": _percentile(http_ms, 50) - _percentile(raw_ms, 50),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=2048)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--online-requests", type=int, default=300)
+    parser.add_argument("--variants", default="b64,instances")
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    gcs_port, ml_port = devstack.free_port(), devstack.free_port()
+    gcs_host = f"http://127.0.0.1:{gcs_port}"
+    os.environ["STORAGE_EMULATOR_HOST"] = gcs_host
+    gcs_server = devstack.gcs_emulator(port=gcs_port, data_dir=None, log_path=workdir / "gcs.log").start()
+    ml_server = devstack.ml_service(port=ml_port, state_dir=workdir / "state", gcs_host=gcs_host,
+                                    log_path=workdir / "ml.log").start(timeout=120)
+    try:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+        from googleapiclient.discovery import build
+
+        bucket = storage.Client(project=PROJECT, credentials=AnonymousCredentials()).create_bucket(BUCKET)
+        api = build("ml", "v1", credentials=AnonymousCredentials(), cache_discovery=False,
+                    client_options={"api_endpoint": f"http://127.0.0.1:{ml_port}/"})
+        print(f"bench: {args.instances} instances, batch size {args.batch_size}, {args.image_size}px images, "
+              f"{args.rounds} alternating rounds, {os.cpu_count()} CPUs")
+        results = [bench_variant(v, args, api, bucket, ml_port, workdir) for v in args.variants.split(",")]
+    finally:
+        ml_server.stop()
+        gcs_server.stop()
+    print()
+    print(f"{'variant':<10} {'raw TF/s':>9} {'job/s':>8} {'ratio':>6} | {'raw p50':>8} {'raw p95':>8} "
+          f"{'svc p50':>8} {'svc p95':>8} {'p50 +ms':>8}")
+    for r in results:
+        print(f"{r['variant']:<10} {r['batch_raw_per_s']:>9.0f} {r['batch_service_per_s']:>8.0f} "
+              f"{r['batch_ratio']:>6.2f} | {r['online_raw_p50_ms']:>8.2f} {r['online_raw_p95_ms']:>8.2f} "
+              f"{r['online_service_p50_ms']:>8.2f} {r['online_service_p95_ms']:>8.2f} "
+              f"{r['online_p50_overhead_ms']:>8.2f}")
+    print("\ngoals: batch ratio >= 0.70 (job wall time incl. GCS in/out, create->SUCCEEDED); "
+          "online p50 overhead <= 5 ms")
+
+
+if __name__ == "__main__":
+    main()
