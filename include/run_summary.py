@@ -47,7 +47,7 @@ def collect(settings: config.Settings) -> dict:
     versions = api.projects().models().versions().list(parent=model_path).execute().get("versions", [])
     default = short_name((model.get("defaultVersion") or {}).get("name", "")) or None
     rows = []
-    for version in sorted(versions, key=lambda v: v.get("createTime", "")):
+    for version in sorted(versions, key=lambda v: (v.get("createTime", ""), v["name"])):
         labels = version.get("labels") or {}
         rows.append({
             "version": short_name(version["name"]),
