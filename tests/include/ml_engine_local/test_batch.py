@@ -48,8 +48,9 @@ def test_json_job_with_bad_lines_over_two_files(ml_api, deploy, bucket, gcs_pref
     model, _ = deploy("tiny")
     good = [json.dumps({"x": [i, 1], "key": f"k{i}"}) for i in range(25)]
     bucket.blob(f"{gcs_prefix}/in/part-0.json").upload_from_string(
-        "\n".join(good[:15] + ["{broken json", json.dumps({"x": [-5, 1], "key": "neg"}), ""]))
-    bucket.blob(f"{gcs_prefix}/in/part-1.json").upload_from_string("\n".join(good[15:] + ['{"x": [1], "key": "short"}']))
+        "\n".join([*good[:15], "{broken json", json.dumps({"x": [-5, 1], "key": "neg"}), ""]))
+    short = '{"x": [1], "key": "short"}'
+    bucket.blob(f"{gcs_prefix}/in/part-1.json").upload_from_string("\n".join([*good[15:], short]))
     bucket.blob(f"{gcs_prefix}/in/other.txt").upload_from_string("not matched by the wildcard")
     output = f"gs://{bucket.name}/{gcs_prefix}/out"
     job_id = start_job(ml_api, prediction_input({"modelName": model}, [f"gs://{bucket.name}/{gcs_prefix}/in/part-*"],

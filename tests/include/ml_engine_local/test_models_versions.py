@@ -17,7 +17,8 @@ def error_of(excinfo) -> dict:
 def test_model_create_get_list_patch_delete(ml_api):
     models = ml_api.projects().models()
     name = unique("lifecycle")
-    created = models.create(parent=PARENT, body={"name": name, "description": "d", "regions": ["europe-west1"]}).execute()
+    body = {"name": name, "description": "d", "regions": ["europe-west1"]}
+    created = models.create(parent=PARENT, body=body).execute()
     assert created["name"] == f"{PARENT}/models/{name}"
     assert created["regions"] == ["europe-west1"]
     assert models.get(name=created["name"]).execute()["description"] == "d"

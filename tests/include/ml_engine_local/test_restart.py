@@ -53,7 +53,8 @@ def test_kill_9_keeps_state_and_resumes_work(own_service, model_uris, bucket, gc
     own_service.server.start(timeout=120)
     api = own_service.build_api()
 
-    assert api.projects().models().get(name=model_name).execute()["defaultVersion"]["name"] == f"{model_name}/versions/v1"
+    model_after = api.projects().models().get(name=model_name).execute()
+    assert model_after["defaultVersion"]["name"] == f"{model_name}/versions/v1"
     assert api.projects().jobs().get(name=f"{PARENT}/jobs/{finished}").execute()["state"] == "SUCCEEDED"
     done = wait_operation(api, second["name"])
     assert done["response"]["state"] == "READY"
