@@ -57,8 +57,12 @@ def _task_states(dag_id: str, run_id: str) -> tuple[str, dict]:
                                                  key="decision").one_or_none()
         if row is not None:
             decision = row.value if not isinstance(row.value, str | bytes) else json.loads(row.value)
-        return str(run.state.value if hasattr(run.state, "value") else run.state), {"tasks": states,
-                                                                                    "decision": decision}
+        from airflow.models.asset import AssetEvent
+
+        events = [{"task_id": e.source_task_id, "extra": e.extra}
+                  for e in session.query(AssetEvent).filter_by(source_dag_id=dag_id, source_run_id=run_id)]
+        state = str(run.state.value if hasattr(run.state, "value") else run.state)
+        return state, {"tasks": states, "decision": decision, "asset_events": events}
 
 
 def main(path: str) -> int:

@@ -129,6 +129,9 @@ def test_first_run_deploys_smoke_tests_and_promotes(scenario):
     labels = model["versions"][A_B64]["labels"]
     assert labels["variant"] == "b64" and labels["run"] == KEY_A.lower() and labels["promoted_run"] == KEY_A.lower()
     assert 0.0 < _metric(run, A_B64) <= 1.0
+    [event] = run["asset_events"]  # the promotion Asset that schedules batch_prediction
+    assert event["task_id"] == "record_promotion"
+    assert event["extra"]["version"] == A_B64 and event["extra"]["model"] == MODEL
 
 
 def test_batch_prediction_outputs_and_counts(scenario, gcs_client):
@@ -168,6 +171,7 @@ def test_worse_second_run_is_not_promoted(scenario):
     assert run["decision"]["promote"] is False and run["decision"]["current_version"] == A_B64
     assert _metric(run, B_B64) < _metric(first, A_B64)
     assert run["model"]["default"] == A_B64  # untouched
+    assert run["asset_events"] == []  # no promotion, no batch trigger
     assert run["model"]["versions"][B_B64]["state"] == "READY"  # deployed, just not promoted
 
 
