@@ -5,11 +5,12 @@ PY := $(VENV)/bin/python
 STATE_DIR ?= .state
 GCS_PORT ?= 9023
 ML_PORT ?= 8780
+AIRFLOW_PORT ?= 8080
 STAMP := $(VENV)/.installed-stamp
 export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
 export STATE_DIR GCS_PORT ML_PORT
 
-.PHONY: install test lint services stop run airflow bench clean
+.PHONY: install test lint browser services stop run airflow bench clean
 
 install: $(STAMP)  ## create/update .venv from requirements.txt (uv, else pip)
 
@@ -20,7 +21,7 @@ $(STAMP): requirements.txt constraints.txt scripts/install.sh
 lint: install  ## ruff
 	$(VENV)/bin/ruff check .
 
-test: install lint  ## install, lint, run the whole test suite
+test: install lint browser  ## install, lint, run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 run: install  ## set up, start the local stack, run model_lifecycle then batch_prediction, summary, stop
@@ -29,8 +30,20 @@ run: install  ## set up, start the local stack, run model_lifecycle then batch_p
 services: install  ## start the GCS emulator and the ml/v1 service in the background
 	$(PY) -m include.devstack start
 
+browser:  ## Debian's chromium for the browser test (apt-get, as root or on CI, when /usr/bin/chromium is missing)
+	@if [[ ! -x /usr/bin/chromium ]]; then \
+	  if [[ $$(id -u) == 0 || -n "$${CI:-}" ]]; then \
+	    echo "browser: installing Debian's chromium"; \
+	    $$( [[ $$(id -u) == 0 ]] || echo sudo ) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$( [[ $$(id -u) == 0 ]] || echo sudo ) apt-get install -y -qq chromium >/dev/null; \
+	  else echo "browser: /usr/bin/chromium missing (apt-get install chromium); the browser test will skip"; fi; \
+	fi
+
+airflow: install  ## Airflow 3 (api-server, scheduler, dag-processor, triggerer) + services; UI http://localhost:$(AIRFLOW_PORT) (admin/admin)
+	$(PY) -m include.airflow_stack start --port $(AIRFLOW_PORT)
+
 stop:  ## stop everything `make services` / `make airflow` started
-	@if [[ -x $(PY) ]]; then $(PY) -m include.devstack stop; fi
+	@if [[ -x $(PY) ]]; then $(PY) -m include.airflow_stack stop && $(PY) -m include.devstack stop; fi
 
 bench: install  ## benchmarks: service vs raw TensorFlow, side by side
 	$(PY) -m bench.run $(BENCH_ARGS)

@@ -1,0 +1,356 @@
+"""Start and stop Airflow 3 on this machine with the project's DAGs and plugins: `make airflow` / `make stop`.
+
+One place for the local Airflow stack: the CLI below (pid files and logs under
+the state dir, like `include.devstack` for the GCS emulator and the ml/v1
+service) and the `AirflowStack` class the end-to-end tests start on free ports,
+so what the tests run is what users run.
+
+The stack: api-server (UI + REST API + execution API), scheduler (LocalExecutor),
+dag-processor and triggerer, one SQLite metadata database under
+`STATE_DIR/airflow`, SimpleAuthManager with the documented local user
+`admin` / `admin` (`AIRFLOW_ADMIN_PASSWORD` changes the password). Connections
+come from the environment (`include.config.embedded_environment()`): with the
+local services (default) the `google_cloud_default` connection points at the
+emulator and the local ml/v1 service; with `--services none` whatever
+`AIRFLOW_CONN_*`, `ML_ENGINE_ENDPOINT`, `STORAGE_EMULATOR_HOST` and Google
+credentials the caller exports are passed through unchanged (real GCS / ml/v1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from include import devstack
+
+PROJECT_ROOT = devstack.PROJECT_ROOT
+DEFAULT_PORT = 8080
+DEFAULT_WORKER_LOG_PORT = 8793
+DEFAULT_TRIGGER_LOG_PORT = 8794
+ADMIN_USER = "admin"
+DEFAULT_ADMIN_PASSWORD = "admin"  # local only; documented in README ("Airflow UI")
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+PROJECT_DAGS = ("model_lifecycle", "batch_prediction", "model_maintenance")
+SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+
+
+def _secret(path: Path) -> str:
+    """A random secret kept in the state dir, so restarts keep sessions and tokens valid."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+@dataclass
+class AirflowStack:
+    """Airflow's four components (and optionally the local services) for one state dir."""
+
+    state_dir: Path
+    port: int = DEFAULT_PORT
+    host: str = "127.0.0.1"
+    gcs_port: int = devstack.DEFAULT_GCS_PORT
+    ml_port: int = devstack.DEFAULT_ML_PORT
+    worker_log_port: int = DEFAULT_WORKER_LOG_PORT
+    trigger_log_port: int = DEFAULT_TRIGGER_LOG_PORT
+    local_services: bool = True
+    start_local_services: bool = True
+    unpause: bool = True
+    password: str = DEFAULT_ADMIN_PASSWORD
+    extra_env: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, devstack.LocalProcess] = field(default_factory=dict)
+    services: list[devstack.LocalProcess] = field(default_factory=list)
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.state_dir / "airflow"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def url(self) -> str:
+        return f"http://{'localhost' if self.host in ('127.0.0.1', '0.0.0.0') else self.host}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}" if self.host in ("127.0.0.1", "0.0.0.0") else self.url
+
+    # --- environment ------------------------------------------------------------
+
+    def environment(self) -> dict[str, str]:
+        """Every variable the Airflow components need; the caller's own AIRFLOW__* settings win."""
+        home = self.airflow_home
+        passwords = home / "simple_auth_manager_passwords.json"
+        env = {
+            "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "plugins")]),
+            "AIRFLOW_HOME": str(home),
+            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        }
+        defaults = {
+            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": str(not self.unpause),
+            "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.worker_log_port),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.trigger_log_port),
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__HOST": self.host,
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API__SECRET_KEY": _secret(home / ".api_secret_key"),
+            "AIRFLOW__API_AUTH__JWT_SECRET": _secret(home / ".jwt_secret"),
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        }
+        for key, value in defaults.items():
+            env[key] = os.environ.get(key, value)
+        if self.local_services:
+            env["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{self.gcs_port}"
+            env["ML_ENGINE_ENDPOINT"] = f"http://127.0.0.1:{self.ml_port}/"
+        env.update(self.extra_env)
+        env.update(self._connection_env(env))
+        return env
+
+    def _connection_env(self, env: dict[str, str]) -> dict[str, str]:
+        """The Google connection for the services in use (from include.config, read in `env`)."""
+        code = "from include import config; import json; print(json.dumps(config.embedded_environment()))"
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True,
+                             capture_output=True, text=True, cwd=PROJECT_ROOT).stdout
+        connections = json.loads(out)
+        if not self.local_services:  # the caller's own connection and endpoints win
+            connections = {key: value for key, value in connections.items() if key not in os.environ}
+        return connections
+
+    def write_passwords(self) -> Path:
+        """SimpleAuthManager's passwords file with the documented local password."""
+        path = self.airflow_home / "simple_auth_manager_passwords.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({ADMIN_USER: self.password}))
+        path.chmod(0o600)
+        return path
+
+    # --- processes --------------------------------------------------------------
+
+    def _airflow(self, *args: str) -> list[str]:
+        return [str(Path(sys.executable).parent / "airflow"), *args]
+
+    def _component(self, name: str, env: dict[str, str]) -> devstack.LocalProcess:
+        argv = {
+            "api-server": self._airflow("api-server", "--host", self.host, "--port", str(self.port)),
+            "scheduler": self._airflow("scheduler"),
+            "dag-processor": self._airflow("dag-processor"),
+            "triggerer": self._airflow("triggerer"),
+        }[name]
+        return devstack.LocalProcess(name=f"airflow-{name}", argv=argv,
+                                     health_url=f"{self.api_url}/api/v2/monitor/health",
+                                     log_path=self.log_dir / f"airflow-{name}.log", env=env, cwd=PROJECT_ROOT)
+
+    def start_services(self) -> None:
+        gcs_host = f"http://127.0.0.1:{self.gcs_port}"
+        self.services = [
+            devstack.gcs_emulator(port=self.gcs_port, data_dir=self.state_dir / "gcs",
+                                  log_path=self.log_dir / "gcs-emulator.log"),
+            devstack.ml_service(port=self.ml_port, state_dir=self.state_dir / "ml_engine", gcs_host=gcs_host,
+                                log_path=self.log_dir / "ml-engine-local.log"),
+        ]
+        for server in self.services:
+            server.start(timeout=120)
+
+    def migrate(self, env: dict[str, str]) -> None:
+        log = self.log_dir / "airflow-db-migrate.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "wb") as out:
+            done = subprocess.run(self._airflow("db", "migrate"), env={**os.environ, **env}, stdout=out,
+                                  stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+        if done.returncode:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+            raise RuntimeError(f"airflow db migrate failed ({log}):\n{tail}")
+
+    def start(self, *, timeout: float = 240) -> AirflowStack:
+        """Services (if local), DB migration, the four components; returns when all are healthy and DAGs parsed."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.local_services and self.start_local_services and not self.services:
+            self.start_services()
+        env = self.environment()
+        self.write_passwords()
+        self.migrate(env)
+        self.processes = {name: self._component(name, env) for name in COMPONENTS}
+        try:
+            with ThreadPoolExecutor(len(self.processes)) as pool:
+                for future in [pool.submit(p.start, timeout=timeout) for p in self.processes.values()]:
+                    future.result()
+            self.wait_healthy(timeout=timeout)
+            self.wait_dags(timeout=timeout)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            process.stop(timeout=20)
+        for server in reversed(self.services):
+            server.stop()
+
+    # --- REST API ---------------------------------------------------------------
+
+    def token(self) -> str:
+        """A JWT for the REST API, as the UI gets one: POST /auth/token with the user's credentials."""
+        body = json.dumps({"username": ADMIN_USER, "password": self.password}).encode()
+        request = urllib.request.Request(f"{self.api_url}/auth/token", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)["access_token"]
+
+    def api(self, method: str, path: str, body: dict | None = None, *, token: str | None = None) -> dict:
+        """One REST API v2 call (`path` after /api/v2), JSON in and out."""
+        request = urllib.request.Request(
+            f"{self.api_url}/api/v2{path}", method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Accept": "application/json",
+                     "Authorization": f"Bearer {token or self.token()}"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.load(response)
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(f"{self.api_url}/api/v2/monitor/health", timeout=10) as response:
+            return json.load(response)
+
+    def wait_healthy(self, *, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        health: dict = {}
+        while time.monotonic() < deadline:
+            self._check_alive()
+            with contextlib.suppress(OSError, ValueError):
+                health = self.health()
+                if all((health.get(part) or {}).get("status") == "healthy"
+                       for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")):
+                    return health
+            time.sleep(1)
+        raise TimeoutError(f"Airflow not healthy within {timeout:.0f} s: {health}")
+
+    def wait_dags(self, *, timeout: float, dag_ids: tuple[str, ...] = PROJECT_DAGS) -> dict:
+        """Until the dag-processor has parsed the project's DAGs; fails on import errors."""
+        deadline = time.monotonic() + timeout
+        token = self.token()
+        while time.monotonic() < deadline:
+            self._check_alive()
+            errors = self.api("GET", "/importErrors", token=token)
+            if errors.get("total_entries"):
+                raise RuntimeError(f"DAG import errors: {json.dumps(errors['import_errors'], indent=1)}")
+            dags = {d["dag_id"]: d for d in self.api("GET", "/dags?limit=100", token=token)["dags"]}
+            if set(dag_ids) <= set(dags):
+                return dags
+            time.sleep(1)
+        raise TimeoutError(f"DAGs {dag_ids} not parsed within {timeout:.0f} s")
+
+    def _check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.process is not None and process.process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.process.returncode}:\n{process.log_tail()}")
+
+
+# --- CLI for `make airflow` / `make stop` ------------------------------------
+
+
+def _pid_dir(state_dir: Path) -> Path:
+    return state_dir / "run" / "airflow"
+
+
+def _start(stack: AirflowStack) -> None:
+    pid_dir = _pid_dir(stack.state_dir)
+    running = [p.stem for p in pid_dir.glob("*.pid") if devstack._running_pid(p)]
+    if running:
+        print(f"Airflow already running ({', '.join(sorted(running))}): {stack.url}  (make stop to stop it)")
+        return
+    started = time.monotonic()
+    if stack.local_services:  # as `make services` does, with their own pid files (already running: kept)
+        devstack._start(stack.state_dir, stack.gcs_port, stack.ml_port)
+    stack.start()
+    pid_dir.mkdir(parents=True, exist_ok=True)
+    for name, process in stack.processes.items():
+        (pid_dir / f"{name}.pid").write_text(str(process.process.pid))
+    dags = stack.wait_dags(timeout=60)
+    print(f"Airflow is up in {time.monotonic() - started:.0f} s: {stack.url}  "
+          f"(user {ADMIN_USER}, password {stack.password})")
+    for dag_id in PROJECT_DAGS:
+        print(f"  {dag_id}: {'paused' if dags[dag_id]['is_paused'] else 'active'}, "
+              f"schedule {dags[dag_id].get('timetable_summary')}")
+    print(f"Logs: {stack.log_dir}/airflow-*.log; task logs under {stack.airflow_home / 'logs'}")
+
+
+def _stop(state_dir: Path) -> None:
+    pid_dir = _pid_dir(state_dir)
+    for pid_file in sorted(pid_dir.glob("*.pid")):
+        if pid := devstack._running_pid(pid_file):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            for _ in range(200):
+                if devstack._running_pid(pid_file) is None:
+                    break
+                time.sleep(0.1)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            print(f"airflow-{pid_file.stem}: stopped (pid {pid})")
+        pid_file.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("--state-dir", type=Path,
+                        default=Path(os.environ.get("STATE_DIR", devstack.DEFAULT_STATE_DIR)))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("AIRFLOW_PORT", DEFAULT_PORT)))
+    parser.add_argument("--host", default=os.environ.get("AIRFLOW_HOST", "127.0.0.1"),
+                        help="address the UI binds (0.0.0.0 to reach it from other machines)")
+    parser.add_argument("--gcs-port", type=int, default=int(os.environ.get("GCS_PORT", devstack.DEFAULT_GCS_PORT)))
+    parser.add_argument("--ml-port", type=int, default=int(os.environ.get("ML_PORT", devstack.DEFAULT_ML_PORT)))
+    parser.add_argument("--services", choices=["local", "none"], default=os.environ.get("SERVICES", "local"),
+                        help="local: start the GCS emulator and the ml/v1 service; none: use the environment's")
+    args = parser.parse_args(argv)
+    state_dir = args.state_dir.resolve()
+    if args.action == "stop":
+        _stop(state_dir)
+        return
+    stack = AirflowStack(
+        state_dir=state_dir, port=args.port, host=args.host, gcs_port=args.gcs_port, ml_port=args.ml_port,
+        worker_log_port=int(os.environ.get("AIRFLOW_WORKER_LOG_PORT", DEFAULT_WORKER_LOG_PORT)),
+        trigger_log_port=int(os.environ.get("AIRFLOW_TRIGGER_LOG_PORT", DEFAULT_TRIGGER_LOG_PORT)),
+        local_services=args.services == "local",
+        start_local_services=False,  # _start starts them the `make services` way
+        password=os.environ.get("AIRFLOW_ADMIN_PASSWORD") or DEFAULT_ADMIN_PASSWORD,
+    )
+    try:
+        _start(stack)
+    except Exception as error:
+        print(f"Airflow failed to start: {error}", file=sys.stderr)
+        _stop(state_dir)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
