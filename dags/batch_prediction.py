@@ -73,11 +73,16 @@ def batch_prediction():
         hook = MLEngineHook(gcp_conn_id=CFG.gcp_conn_id)
         model_name = params["model_name"]
         model = hook.get_model(model_name=model_name)
-        if model is None:
-            raise ValueError(f"Model {model_name} does not exist: run model_lifecycle first")
-        version_id = params["version"].strip() or naming.short_name((model.get("defaultVersion") or {}).get("name", ""))
+        version_id = params["version"].strip() or naming.short_name(
+            ((model or {}).get("defaultVersion") or {}).get("name", ""))
         if not version_id:
-            raise ValueError(f"Model {model_name} has no default version: run model_lifecycle first")
+            message = (f"Model {model_name} does not exist" if model is None else
+                       f"Model {model_name} has no default version") + ": run model_lifecycle first"
+            if dag_run.run_type == "scheduled":  # a fresh deployment's first daily run: nothing to predict with yet
+                from airflow.sdk.exceptions import AirflowSkipException
+
+                raise AirflowSkipException(message)
+            raise ValueError(message)
         version = hook.get_version(model_name=model_name, version_name=version_id)
         if version is None or version.get("state") != "READY":
             raise ValueError(f"Version {version_id} of {model_name} is not READY: {version}")

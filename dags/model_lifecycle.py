@@ -45,6 +45,16 @@ PROMOTION = Asset(CFG.promotion_asset_uri(), extra={"model": CFG.model_name})
 ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,127}$"
 
 
+def _gcs_usage(uri: str) -> tuple[int, int]:
+    """Objects and bytes at `uri` (one object, or everything under it as a prefix), for the task logs."""
+    from include.trainer import gcs
+
+    bucket, path = gcs.parse_uri(uri)
+    blobs = [b for b in gcs.client().list_blobs(bucket, prefix=path) if b.name == path or
+             b.name.startswith(path.rstrip("/") + "/")]
+    return len(blobs), sum(b.size or 0 for b in blobs)
+
+
 def _version_spec(deployment: dict) -> dict:
     return deployment["spec"]
 
@@ -152,7 +162,10 @@ def model_lifecycle():
             return metrics
         from include.trainer import task as trainer
 
-        return trainer.train(plan["data_uri"], plan["job_dir"], epochs=params["epochs"])
+        metrics = trainer.train(plan["data_uri"], plan["job_dir"], epochs=params["epochs"])
+        files, size = _gcs_usage(plan["job_dir"])
+        log.info("Uploaded the trained model: %s files, %s bytes -> %s", files, size, plan["job_dir"])
+        return metrics
 
     @task(execution_timeout=timedelta(hours=1))
     def export_variants(plan: dict, metrics: dict) -> dict:
@@ -168,7 +181,9 @@ def model_lifecycle():
         from include.trainer import export
 
         exported = export.export_variants(plan["job_dir"], plan["export_uri"], variants=plan["variants"])
-        log.info("Exported and verified %s", exported)
+        for variant, uri in exported.items():
+            files, size = _gcs_usage(uri)
+            log.info("Uploaded %s variant: %s files, %s bytes -> %s", variant, files, size, uri)
         return exported
 
     @task
@@ -196,6 +211,8 @@ def model_lifecycle():
             })
         storage.write_json(plan["manifest_uri"], {"plan": plan, "metrics": metrics, "exported": exported,
                                                   "versions": specs, "smoke": smoke, "run_id": dag_run.run_id})
+        for uri in [target["instances_uri"] for target in smoke] + [plan["manifest_uri"]]:
+            log.info("Uploaded %s (%s bytes)", uri, _gcs_usage(uri)[1])
         return [{"spec": spec, "smoke": target} for spec, target in zip(specs, smoke, strict=True)]
 
     @task(map_index_template="{{ variant }}")
