@@ -52,7 +52,10 @@ def test_no_heavy_imports_at_parse_time(reports, name):
 
 @pytest.mark.parametrize("name", [p.name for p in DAG_FILES])
 def test_parses_in_under_a_second(reports, name):
-    assert reports[name]["seconds"] < PARSE_BUDGET_S, f"{name} took {reports[name]['seconds']:.2f} s to parse"
+    # CPU time, not wall time: on a loaded 2-core machine the wall clock measures the neighbours.
+    report = reports[name]
+    assert report["cpu_seconds"] < PARSE_BUDGET_S, (
+        f"{name} took {report['cpu_seconds']:.2f} s of CPU ({report['seconds']:.2f} s wall) to parse")
 
 
 @pytest.mark.parametrize("name", [p.name for p in DAG_FILES])
