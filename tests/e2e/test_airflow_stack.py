@@ -1,0 +1,209 @@
+"""The stack of `make airflow`, on free ports: trigger model_lifecycle through the REST API as the UI does.
+
+One module-scoped stack (GCS emulator, ml/v1 service, api-server, scheduler,
+dag-processor, triggerer; LocalExecutor) under the test's tmp dir, tiny settings
+(1 epoch, 64 examples, the b64 variant only). The run is triggered with a conf,
+as the UI's Trigger form posts it, then the task logs are read back through the
+API and must tell the story: epochs and metrics, files and bytes uploaded, each
+poll with state and elapsed time, predictions checked, the gate's decision, the
+batch summary; the promotion Asset must have started batch_prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+
+import pytest
+
+from include import devstack
+from include.airflow_stack import AirflowStack
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+#: Tiny settings for the whole stack (include/config.py reads them at parse time).
+TINY_ENV = {
+    "ML_EPOCHS": "1",
+    "ML_NUM_EXAMPLES": "64",
+    "ML_VARIANTS": "b64",
+    "ML_SMOKE_INSTANCES": "2",
+    "ML_BATCH_SAMPLE_COUNT": "8",
+    "ML_TASK_RETRIES": "0",
+    "ML_RETRAIN_SCHEDULE": "none",
+    "GOOGLE_CLOUD_PROJECT": "ui-project",
+    "ML_BUCKET": "ui-bucket",
+}
+#: What the Trigger form sends: the DAG's params, some changed.
+CONF = {"epochs": 1, "variants": ["b64"], "serving_variant": "b64", "num_examples": 64, "smoke_instances": 2,
+        "promotion_policy": "better", "min_metric": 0.0}
+
+
+def start_stack(state_dir, **kwargs) -> AirflowStack:
+    """A stack of `make airflow` on free ports under `state_dir` (stopped by the caller)."""
+    stack = AirflowStack(
+        state_dir=state_dir, port=devstack.free_port(), gcs_port=devstack.free_port(),
+        ml_port=devstack.free_port(), worker_log_port=devstack.free_port(),
+        trigger_log_port=devstack.free_port(), extra_env=dict(TINY_ENV), **kwargs,
+    )
+    started = time.monotonic()
+    stack.start(timeout=300)
+    stack.start_seconds = time.monotonic() - started
+    return stack
+
+
+def wait_run(stack: AirflowStack, dag_id: str, run_id: str, *, timeout: float) -> dict:
+    token = stack.token()
+    deadline = time.monotonic() + timeout
+    quoted = urllib.parse.quote(run_id, safe="")
+    while time.monotonic() < deadline:
+        run = stack.api("GET", f"/dags/{dag_id}/dagRuns/{quoted}", token=token)
+        if run["state"] in ("success", "failed"):
+            return run
+        time.sleep(2)
+    raise TimeoutError(f"{dag_id} {run_id} not finished within {timeout:.0f} s: {run}")
+
+
+def task_states(stack: AirflowStack, dag_id: str, run_id: str) -> dict[str, str]:
+    quoted = urllib.parse.quote(run_id, safe="")
+    tis = stack.api("GET", f"/dags/{dag_id}/dagRuns/{quoted}/taskInstances?limit=100")["task_instances"]
+    return {t["task_id"] + (f"[{t['map_index']}]" if t["map_index"] >= 0 else ""): t["state"] for t in tis}
+
+
+def task_log(stack: AirflowStack, dag_id: str, run_id: str, task_id: str, *, map_index: int = -1,
+             try_number: int = 1, token: str | None = None) -> str:
+    """The task's log as the UI's log view reads it (structured lines), joined as text."""
+    quoted = urllib.parse.quote(run_id, safe="")
+    content = stack.api(
+        "GET", f"/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/logs/{try_number}"
+               f"?full_content=true&map_index={map_index}", token=token)["content"]
+    lines = []
+    for entry in content:
+        if isinstance(entry, dict):
+            lines.append(f"[{entry.get('level', '')}] {entry.get('event', '')}")
+        else:
+            lines.append(str(entry))
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    stack = start_stack(tmp_path_factory.mktemp("airflow-stack"))
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="module")
+def lifecycle_run(stack) -> dict:
+    token = stack.token()
+    started = time.monotonic()
+    created = stack.api("POST", "/dags/model_lifecycle/dagRuns", {"logical_date": None, "conf": CONF}, token=token)
+    run = wait_run(stack, "model_lifecycle", created["dag_run_id"], timeout=600)
+    run["seconds"] = time.monotonic() - started
+    print(f"stack up in {stack.start_seconds:.0f} s; model_lifecycle {run['state']} in {run['seconds']:.0f} s")
+    return run
+
+
+def test_stack_is_healthy_and_dags_are_ready(stack):
+    health = stack.health()
+    for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"):
+        assert health[part]["status"] == "healthy", health
+    dags = stack.wait_dags(timeout=30)
+    for dag_id in ("model_lifecycle", "batch_prediction", "model_maintenance"):
+        assert not dags[dag_id]["is_paused"], f"{dag_id} should be active"
+        details = stack.api("GET", f"/dags/{dag_id}/details")
+        assert details["doc_md"] and dag_id in details["doc_md"]
+        assert details["params"], f"{dag_id} has no Params form"
+
+
+def test_wrong_password_gets_no_token(stack):
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        AirflowStack(state_dir=stack.state_dir, port=stack.port, password="wrong").token()
+    assert caught.value.code in (401, 403)
+
+
+def test_params_are_validated_before_a_run_starts(stack):
+    token = stack.token()
+    for bad in ({"epochs": 0}, {"variants": ["jpeg"]}, {"promotion_policy": "sometimes"}, {"min_metric": 2}):
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            stack.api("POST", "/dags/model_lifecycle/dagRuns", {"logical_date": None, "conf": {**CONF, **bad}},
+                      token=token)
+        assert caught.value.code == 400, bad
+        assert "Invalid input for param" in caught.value.read().decode(), bad
+    runs = stack.api("GET", "/dags/model_lifecycle/dagRuns", token=token)
+    assert runs["total_entries"] == 0 or all(r["conf"] == CONF for r in runs["dag_runs"])
+
+
+def test_triggered_run_succeeds_with_every_task(stack, lifecycle_run):
+    assert lifecycle_run["state"] == "success"
+    assert lifecycle_run["conf"] == CONF
+    states = task_states(stack, "model_lifecycle", lifecycle_run["dag_run_id"])
+    for task_id in ("plan", "train", "export_variants", "upload", "create_model", "create_version[0]",
+                    "smoke_test[0]", "gate", "set_default", "record_promotion", "retention"):
+        assert states[task_id] == "success", states
+    assert states["not_promoted"] == "skipped"
+
+
+def test_task_logs_tell_the_story(stack, lifecycle_run):
+    token = stack.token()
+    run_id = lifecycle_run["dag_run_id"]
+
+    def log_of(task_id: str, **kwargs) -> str:
+        return task_log(stack, "model_lifecycle", run_id, task_id, token=token, **kwargs)
+
+    train = log_of("train")
+    assert "Epoch 1/1" in train and "val_iou=" in train and "loss=" in train
+    assert "Uploaded the trained model:" in train and " bytes -> gs://ui-bucket/runs/heatmap/" in train
+    exported = log_of("export_variants")
+    assert "Variant b64 matches Keras" in exported
+    assert "Uploaded b64 variant:" in exported and " bytes -> gs://ui-bucket/" in exported
+    uploaded = log_of("upload")
+    assert "smoke/b64.jsonl (" in uploaded and "manifest.json (" in uploaded
+    created = log_of("create_version", map_index=0)
+    assert "Creating version v" in created and "s elapsed)" in created and "state READY" in created
+    smoke = log_of("smoke_test", map_index=0)
+    assert "Smoke test of v" in smoke and "'predictions': 2" in smoke and "'keys_checked': 2" in smoke
+    gate = log_of("gate")
+    assert "Gate (better):" in gate and "-> PROMOTE" in gate
+    promoted = log_of("record_promotion")
+    assert "Promoted heatmap/v" in promoted
+
+
+def test_extra_links_point_at_the_version(stack, lifecycle_run):
+    quoted = urllib.parse.quote(lifecycle_run["dag_run_id"], safe="")
+    links = stack.api("GET", f"/dags/model_lifecycle/dagRuns/{quoted}/taskInstances/create_version/links"
+                             "?map_index=0")["extra_links"]
+    url = links["ML Engine Version"]
+    assert url.startswith(f"http://127.0.0.1:{stack.ml_port}/ui/projects/ui-project/models/heatmap/versions/v")
+
+
+def test_promotion_asset_triggers_batch_prediction(stack, lifecycle_run):
+    token = stack.token()
+    events = stack.api("GET", "/assets/events?source_dag_id=model_lifecycle", token=token)["asset_events"]
+    promotion = [e for e in events if e["source_run_id"] == lifecycle_run["dag_run_id"]]
+    assert promotion and promotion[0]["uri"] == "ml-engine://models/heatmap/default-version"
+    assert promotion[0]["extra"]["version"].endswith("_b64")
+    deadline = time.monotonic() + 120
+    while not promotion[0]["created_dagruns"] and time.monotonic() < deadline:
+        time.sleep(2)
+        events = stack.api("GET", "/assets/events?source_dag_id=model_lifecycle", token=token)["asset_events"]
+        promotion = [e for e in events if e["source_run_id"] == lifecycle_run["dag_run_id"]]
+    batch_runs = [r for r in promotion[0]["created_dagruns"] if r["dag_id"] == "batch_prediction"]
+    assert batch_runs, promotion
+    run = wait_run(stack, "batch_prediction", batch_runs[0]["run_id"], timeout=300)
+    assert run["state"] == "success" and run["run_type"] == "asset_triggered"
+    logs = {task_id: task_log(stack, "batch_prediction", run["dag_run_id"], task_id, token=token)
+            for task_id in ("resolve_target", "batch_predict", "summarize")}
+    assert f"on heatmap/{promotion[0]['extra']['version']}" in logs["resolve_target"]
+    assert "Created job batch_prediction_asset_triggered" in logs["batch_predict"]
+    assert "s elapsed)" in logs["batch_predict"] and "SUCCEEDED" in logs["batch_predict"]
+    assert "8 predictions, 0 errors (rate 0.000)" in logs["summarize"]
+    quoted = urllib.parse.quote(run["dag_run_id"], safe="")
+    links = stack.api("GET", f"/dags/batch_prediction/dagRuns/{quoted}/taskInstances/batch_predict/links",
+                      token=token)["extra_links"]
+    assert "/ui/projects/ui-project/jobs/batch_prediction_asset_triggered" in links["ML Engine Job"]
+    # The daily run that found no model at start-up is skipped, not failed.
+    scheduled = [r for r in stack.api("GET", "/dags/batch_prediction/dagRuns", token=token)["dag_runs"]
+                 if r["run_type"] == "scheduled"]
+    assert all(r["state"] == "success" for r in scheduled), json.dumps(scheduled)
