@@ -46,7 +46,8 @@ def main(path: str) -> None:
             "schedule": type(dag.timetable).__name__,
             "doc_md": bool(dag.doc_md),
         }
-    print(json.dumps({"path": path, "seconds": seconds, "cpu_seconds": cpu_seconds, "errors": {k: str(v) for k, v in bag.import_errors.items()},
+    print(json.dumps({"path": path, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                      "errors": {k: str(v) for k, v in bag.import_errors.items()},
                       "heavy_modules": heavy, "dags": dags}))
 
 
