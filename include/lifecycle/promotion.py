@@ -16,12 +16,9 @@ log = logging.getLogger(__name__)
 
 def patch_labels(hook, *, model: str, version: str, changes: dict[str, str | None]) -> dict:
     """Merge `changes` into a version's labels (None removes a label) with versions.patch."""
-    from ml_engine.names import version_path
-
-    project = hook.project_id
-    name = version_path(project, model, version)
-    versions = hook.get_conn().projects().models().versions()
-    current = versions.get(name=name).execute(num_retries=hook.num_retries)
+    current = hook.get_version(model_name=model, version_name=version)
+    if current is None:
+        raise ValueError(f"Version {version} of model {model} does not exist; cannot label it")
     labels = dict(current.get("labels") or {})
     for key, value in changes.items():
         if value is None:
@@ -30,9 +27,9 @@ def patch_labels(hook, *, model: str, version: str, changes: dict[str, str | Non
             labels[key] = label_value(value)
     if labels == (current.get("labels") or {}):
         return current
-    operation = versions.patch(name=name, body={"labels": labels}, updateMask="labels").execute(
-        num_retries=hook.num_retries)
-    log.info("Labels of %s: %s", name, labels)
+    operation = hook.patch_version(model_name=model, version_name=version, version={"labels": labels},
+                                   update_mask="labels")
+    log.info("Labels of %s: %s", current["name"], labels)
     return operation
 
 

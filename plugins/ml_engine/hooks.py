@@ -444,6 +444,26 @@ class MLEngineHook(GoogleBaseHook):
         return version
 
     @GoogleBaseHook.fallback_to_default_project_id
+    def patch_version(
+        self,
+        *,
+        model_name: str,
+        version_name: str,
+        version: dict,
+        update_mask: str,
+        project_id: str = PROVIDE_PROJECT_ID,
+    ) -> dict:
+        """Update fields of a version (ml/v1 allows `description` and `labels`); waits for the Operation."""
+        versions = self.get_conn().projects().models().versions()
+        name = version_path(project_id, model_name, version_name)
+        operation = self._execute(versions.patch(name=name, body=version, updateMask=update_mask))
+        if not operation.get("done") and operation.get("name"):
+            operation = self.wait_for_operation(operation_name=operation["name"], timeout=600, poll_interval=2)
+        self.raise_for_operation(operation)
+        self.log.info("Version %s updated (%s)", name, update_mask)
+        return operation
+
+    @GoogleBaseHook.fallback_to_default_project_id
     def delete_version(
         self,
         *,

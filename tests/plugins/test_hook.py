@@ -113,6 +113,22 @@ def test_predict_answers_and_clear_error(hook, model_name, tiny_model_uri):
         hook.predict(model_name=model_name, version_name="v1", instances=[{"x": [-1.0, 2.0], "key": "b"}])
 
 
+def test_patch_version_labels_and_refusal(hook, model_name, tiny_model_uri):
+    from googleapiclient.errors import HttpError
+
+    hook.create_model(model={"name": model_name})
+    hook.create_version(
+        model_name=model_name, version_spec={"name": "v1", "deploymentUri": tiny_model_uri}, poll_interval=0.2
+    )
+    operation = hook.patch_version(model_name=model_name, version_name="v1", version={"labels": {"a": "b"}},
+                                   update_mask="labels")
+    assert operation["done"] and operation["response"]["labels"] == {"a": "b"}
+    assert hook.get_version(model_name=model_name, version_name="v1")["labels"] == {"a": "b"}
+    with pytest.raises(HttpError, match="cannot be updated"):
+        hook.patch_version(model_name=model_name, version_name="v1", version={"deploymentUri": "gs://x/y"},
+                           update_mask="deploymentUri")
+
+
 def test_jobs_idempotent_wait_list_and_conflict(hook, model_name, tiny_model_uri, bucket, gcs_prefix, capsys):
     from ml_engine.hooks import MLEngineConflictError
 
