@@ -209,8 +209,9 @@ class AirflowStack:
         return self
 
     def stop(self) -> None:
-        for process in reversed(list(self.processes.values())):
-            process.stop(timeout=20)
+        if self.processes:  # all at once: each component takes a few seconds to shut down cleanly
+            with ThreadPoolExecutor(len(self.processes)) as pool:
+                list(pool.map(lambda process: process.stop(timeout=20), self.processes.values()))
         for server in reversed(self.services):
             server.stop()
 
