@@ -134,14 +134,26 @@ class AirflowStack:
         return env
 
     def _connection_env(self, env: dict[str, str]) -> dict[str, str]:
-        """The Google connection for the services in use (from include.config, read in `env`)."""
-        code = "from include import config; import json; print(json.dumps(config.embedded_environment()))"
-        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True,
-                             capture_output=True, text=True, cwd=PROJECT_ROOT).stdout
-        connections = json.loads(out)
-        if not self.local_services:  # the caller's own connection and endpoints win
-            connections = {key: value for key, value in connections.items() if key not in os.environ}
-        return connections
+        """The Google connection for the services in use.
+
+        Local services: include.config's embedded connection (anonymous, local endpoint). Otherwise the
+        caller's AIRFLOW_CONN_* wins; without one, a connection with Application Default Credentials,
+        the project and, when ML_ENGINE_ENDPOINT is set, that endpoint. Nothing else is added, so an
+        unset STORAGE_EMULATOR_HOST stays unset (real GCS).
+        """
+        merged = {**os.environ, **env}
+        if self.local_services:
+            code = "from include import config; import json; print(json.dumps(config.embedded_environment()))"
+            out = subprocess.run([sys.executable, "-c", code], env=merged, check=True,
+                                 capture_output=True, text=True, cwd=PROJECT_ROOT).stdout
+            return json.loads(out)
+        conn_var = f"AIRFLOW_CONN_{merged.get('ML_GCP_CONN_ID', 'google_cloud_default').upper()}"
+        if conn_var in merged:
+            return {}
+        extra = {"project": merged.get("GOOGLE_CLOUD_PROJECT", "")}
+        if merged.get("ML_ENGINE_ENDPOINT"):
+            extra["ml_engine_endpoint"] = merged["ML_ENGINE_ENDPOINT"]
+        return {conn_var: json.dumps({"conn_type": "google_cloud_platform", "extra": extra})}
 
     def write_passwords(self) -> Path:
         """SimpleAuthManager's passwords file with the documented local password."""
