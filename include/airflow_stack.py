@@ -316,19 +316,20 @@ def _start(stack: AirflowStack) -> None:
 
 
 def _stop(state_dir: Path) -> None:
-    pid_dir = _pid_dir(state_dir)
-    for pid_file in sorted(pid_dir.glob("*.pid")):
-        if pid := devstack._running_pid(pid_file):
+    """SIGTERM to every component's process group at once, SIGKILL to what is left after 20 s."""
+    running = {p: pid for p in sorted(_pid_dir(state_dir).glob("*.pid")) if (pid := devstack._running_pid(p))}
+    for pid in running.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while any(devstack._running_pid(p) for p in running) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid_file, pid in running.items():
+        if devstack._running_pid(pid_file):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)
-            for _ in range(200):
-                if devstack._running_pid(pid_file) is None:
-                    break
-                time.sleep(0.1)
-            else:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
-            print(f"airflow-{pid_file.stem}: stopped (pid {pid})")
+                os.killpg(pid, signal.SIGKILL)
+        print(f"airflow-{pid_file.stem}: stopped (pid {pid})")
+    for pid_file in _pid_dir(state_dir).glob("*.pid"):
         pid_file.unlink(missing_ok=True)
 
 
