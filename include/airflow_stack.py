@@ -43,6 +43,11 @@ ADMIN_USER = "admin"
 DEFAULT_ADMIN_PASSWORD = "admin"  # local only; documented in README ("Airflow UI")
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 PROJECT_DAGS = ("model_lifecycle", "batch_prediction", "model_maintenance")
+#: Stack settings the caller's environment may change (e.g. AIRFLOW__CORE__PARALLELISM=8 make airflow).
+TUNABLE = frozenset({
+    "AIRFLOW__CORE__PARALLELISM", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "AIRFLOW__CORE__LOAD_EXAMPLES",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__API__WORKERS", "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL",
+})
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
@@ -93,7 +98,11 @@ class AirflowStack:
     # --- environment ------------------------------------------------------------
 
     def environment(self) -> dict[str, str]:
-        """Every variable the Airflow components need; the caller's own AIRFLOW__* settings win."""
+        """Every variable the Airflow components need.
+
+        The caller's AIRFLOW__* variables pass through, but only the TUNABLE ones among those set here
+        (a test session's DAGS_FOLDER, say, must not replace the project's).
+        """
         home = self.airflow_home
         passwords = home / "simple_auth_manager_passwords.json"
         env = {
@@ -124,8 +133,8 @@ class AirflowStack:
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         }
-        for key, value in defaults.items():
-            env[key] = os.environ.get(key, value)
+        for key, value in defaults.items():  # the stack owns folders, ports, auth and executor
+            env[key] = os.environ.get(key, value) if key in TUNABLE else value
         if self.local_services:
             env["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{self.gcs_port}"
             env["ML_ENGINE_ENDPOINT"] = f"http://127.0.0.1:{self.ml_port}/"
