@@ -230,6 +230,37 @@ def _read_ahead(batches: Iterator[list], stop: threading.Event, depth: int = 2) 
         yield item
 
 
+class WriteBehind:
+    """Hand chunks to a GCS writer in a thread, so uploads overlap prediction (bounded queue)."""
+
+    def __init__(self, writer, depth: int = 8):
+        self._writer = writer
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, daemon=True, name="batch-writer")
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._writer.write(chunk)
+                except BaseException as error:  # re-raised in the job's thread
+                    self._error = error
+
+    def write(self, chunk: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(chunk)
+
+    def close(self) -> None:
+        """Wait until everything queued is written; raise what the writer raised."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 @dataclass
 class InputBatch:
     """One batch as read: the good instances, the read errors, and (if they converted) their tensors."""
@@ -272,34 +303,46 @@ def _run_shard(ctx: Context, name: str, signature: Signature, uri: str, predicti
     output = prediction_input["outputPath"].rstrip("/")
     suffix = f"{shard:05d}-of-{shards:05d}"
     errors: Counter = Counter()
-    cancel, stop_reading = ctx.cancel_event(name), threading.Event()
+    stop_reading = threading.Event()
     scratch.mkdir(parents=True, exist_ok=True)
-    last_report = time.monotonic()
     batches = _prepare_batches(_batches(_instances(uri, prediction_input["dataFormat"]),
                                         int(prediction_input["batchSize"])), signature, scratch)
     try:
-        with gcs.open_write(f"{output}/prediction.results-{suffix}", binary=True) as results:
-            for batch in _read_ahead(batches, stop_reading):
-                if cancel.is_set():
-                    raise JobCancelled()
-                if ctx.stopping.is_set():
-                    raise ServiceStopping()
-                errors.update(batch.read_errors)
-                rows = _predict_batch(signature, batch, errors, scratch) if batch.instances else []
-                if rows:
-                    results.write(b"\n".join(dumps(row) for row in rows) + b"\n")
-                totals.predictions += len(rows)
-                totals.errors += len(batch.read_errors) + len(batch.instances) - len(rows)
-                if time.monotonic() - last_report >= PROGRESS_EVERY_S:
-                    last_report = time.monotonic()
-                    _set(ctx, name, predictionOutput=totals.output(output))
-                    log.info("job %s: %d predictions, %d errors so far (file %d/%d)", name,
-                             totals.predictions, totals.errors, shard + 1, shards)
+        with gcs.open_write(f"{output}/prediction.results-{suffix}", binary=True) as writer:
+            results = WriteBehind(writer)
+            try:
+                _predict_shard(ctx, name, signature, _read_ahead(batches, stop_reading), results, errors, totals,
+                               scratch, progress=f"file {shard + 1}/{shards}", output=output)
+            finally:
+                results.close()
     finally:
         stop_reading.set()
     with gcs.open_write(f"{output}/prediction.errors_stats-{suffix}") as stats:
         for message, count in errors.most_common():
             stats.write(repr((message, count)) + "\n")
+
+
+def _predict_shard(ctx: Context, name: str, signature: Signature, batches: Iterator[InputBatch], results: WriteBehind,
+                   errors: Counter, totals: Totals, scratch: Path, *, progress: str, output: str) -> None:
+    """Predict every batch of one input file, writing result lines as they come."""
+    cancel = ctx.cancel_event(name)
+    last_report = time.monotonic()
+    for batch in batches:
+        if cancel.is_set():
+            raise JobCancelled()
+        if ctx.stopping.is_set():
+            raise ServiceStopping()
+        errors.update(batch.read_errors)
+        rows = _predict_batch(signature, batch, errors, scratch) if batch.instances else []
+        if rows:
+            results.write(b"\n".join(dumps(row) for row in rows) + b"\n")
+        totals.predictions += len(rows)
+        totals.errors += len(batch.read_errors) + len(batch.instances) - len(rows)
+        if time.monotonic() - last_report >= PROGRESS_EVERY_S:
+            last_report = time.monotonic()
+            _set(ctx, name, predictionOutput=totals.output(output))
+            log.info("job %s: %d predictions, %d errors so far (%s)", name, totals.predictions, totals.errors,
+                     progress)
 
 
 def resume(ctx: Context) -> None:
