@@ -73,8 +73,15 @@ def _raw_batch_seconds(signature, variant: str, instances: list[dict], batch_siz
     return time.perf_counter() - started
 
 
+def _rfc3339_seconds(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 def _job_seconds(api, model: str, input_uri: str, output_uri: str, batch_size: int, tag: str) -> float:
-    """Wall time of a batch job from create to SUCCEEDED (polled every 50 ms)."""
+    """Wall time of a batch job from its createTime to its endTime (the service's own clock, so the
+    poll interval does not blur it); the job reads its input from and writes its outputs to GCS."""
     job_id = f"bench_{tag}_{int(time.time() * 1000)}"
     started = time.perf_counter()
     api.projects().jobs().create(parent=f"projects/{PROJECT}", body={"jobId": job_id, "predictionInput": {
@@ -85,10 +92,11 @@ def _job_seconds(api, model: str, input_uri: str, output_uri: str, batch_size: i
         if job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
             break
         time.sleep(0.05)
-    elapsed = time.perf_counter() - started
     if job["state"] != "SUCCEEDED" or job["predictionOutput"]["errorCount"] != "0":
         raise RuntimeError(f"benchmark job did not succeed cleanly: {job}")
-    return elapsed
+    if time.perf_counter() - started < _rfc3339_seconds(job["endTime"]) - _rfc3339_seconds(job["createTime"]):
+        raise RuntimeError("job timestamps disagree with the client's clock")
+    return _rfc3339_seconds(job["endTime"]) - _rfc3339_seconds(job["createTime"])
 
 
 def _latencies(call, repeats: int) -> list[float]:
@@ -214,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['batch_ratio']:>6.2f} | {r['online_raw_p50_ms']:>8.2f} {r['online_raw_p95_ms']:>8.2f} "
               f"{r['online_service_p50_ms']:>8.2f} {r['online_service_p95_ms']:>8.2f} "
               f"{r['online_p50_overhead_ms']:>8.2f}")
-    print("\ngoals: batch ratio >= 0.70 (job wall time incl. GCS in/out, create->SUCCEEDED); "
+    print("\ngoals: batch ratio >= 0.70 (job createTime->endTime, GCS in and out included); "
           "online p50 overhead <= 5 ms")
 
 
