@@ -50,7 +50,8 @@ def deploy(ctx: Context, version_name: str) -> None:
     target = ctx.artifacts_dir / project / model / f"{short}-{new_etag().strip('=').replace('/', '_')}"
     try:
         _check_cancel(ctx, operation_name)
-        count = gcs.download_prefix(version["deploymentUri"], target, max_files=MAX_FILES)
+        count = gcs.download_prefix(version["deploymentUri"], target, max_files=MAX_FILES,
+                                    before_each=lambda: _check_cancel(ctx, operation_name))
         if count == 0:
             raise BadModel(f"Model directory {version['deploymentUri']} is empty or does not exist; it is "
                            "expected to contain exactly one of: [saved_model.pb, saved_model.pbtxt].")

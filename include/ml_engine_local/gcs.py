@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -75,13 +76,19 @@ def expand_pattern(pattern: str) -> list[str]:
     return sorted(uri for uri in list_objects(prefix) if fnmatch.fnmatchcase(uri, pattern))
 
 
-def download_prefix(prefix_uri: str, dest: Path, *, max_files: int) -> int:
-    """Copy every object under `prefix_uri/` into `dest`, keeping relative paths; returns the count."""
+def download_prefix(prefix_uri: str, dest: Path, *, max_files: int,
+                    before_each: Callable[[], None] | None = None) -> int:
+    """Copy every object under `prefix_uri/` into `dest`, keeping relative paths; returns the count.
+
+    `before_each` runs before every file (a cancellation check may raise there).
+    """
     prefix_uri = prefix_uri.rstrip("/") + "/"
     objects = list_objects(prefix_uri, limit=max_files)
     if len(objects) > max_files:
         raise GcsError(f"{prefix_uri} holds more than {max_files} files")
     for uri in objects:
+        if before_each is not None:
+            before_each()
         relative = uri[len(prefix_uri):]
         target = dest / relative
         target.parent.mkdir(parents=True, exist_ok=True)

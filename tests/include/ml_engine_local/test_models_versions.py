@@ -198,3 +198,33 @@ def test_unimplemented_methods_answer_501(ml_api, deploy):
         ml_api.projects().jobs().create(parent=PARENT, body={"jobId": unique("train"),
                                                              "trainingInput": {}}).execute()
     assert excinfo.value.resp.status == 501
+
+
+def test_busy_version_refuses_updates_and_cancel_ends_it(ml_api, deploy, bucket, gcs_prefix, tmp_path):
+    """A version with many files stays CREATING for seconds: updates are refused, cancel ends it FAILED."""
+    from tests.savedmodels import export_tiny_model, upload_dir
+
+    local = export_tiny_model(tmp_path / "slow")
+    (local / "assets").mkdir(exist_ok=True)
+    for i in range(900):
+        (local / "assets" / f"pad{i:04d}.txt").write_text("x")
+    slow_uri = upload_dir(bucket, local, f"{gcs_prefix}/slow")
+    model, first = deploy("tiny")
+    versions = ml_api.projects().models().versions()
+    operation = versions.create(parent=model, body={"name": "slow", "deploymentUri": slow_uri}).execute()
+    slow = f"{model}/versions/slow"
+    assert versions.get(name=slow).execute()["state"] == "CREATING"
+    for request in (versions.patch(name=slow, body={"description": "x"}, updateMask="description"),
+                    versions.delete(name=slow), versions.setDefault(name=slow, body={}),
+                    ml_api.projects().predict(name=slow, body={"instances": [{"x": [1, 2], "key": "a"}]})):
+        with pytest.raises(HttpError) as excinfo:
+            request.execute()
+        assert error_of(excinfo)["status"] == "FAILED_PRECONDITION", request.uri
+        assert "CREATING" in error_of(excinfo)["message"]
+    assert ml_api.projects().operations().cancel(name=operation["name"]).execute() == {}
+    done = wait_operation(ml_api, operation["name"])
+    assert done["error"] == {"code": 1, "message": "Create Version cancelled."}
+    assert done["metadata"]["isCancellationRequested"] is True
+    got = versions.get(name=slow).execute()
+    assert got["state"] == "FAILED" and got["errorMessage"] == "Create Version cancelled."
+    assert ml_api.projects().models().get(name=model).execute()["defaultVersion"]["name"] == first
