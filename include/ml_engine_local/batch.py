@@ -80,13 +80,16 @@ def run_job(ctx: Context, name: str) -> None:
     job = ctx.store.get(name)
     if job is None:
         return
-    if job["state"] == "CANCELLING":
-        _set(ctx, name, state="CANCELLED", endTime=now_rfc3339())
-        return
     prediction_input = job["predictionInput"]
     output_path = prediction_input["outputPath"].rstrip("/")
     totals = Totals()
-    _set(ctx, name, state="PREPARING", startTime=now_rfc3339())
+    with ctx.store.transaction():  # a cancel may have arrived since the job was queued
+        state = (ctx.store.get(name) or {}).get("state")
+        if state == "CANCELLING":
+            _set(ctx, name, state="CANCELLED", endTime=now_rfc3339())
+        if state != "QUEUED":
+            return
+        _set(ctx, name, state="PREPARING", startTime=now_rfc3339())
     scratch = ctx.scratch_dir / name.replace("/", "_")
     try:
         signature = _load_signature(ctx, prediction_input, scratch)
@@ -205,20 +208,24 @@ def _read_ahead(batches: Iterator[list], stop: threading.Event, depth: int = 2) 
     done = object()
     slots: queue.Queue = queue.Queue(maxsize=depth)
 
+    def offer(item: object) -> bool:
+        """Put unless the consumer has gone away (then drop it, so this thread can end)."""
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in batches:
-                while not stop.is_set():
-                    try:
-                        slots.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(item):
                     return
-            slots.put(done)
+            offer(done)
         except BaseException as error:  # handed to the consumer
-            slots.put(error)
+            offer(error)
 
     threading.Thread(target=produce, daemon=True, name="batch-reader").start()
     while True:

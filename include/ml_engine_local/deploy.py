@@ -94,5 +94,8 @@ def resume(ctx: Context) -> None:
     """After a restart: redo interrupted deployments, reload READY versions in the background."""
     for version in ctx.store.list("version"):
         if version["state"] == "CREATING":
+            operation = ctx.store.get(version["_operation"]) or {}
+            if operation.get("metadata", {}).get("isCancellationRequested"):
+                ctx.cancel_event(version["_operation"]).set()  # asked before the restart: still honoured
             log.info("resuming deployment of %s after a restart", version["name"])
             submit(ctx, version["name"])

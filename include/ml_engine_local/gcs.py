@@ -86,11 +86,15 @@ def download_prefix(prefix_uri: str, dest: Path, *, max_files: int,
     objects = list_objects(prefix_uri, limit=max_files)
     if len(objects) > max_files:
         raise GcsError(f"{prefix_uri} holds more than {max_files} files")
+    root = dest.resolve()
     for uri in objects:
         if before_each is not None:
             before_each()
         relative = uri[len(prefix_uri):]
-        target = dest / relative
+        target = (dest / relative).resolve()
+        # Object names are untrusted: `a//etc/x` or `../x` must not escape the destination.
+        if not relative or relative.startswith("/") or ".." in relative.split("/") or not target.is_relative_to(root):
+            raise GcsError(f"{uri} has a name that is not a plain relative path under {prefix_uri}")
         target.parent.mkdir(parents=True, exist_ok=True)
         download_file(uri, target)
     return len(objects)

@@ -98,8 +98,8 @@ def patch_model(ctx: Context, project: str, model: str, body: object, update_mas
 
 
 def delete_model(ctx: Context, project: str, model: str) -> dict:
-    current = get_model(ctx, project, model)
     with ctx.store.transaction():
+        current = get_model(ctx, project, model)
         if ctx.store.list("version", current["name"]):
             raise failed_precondition(f"Model {current['name']} still has versions; delete them first.")
         ctx.store.delete(current["name"])
@@ -171,6 +171,8 @@ def create_version(ctx: Context, project: str, model: str, body: object) -> dict
         if optional in body:
             version[optional] = body[optional]
     with ctx.store.transaction():
+        if ctx.store.get(parent["name"]) is None:
+            raise not_found(f"Model {parent['name']}")
         if ctx.store.get(version["name"]) is not None:
             raise already_exists("version.name", short)
         operation = operations.start(ctx, project=project, kind="create", model=model, version=version,
@@ -196,9 +198,9 @@ def patch_version(ctx: Context, project: str, model: str, version: str, body: ob
 
 
 def delete_version(ctx: Context, project: str, model: str, version: str) -> dict:
-    current = get_version(ctx, project, model, version)
-    parent = get_model(ctx, project, model)
     with ctx.store.transaction():
+        current = get_version(ctx, project, model, version)
+        parent = get_model(ctx, project, model)
         _require_not_busy(current)
         siblings = ctx.store.list("version", parent["name"])
         is_default = (parent.get("defaultVersion") or {}).get("name") == current["name"]
@@ -223,10 +225,11 @@ def list_versions(ctx: Context, project: str, model: str) -> list[dict]:
 
 
 def set_default(ctx: Context, project: str, model: str, version: str) -> dict:
-    current = get_version(ctx, project, model, version)
-    _require_ready(current, "become the default")
-    ctx.store.update(model_name(project, model),
-                     lambda doc: doc.update(defaultVersion={"name": current["name"]}, etag=new_etag()))
+    with ctx.store.transaction():  # check and switch atomically (a concurrent delete cannot slip between)
+        current = get_version(ctx, project, model, version)
+        _require_ready(current, "become the default")
+        ctx.store.update(model_name(project, model),
+                         lambda doc: doc.update(defaultVersion={"name": current["name"]}, etag=new_etag()))
     log.info("default version of %s is now %s", model_name(project, model), current["name"])
     return with_default_flag(ctx, current)
 

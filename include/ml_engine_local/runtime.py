@@ -97,7 +97,11 @@ class ModelCache:
             return self._models[key]
 
     def evict(self, key: str) -> None:
-        self._models.pop(key, None)
+        """Forget a model and give its memory back (frozen objects are never collected otherwise)."""
+        if self._models.pop(key, None) is not None:
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
 
 
 def _decode_b64(value: Any) -> Any:

@@ -228,3 +228,17 @@ def test_busy_version_refuses_updates_and_cancel_ends_it(ml_api, deploy, bucket,
     got = versions.get(name=slow).execute()
     assert got["state"] == "FAILED" and got["errorMessage"] == "Create Version cancelled."
     assert ml_api.projects().models().get(name=model).execute()["defaultVersion"]["name"] == first
+
+
+def test_object_names_cannot_escape_the_service_store(ml_api, bucket, gcs_prefix, tmp_path):
+    """`prefix//abs/path` is a valid GCS object name; copying it must not write outside the store."""
+    escape = tmp_path / "escaped"
+    bucket.blob(f"{gcs_prefix}/evil/saved_model.pb").upload_from_string(b"x")
+    bucket.blob(f"{gcs_prefix}/evil/{escape}").upload_from_string(b"pwned")
+    model = unique("evil")
+    ml_api.projects().models().create(parent=PARENT, body={"name": model}).execute()
+    operation = ml_api.projects().models().versions().create(parent=f"{PARENT}/models/{model}", body={
+        "name": "v1", "deploymentUri": f"gs://{bucket.name}/{gcs_prefix}/evil"}).execute()
+    done = wait_operation(ml_api, operation["name"])
+    assert "not a plain relative path" in done["error"]["message"]
+    assert not escape.exists()
