@@ -133,13 +133,32 @@ def _pid_file(state_dir: Path, name: str) -> Path:
     return state_dir / "run" / f"{name}.pid"
 
 
+def _process_start_time(pid: int) -> float | None:
+    """When a process started (epoch seconds), from /proc; None where /proc is not there."""
+    try:
+        after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + int(after_name[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
 def _running_pid(pid_file: Path) -> int | None:
+    """The pid in `pid_file` if that process still runs and is the one the file was written for.
+
+    A process that started after the file was written has merely reused the pid
+    (after a reboot or a kill -9): it is not ours, so it is neither reported nor killed.
+    """
     try:
         pid = int(pid_file.read_text())
         os.kill(pid, 0)
-        return pid
     except (OSError, ValueError):
         return None
+    started = _process_start_time(pid)
+    if started is not None and started > pid_file.stat().st_mtime + 2:
+        return None
+    return pid
 
 
 def _start(state_dir: Path, gcs_port: int, ml_port: int) -> None:

@@ -177,9 +177,9 @@ def test_mounts_exist_in_the_project_and_named_volumes_are_declared(compose, ser
 def test_ports_match_what_services_listen_on(services):
     for name, service in services.items():
         for mapping in service.get("ports") or []:
-            host_port, container_port = str(mapping).rsplit(":", 1)
+            *host, container_port = str(mapping).split(":")
             assert int(container_port) == LISTENS[name], f"{name} publishes {mapping}"
-            assert host_port.isdigit()
+            assert host[-1].isdigit() and (len(host) == 1 or host[0] == "127.0.0.1"), mapping
         for text in (" ".join(_argv(service.get("command"))), " ".join(_argv(service["healthcheck"]["test"]))
                      if service.get("healthcheck") else ""):
             for port in re.findall(r"(?:--port |localhost:)(\d+)", text):
