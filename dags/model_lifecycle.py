@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 CFG = config.load()
 PROMOTION = Asset(CFG.promotion_asset_uri(), extra={"model": CFG.model_name})
 ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,127}$"
+# Instances per online request in the smoke test: a 32x32 image as JSON floats is ~32 KB.
+SMOKE_REQUEST_SIZE = 8
 
 
 def _gcs_usage(uri: str) -> tuple[int, int]:
@@ -226,8 +228,12 @@ def model_lifecycle():
         get_current_context()["variant"] = target["variant"]
         instances = storage.read_jsonl(target["instances_uri"])
         hook = MLEngineHook(gcp_conn_id=CFG.gcp_conn_id)
-        response = hook.predict(model_name=plan["model"], version_name=target["version"], instances=instances)
-        report = smoke.check_predictions(instances, response["predictions"], keys=target["keys"])
+        predictions = []
+        for start in range(0, len(instances), SMOKE_REQUEST_SIZE):  # stay under ml/v1's 1.5 MB per request
+            chunk = instances[start:start + SMOKE_REQUEST_SIZE]
+            predictions += hook.predict(model_name=plan["model"], version_name=target["version"],
+                                        instances=chunk)["predictions"]
+        report = smoke.check_predictions(instances, predictions, keys=target["keys"])
         log.info("Smoke test of %s (%s) passed: %s", target["version"], target["variant"], report)
         return {"variant": target["variant"], "version": target["version"], **report}
 

@@ -34,8 +34,11 @@ def patch_labels(hook, *, model: str, version: str, changes: dict[str, str | Non
 
 
 def label_promoted(hook, *, model: str, version: str, previous: str | None, key: str) -> None:
-    patch_labels(hook, model=model, version=version,
-                 changes={"promoted_from": previous, "promoted_run": key})
+    """Record the promotion; a re-run that finds no previous default keeps the trail it already wrote."""
+    changes = {"promoted_run": key}
+    if previous is not None:
+        changes["promoted_from"] = previous
+    patch_labels(hook, model=model, version=version, changes=changes)
 
 
 def resolve_label(versions: list[dict], value: str | None) -> str | None:
