@@ -51,7 +51,7 @@ from googleapiclient.errors import HttpError
 from googleapiclient.http import HttpRequest
 
 from ml_engine.endpoints import GLOBAL_ENDPOINT, is_local_endpoint, normalize_endpoint, regional_endpoint
-from ml_engine.names import job_path, model_path, project_path, short_name, version_path
+from ml_engine.names import job_path, model_path, normalize_job_id, project_path, short_name, version_path
 from ml_engine.states import JOB_TERMINAL_STATES, VERSION_PENDING_STATES, describe_job
 
 ENDPOINT_EXTRA = "ml_engine_endpoint"
@@ -121,6 +121,9 @@ def prediction_input_mismatches(requested: dict, existing: dict) -> list[str]:
         for key, value in requested.items()
         if not _same_value(value, existing.get(key))
     ]
+
+
+MAX_JOB_RESUBMISSIONS = 10
 
 
 class MLEngineHook(GoogleBaseHook):
@@ -354,6 +357,16 @@ class MLEngineHook(GoogleBaseHook):
                     f"Version {existing['name']} already exists with a different deployment "
                     f"({'; '.join(diffs)}). Delete it or choose another version name."
                 ) from err
+            if existing.get("state") == "FAILED":
+                # A failed (or cancelled) create is not worth keeping: delete it and create it again, so a
+                # retried or cleared task converges instead of failing on the old errorMessage forever.
+                self.log.warning("Version %s FAILED earlier (%s); deleting it and creating it again",
+                                 existing["name"], existing.get("errorMessage") or "no errorMessage")
+                self.delete_version(project_id=project_id, model_name=model_name, version_name=name)
+                operation = self._execute(versions.create(parent=model_path(project_id, model_name),
+                                                          body=version_spec))
+                self.log.info("Creating version %s again: operation %s", name, operation.get("name"))
+                return operation, {"name": existing["name"], "state": "CREATING"}
             self.log.info("Version %s already exists (state %s); reusing it", existing["name"], existing.get("state"))
             return None, existing
         self.log.info("Creating version %s: operation %s", name, operation.get("name"))
@@ -542,10 +555,25 @@ class MLEngineHook(GoogleBaseHook):
         Submit a job, idempotently.
 
         When a job with that jobId exists (409), it is reused if its predictionInput
-        matches the requested one (whatever its state), else MLEngineConflictError.
+        matches the requested one, else MLEngineConflictError. A matching job that
+        ended FAILED or CANCELLED is not reused: ml/v1 cannot delete jobs, so the
+        retry goes to the next id of a deterministic chain (`ID_r2`, `ID_r3`, ...),
+        and a cleared task converges on the same chain.
         """
         if not job.get("jobId"):
             raise ValueError("job must have a 'jobId'")
+        base = job["jobId"]
+        for attempt in range(1, MAX_JOB_RESUBMISSIONS + 1):
+            job_id = base if attempt == 1 else normalize_job_id(f"{base}_r{attempt}")
+            existing = self._create_or_existing_job({**job, "jobId": job_id}, project_id)
+            if existing.get("state") not in ("FAILED", "CANCELLED"):
+                return existing
+            self.log.warning("Job %s ended %s (%s); submitting the same input as the next job of its chain",
+                             job_id, existing.get("state"), existing.get("errorMessage") or "no errorMessage")
+        raise MLEngineConflictError(f"Job {base} failed or was cancelled {MAX_JOB_RESUBMISSIONS} times; "
+                                    "choose another job id")
+
+    def _create_or_existing_job(self, job: dict, project_id: str) -> dict:
         jobs = self.get_conn().projects().jobs()
         try:
             created = self._execute(jobs.create(parent=project_path(project_id), body=job))

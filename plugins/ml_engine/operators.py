@@ -215,7 +215,7 @@ class MLEngineCreateVersionOperator(_MLEngineBaseOperator):
         if version.get("state") == "FAILED":
             raise AirflowException(
                 f"Version {name} FAILED: {version.get('errorMessage') or 'no errorMessage given'}. "
-                "Fix the cause, delete the version, then re-run."
+                "Fix the cause and re-run: a retry deletes the FAILED version and creates it again."
             )
         if version.get("state") != "READY":
             raise AirflowException(f"Version {name} ended in state {version.get('state')}, not READY")
@@ -532,10 +532,10 @@ class MLEngineStartBatchPredictionJobOperator(_MLEngineBaseOperator):
     def execute(self, context: Context) -> dict:
         project_id = self._project()
         body = self._job_body(project_id)
-        job_id = body["jobId"]
+        job = self.hook.create_job(project_id=project_id, job=body)
+        job_id = job.get("jobId") or body["jobId"]  # a retry after a FAILED/CANCELLED job gets a suffixed id
         context["ti"].xcom_push(key="job_id", value=job_id)
         MLEngineJobLink.persist(context, endpoint=self.hook.endpoint, project_id=project_id, job_id=job_id)
-        job = self.hook.create_job(project_id=project_id, job=body)
         if job.get("state") not in JOB_TERMINAL_STATES:
             self._job_id, self._project_id = job_id, project_id
             if self.deferrable:

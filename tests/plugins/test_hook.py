@@ -58,6 +58,13 @@ def test_create_model_is_idempotent_and_lists_follow_pages(hook, model_name):
     assert hook.get_model(model_name=f"{model_name}_0") is None
 
 
+def storage_bucket():
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(project=TEST_PROJECT, credentials=AnonymousCredentials()).bucket("test-bucket")
+
+
 def test_create_version_idempotent_conflict_and_failed(hook, model_name, tiny_model_uri, tiny_model_uri_v2, capsys):
     from ml_engine.hooks import MLEngineConflictError
 
@@ -85,6 +92,15 @@ def test_create_version_idempotent_conflict_and_failed(hook, model_name, tiny_mo
     )
     assert broken["state"] == "FAILED"
     assert broken["errorMessage"]
+    # once the artifacts are there, the same create (a retry) deletes the FAILED version and converges
+    fixed_uri = broken["deploymentUri"]
+    bucket = storage_bucket()
+    for blob in bucket.list_blobs(prefix=tiny_model_uri.split("/", 3)[3] + "/"):
+        relative = blob.name[len(tiny_model_uri.split("/", 3)[3]) + 1:]
+        bucket.copy_blob(blob, bucket, f"{fixed_uri.split('/', 3)[3]}/{relative}")
+    again = hook.create_version(model_name=model_name, version_spec={"name": "broken", "deploymentUri": fixed_uri},
+                                poll_interval=0.5, timeout=300)
+    assert again["state"] == "READY" and "errorMessage" not in again
 
     hook.create_version(
         model_name=model_name, version_spec={"name": "v2", "deploymentUri": tiny_model_uri_v2}, poll_interval=0.2

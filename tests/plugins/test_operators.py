@@ -71,6 +71,15 @@ def test_on_kill_cancels_running_job(deployed, bucket, gcs_prefix, hook):
     assert job["state"] == "CANCELLED"
     assert "ended CANCELLED" in str(outcome["error"])
 
+    # clearing the task converges: the same input goes to the next id of the job's chain
+    ti = _TI()
+    output = op.execute({"ti": ti})
+    assert ti.xcom["job_id"] == f"{job['jobId']}_r2"
+    assert output["predictionCount"] == "3000"
+    assert op.execute({"ti": _TI()})["predictionCount"] == "3000"  # and again: reused, not resubmitted
+    assert [j["jobId"] for j in hook.list_jobs(filter=f"jobId:{job['jobId']}*")] in (
+        [f"{job['jobId']}_r2", job["jobId"]], [job["jobId"], f"{job['jobId']}_r2"])
+
 
 def test_batch_job_error_rate_and_failure(deployed, bucket, gcs_prefix):
     source = write_lines(bucket, f"{gcs_prefix}/some_bad.json", instances(8, bad_every=4))
@@ -103,7 +112,7 @@ def test_create_version_failed_and_conflict_messages(hook, model_name, tiny_mode
         version={"name": "2024-01-01T00:00", "deploymentUri": f"gs://test-bucket/empty-{uuid.uuid4().hex}"},
         poll_interval=0.2,
     )
-    with pytest.raises(AirflowException, match=r"v_2024_01_01T00_00 FAILED: .+delete the version"):
+    with pytest.raises(AirflowException, match=r"v_2024_01_01T00_00 FAILED: .+creates it again"):
         broken.execute({"ti": _TI()})
 
     ok = MLEngineCreateVersionOperator(
