@@ -68,10 +68,17 @@ def batch_prediction():
         """The version to use (the default unless named), its variant, and this run's job id and prefixes."""
         from ml_engine.hooks import MLEngineHook
 
-        from include.lifecycle import naming
+        from include.lifecycle import naming, storage
+        from include.trainer import gcs
 
-        hook = MLEngineHook(gcp_conn_id=CFG.gcp_conn_id)
         model_name = params["model_name"]
+        job_id = naming.job_id(dag_run.dag_id, dag_run.run_id)
+        prefix = f"{CFG.batch_uri}/{model_name}/{job_id}"
+        if gcs.exists(f"{prefix}/target.json"):  # a cleared or retried run keeps the version it chose first
+            target = storage.read_json(f"{prefix}/target.json")
+            log.info("Re-run of %s: keeping the target chosen first: %s", job_id, target)
+            return target
+        hook = MLEngineHook(gcp_conn_id=CFG.gcp_conn_id)
         model = hook.get_model(model_name=model_name)
         version_id = params["version"].strip() or naming.short_name(
             ((model or {}).get("defaultVersion") or {}).get("name", ""))
@@ -86,8 +93,6 @@ def batch_prediction():
         version = hook.get_version(model_name=model_name, version_name=version_id)
         if version is None or version.get("state") != "READY":
             raise ValueError(f"Version {version_id} of {model_name} is not READY: {version}")
-        job_id = naming.job_id(dag_run.dag_id, dag_run.run_id)
-        prefix = f"{CFG.batch_uri}/{model_name}/{job_id}"
         target = {
             "model": model_name,
             "version": version_id,
@@ -96,6 +101,8 @@ def batch_prediction():
             "inputs_uri": f"{prefix}/inputs",
             "output_path": f"{prefix}/outputs",
         }
+        storage.ensure_bucket(prefix)
+        storage.write_json(f"{prefix}/target.json", target)
         log.info("Batch prediction %s on %s/%s (%s variant) -> %s", job_id, model_name, version_id,
                  target["variant"], target["output_path"])
         return target

@@ -62,8 +62,26 @@ def model_maintenance():
         return "choose_default" if action in ("rollback", "set_default") else "choose_old_versions"
 
     @task
-    def choose_default(params: dict) -> str:
-        """The version to make default: the previous default (rollback) or the named one."""
+    def choose_default(params: dict, dag_run=None) -> str:
+        """The version to make default: the previous default (rollback) or the named one.
+
+        The choice is recorded in GCS per run, so clearing a rollback run repeats the
+        same switch instead of rolling back one step further.
+        """
+        from include.lifecycle import naming, storage
+        from include.trainer import gcs
+
+        decision_uri = f"{CFG.bucket_uri}/maintenance/{params['model_name']}/{naming.ml_id(dag_run.run_id)}.json"
+        if gcs.exists(decision_uri):
+            chosen = storage.read_json(decision_uri)["version"]
+            log.info("Re-run: keeping the version this run chose first: %s", chosen)
+            return chosen
+        chosen = _choose_default(params)
+        storage.ensure_bucket(decision_uri)
+        storage.write_json(decision_uri, {"version": chosen, "action": params["action"]})
+        return chosen
+
+    def _choose_default(params: dict) -> str:
         from ml_engine.hooks import MLEngineHook
 
         from include.lifecycle import naming, retention
