@@ -34,6 +34,17 @@ PROMOTION = Asset(CFG.promotion_asset_uri(), extra={"model": CFG.model_name})
 DATA_FORMATS = ["AUTO", "JSON", "TEXT", "TF_RECORD", "TF_RECORD_GZIP"]
 
 
+def _promotion_event(triggering_asset_events) -> dict:
+    """The `extra` of the newest promotion event that triggered this run ({} for other runs)."""
+    try:
+        events = [event for asset_events in (triggering_asset_events or {}).values() for event in asset_events]
+        newest = max(events, key=lambda event: event.timestamp, default=None)
+        return dict(getattr(newest, "extra", None) or {})
+    except (AttributeError, TypeError) as error:  # an Airflow without the accessor: use the params
+        log.warning("Cannot read the triggering asset events (%s); using the params", error)
+        return {}
+
+
 @dag(
     dag_id="batch_prediction",
     schedule=AssetOrTimeSchedule(
@@ -64,14 +75,15 @@ DATA_FORMATS = ["AUTO", "JSON", "TEXT", "TF_RECORD", "TF_RECORD_GZIP"]
 )
 def batch_prediction():
     @task(multiple_outputs=True)
-    def resolve_target(params: dict, dag_run=None) -> dict:
+    def resolve_target(params: dict, dag_run=None, triggering_asset_events=None) -> dict:
         """The version to use (the default unless named), its variant, and this run's job id and prefixes."""
         from ml_engine.hooks import MLEngineHook
 
         from include.lifecycle import naming, storage
         from include.trainer import gcs
 
-        model_name = params["model_name"]
+        promoted = _promotion_event(triggering_asset_events)  # the event names the model it promoted
+        model_name = promoted.get("model") or params["model_name"]
         job_id = naming.job_id(dag_run.dag_id, dag_run.run_id)
         prefix = f"{CFG.batch_uri}/{model_name}/{job_id}"
         if gcs.exists(f"{prefix}/target.json"):  # a cleared or retried run keeps the version it chose first
@@ -80,7 +92,7 @@ def batch_prediction():
             return target
         hook = MLEngineHook(gcp_conn_id=CFG.gcp_conn_id)
         model = hook.get_model(model_name=model_name)
-        version_id = params["version"].strip() or naming.short_name(
+        version_id = params["version"].strip() or promoted.get("version") or naming.short_name(
             ((model or {}).get("defaultVersion") or {}).get("name", ""))
         if not version_id:
             message = (f"Model {model_name} does not exist" if model is None else
