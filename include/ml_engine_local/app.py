@@ -136,6 +136,9 @@ def dispatch(ctx: Context, method: str, path: str, query: dict[str, str], raw: b
         raise ApiError(404, "NOT_FOUND", f"Method not found: {method} v1/{path}")
     except ApiError as error:
         return error.code, error.body()
+    except Exception as error:  # a bug of ours: still answered in Google's shape, and logged with its trace
+        log.exception("%s v1/%s failed", method, path)
+        return 500, ApiError(500, "INTERNAL", f"Internal error: {error.__class__.__name__}: {error}").body()
 
 
 class FaultInjector:

@@ -118,6 +118,7 @@ def run_job(ctx: Context, name: str) -> None:
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        ctx.cancel_events.pop(name, None)
     _set(ctx, name, state="SUCCEEDED", endTime=now_rfc3339(), predictionOutput=totals.output(output_path))
     elapsed = time.monotonic() - totals.started
     log.info("job %s SUCCEEDED: %d predictions, %d errors in %.1f s (%.0f instances/s) -> %s", name,

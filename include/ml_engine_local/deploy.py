@@ -33,6 +33,10 @@ def _deploy_logged(ctx: Context, version_name: str) -> None:
         deploy(ctx, version_name)
     except Exception:
         log.exception("deploying %s failed unexpectedly", version_name)
+    finally:
+        operation = (ctx.store.get(version_name) or {}).get("_operation")
+        if operation and not ctx.stopping.is_set():
+            ctx.cancel_events.pop(operation, None)
 
 
 def _check_cancel(ctx: Context, operation_name: str) -> None:

@@ -19,7 +19,9 @@ def start(ctx: Context, *, project: str, kind: str, model: str, version: dict | 
           operation_type: str) -> dict:
     """Record a new, not yet done operation, e.g. `create_MODEL_VERSION-TIMESTAMP`."""
     suffix = f"{model}_{version['name'].rsplit('/', 1)[-1]}" if version else model
-    name = operation_name(project, f"{kind}_{suffix}-{millis()}")
+    stamp = millis()
+    while ctx.store.get(name := operation_name(project, f"{kind}_{suffix}-{stamp}")) is not None:
+        stamp += 1  # two operations on one resource within a millisecond
     created = now_rfc3339()
     metadata = {
         "@type": METADATA_TYPE,
