@@ -239,7 +239,7 @@ def _read_ahead(batches: Iterator[list], stop: threading.Event, depth: int = 2) 
 
 
 class WriteBehind:
-    """Hand chunks to a GCS writer in a thread, so uploads overlap prediction (bounded queue)."""
+    """Serialise result rows and upload them in a thread, so both overlap prediction (bounded queue)."""
 
     def __init__(self, writer, depth: int = 8):
         self._writer = writer
@@ -249,17 +249,17 @@ class WriteBehind:
         self._thread.start()
 
     def _drain(self) -> None:
-        while (chunk := self._queue.get()) is not None:
+        while (rows := self._queue.get()) is not None:
             if self._error is None:
                 try:
-                    self._writer.write(chunk)
+                    self._writer.write(b"\n".join(dumps(row) for row in rows) + b"\n")
                 except BaseException as error:  # re-raised in the job's thread
                     self._error = error
 
-    def write(self, chunk: bytes) -> None:
+    def write_rows(self, rows: list[dict]) -> None:
         if self._error is not None:
             raise self._error
-        self._queue.put(chunk)
+        self._queue.put(rows)
 
     def close(self) -> None:
         """Wait until everything queued is written; raise what the writer raised."""
@@ -343,7 +343,7 @@ def _predict_shard(ctx: Context, name: str, signature: Signature, batches: Itera
         errors.update(batch.read_errors)
         rows = _predict_batch(signature, batch, errors, scratch) if batch.instances else []
         if rows:
-            results.write(b"\n".join(dumps(row) for row in rows) + b"\n")
+            results.write_rows(rows)
         totals.predictions += len(rows)
         totals.errors += len(batch.read_errors) + len(batch.instances) - len(rows)
         if time.monotonic() - last_report >= PROGRESS_EVERY_S:
