@@ -80,13 +80,12 @@ def batch_prediction():
         from ml_engine.hooks import MLEngineHook
 
         from include.lifecycle import naming, storage
-        from include.trainer import gcs
 
         promoted = _promotion_event(triggering_asset_events)  # the event names the model it promoted
         model_name = promoted.get("model") or params["model_name"]
         job_id = naming.job_id(dag_run.dag_id, dag_run.run_id)
         prefix = f"{CFG.batch_uri}/{model_name}/{job_id}"
-        if gcs.exists(f"{prefix}/target.json"):  # a cleared or retried run keeps the version it chose first
+        if storage.exists(f"{prefix}/target.json"):  # a cleared or retried run keeps the version it chose first
             target = storage.read_json(f"{prefix}/target.json")
             log.info("Re-run of %s: keeping the target chosen first: %s", job_id, target)
             return target

@@ -69,10 +69,9 @@ def model_maintenance():
         same switch instead of rolling back one step further.
         """
         from include.lifecycle import naming, storage
-        from include.trainer import gcs
 
         decision_uri = f"{CFG.bucket_uri}/maintenance/{params['model_name']}/{naming.ml_id(dag_run.run_id)}.json"
-        if gcs.exists(decision_uri):
+        if storage.exists(decision_uri):
             chosen = storage.read_json(decision_uri)["version"]
             log.info("Re-run: keeping the version this run chose first: %s", chosen)
             return chosen

@@ -26,7 +26,7 @@ from pathlib import Path
 import orjson
 
 from include.ml_engine_local import gcs, models, runtime
-from include.ml_engine_local.context import Context, new_etag, now_rfc3339
+from include.ml_engine_local.context import Context, now_rfc3339, revise
 from include.ml_engine_local.errors import ApiError, PredictionError
 from include.ml_engine_local.runtime import BadModel, LoadedModel, PreparedBatch, Signature, dumps, loads
 
@@ -72,10 +72,6 @@ def _run_logged(ctx: Context, name: str) -> None:
         log.exception("job %s crashed", name)
 
 
-def _set(ctx: Context, name: str, **changes) -> dict | None:
-    return ctx.store.update(name, lambda doc: doc.update(changes, etag=new_etag()))
-
-
 def run_job(ctx: Context, name: str) -> None:
     job = ctx.store.get(name)
     if job is None:
@@ -86,21 +82,21 @@ def run_job(ctx: Context, name: str) -> None:
     with ctx.store.transaction():  # a cancel may have arrived since the job was queued
         state = (ctx.store.get(name) or {}).get("state")
         if state == "CANCELLING":
-            _set(ctx, name, state="CANCELLED", endTime=now_rfc3339())
+            revise(ctx, name, state="CANCELLED", endTime=now_rfc3339())
         if state != "QUEUED":
             return
-        _set(ctx, name, state="PREPARING", startTime=now_rfc3339())
+        revise(ctx, name, state="PREPARING", startTime=now_rfc3339())
     scratch = ctx.scratch_dir / name.replace("/", "_")
     try:
         signature = _load_signature(ctx, prediction_input, scratch)
         inputs = _expand_inputs(prediction_input["inputPaths"])
-        _set(ctx, name, state="RUNNING")
+        revise(ctx, name, state="RUNNING")
         log.info("job %s RUNNING: %d input file(s), batch size %s", name, len(inputs),
                  prediction_input["batchSize"])
         for shard, uri in enumerate(inputs):
             _run_shard(ctx, name, signature, uri, prediction_input, shard, len(inputs), totals, scratch)
     except JobCancelled:
-        _set(ctx, name, state="CANCELLED", endTime=now_rfc3339(), predictionOutput=totals.output(output_path))
+        revise(ctx, name, state="CANCELLED", endTime=now_rfc3339(), predictionOutput=totals.output(output_path))
         log.info("job %s CANCELLED after %d predictions", name, totals.predictions)
         return
     except ServiceStopping:
@@ -108,18 +104,18 @@ def run_job(ctx: Context, name: str) -> None:
         return
     except (JobFailed, gcs.GcsError, BadModel, PredictionError, ApiError) as error:
         message = error.message if isinstance(error, ApiError) else str(error)
-        _set(ctx, name, state="FAILED", endTime=now_rfc3339(), errorMessage=message,
+        revise(ctx, name, state="FAILED", endTime=now_rfc3339(), errorMessage=message,
              predictionOutput=totals.output(output_path))
         log.warning("job %s FAILED: %s", name, message)
         return
     except Exception as error:
-        _set(ctx, name, state="FAILED", endTime=now_rfc3339(), errorMessage=f"Internal error: {error}",
+        revise(ctx, name, state="FAILED", endTime=now_rfc3339(), errorMessage=f"Internal error: {error}",
              predictionOutput=totals.output(output_path))
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         ctx.cancel_events.pop(name, None)
-    _set(ctx, name, state="SUCCEEDED", endTime=now_rfc3339(), predictionOutput=totals.output(output_path))
+    revise(ctx, name, state="SUCCEEDED", endTime=now_rfc3339(), predictionOutput=totals.output(output_path))
     elapsed = time.monotonic() - totals.started
     log.info("job %s SUCCEEDED: %d predictions, %d errors in %.1f s (%.0f instances/s) -> %s", name,
              totals.predictions, totals.errors, elapsed, totals.predictions / max(elapsed, 1e-9), output_path)
@@ -348,7 +344,7 @@ def _predict_shard(ctx: Context, name: str, signature: Signature, batches: Itera
         totals.errors += len(batch.read_errors) + len(batch.instances) - len(rows)
         if time.monotonic() - last_report >= PROGRESS_EVERY_S:
             last_report = time.monotonic()
-            _set(ctx, name, predictionOutput=totals.output(output))
+            revise(ctx, name, predictionOutput=totals.output(output))
             log.info("job %s: %d predictions, %d errors so far (%s)", name, totals.predictions, totals.errors,
                      progress)
 
@@ -358,8 +354,8 @@ def resume(ctx: Context) -> None:
     for job in ctx.store.list("job"):
         name = job["_name"]
         if job["state"] == "CANCELLING":
-            _set(ctx, name, state="CANCELLED", endTime=now_rfc3339())
+            revise(ctx, name, state="CANCELLED", endTime=now_rfc3339())
         elif job["state"] in ("QUEUED", "PREPARING", "RUNNING"):
             log.info("job %s was %s when the service stopped; running it again", name, job["state"])
-            _set(ctx, name, state="QUEUED")
+            revise(ctx, name, state="QUEUED")
             submit(ctx, name)

@@ -29,6 +29,11 @@ def millis() -> int:
     return int(time.time() * 1000)
 
 
+def revise(ctx: Context, name: str, **changes) -> dict | None:
+    """Apply changes to a stored resource with a fresh etag (every change is a new revision)."""
+    return ctx.store.update(name, lambda doc: doc.update(changes, etag=new_etag()))
+
+
 def public(resource: dict) -> dict:
     """A stored document without the service's private bookkeeping (keys starting with `_`)."""
     return {key: value for key, value in resource.items() if not key.startswith("_")}

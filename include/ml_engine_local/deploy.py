@@ -13,7 +13,7 @@ import shutil
 import time
 
 from include.ml_engine_local import gcs, operations
-from include.ml_engine_local.context import Context, new_etag
+from include.ml_engine_local.context import Context, new_etag, revise
 from include.ml_engine_local.runtime import BadModel
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,7 @@ def deploy(ctx: Context, version_name: str) -> None:
               f"Create Version failed. Internal error: {error}", operations.INTERNAL)
         raise
 
-    def ready(doc: dict) -> None:
-        doc.update(state="READY", etag=new_etag(), _path=str(target))
-
-    updated = ctx.store.update(version_name, ready)
+    updated = revise(ctx, version_name, state="READY", _path=str(target))
     if updated is None:  # deleted meanwhile
         shutil.rmtree(target, ignore_errors=True)
         return
@@ -89,7 +86,7 @@ def deploy(ctx: Context, version_name: str) -> None:
 
 def _fail(ctx: Context, version_name: str, operation_name: str, target, message: str, code: int) -> None:
     shutil.rmtree(target, ignore_errors=True)
-    ctx.store.update(version_name, lambda doc: doc.update(state="FAILED", errorMessage=message, etag=new_etag()))
+    revise(ctx, version_name, state="FAILED", errorMessage=message)
     operations.finish(ctx, operation_name, error=(code, message))
     log.warning("version %s FAILED: %s", version_name, message)
 

@@ -6,7 +6,7 @@ import logging
 import re
 
 from include.ml_engine_local import batch, models
-from include.ml_engine_local.context import Context, new_etag, now_rfc3339, public
+from include.ml_engine_local.context import Context, new_etag, now_rfc3339, public, revise
 from include.ml_engine_local.errors import (
     already_exists,
     failed_precondition,
@@ -158,7 +158,7 @@ def cancel_job(ctx: Context, project: str, job_id: str) -> dict:
         job = get_job(ctx, project, job_id)
         if job["state"] not in ACTIVE_STATES:
             raise failed_precondition(f"Job {name} is {job['state']} and cannot be cancelled.")
-        ctx.store.update(name, lambda doc: doc.update(state="CANCELLING", etag=new_etag()))
+        revise(ctx, name, state="CANCELLING")
     ctx.cancel_event(name).set()
     log.info("job %s CANCELLING", name)
     return {}

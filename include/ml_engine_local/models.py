@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from include.ml_engine_local import deploy, operations
-from include.ml_engine_local.context import Context, new_etag, now_rfc3339, public
+from include.ml_engine_local.context import Context, new_etag, now_rfc3339, public, revise
 from include.ml_engine_local.errors import (
     ApiError,
     already_exists,
@@ -92,7 +92,7 @@ def patch_model(ctx: Context, project: str, model: str, body: object, update_mas
             changes["defaultVersion"] = {"name": version["name"]}
         else:
             changes[path] = body.get(path)
-    updated = ctx.store.update(current["name"], lambda doc: doc.update(changes, etag=new_etag()))
+    updated = revise(ctx, current["name"], **changes)
     return operations.finished(ctx, project=project, kind="update", model=model, operation_type="UPDATE_MODEL",
                                response=updated, response_type=operations.MODEL_TYPE)
 
@@ -191,7 +191,7 @@ def patch_version(ctx: Context, project: str, model: str, version: str, body: ob
     current = get_version(ctx, project, model, version)
     _require_not_busy(current)
     changes = {path: body.get(path) for path in fields}
-    updated = ctx.store.update(current["name"], lambda doc: doc.update(changes, etag=new_etag()))
+    updated = revise(ctx, current["name"], **changes)
     return operations.finished(ctx, project=project, kind="update", model=model, version=updated,
                                operation_type="UPDATE_VERSION", response=updated,
                                response_type=operations.VERSION_TYPE)
@@ -228,8 +228,7 @@ def set_default(ctx: Context, project: str, model: str, version: str) -> dict:
     with ctx.store.transaction():  # check and switch atomically (a concurrent delete cannot slip between)
         current = get_version(ctx, project, model, version)
         _require_ready(current, "become the default")
-        ctx.store.update(model_name(project, model),
-                         lambda doc: doc.update(defaultVersion={"name": current["name"]}, etag=new_etag()))
+        revise(ctx, model_name(project, model), defaultVersion={"name": current["name"]})
     log.info("default version of %s is now %s", model_name(project, model), current["name"])
     return with_default_flag(ctx, current)
 
