@@ -23,14 +23,14 @@ import logging
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 from ml_engine.operators import MLEngineStartBatchPredictionJobOperator
 
-from include import config
+from include import assets, config
 
 log = logging.getLogger(__name__)
 CFG = config.load()
-PROMOTION = Asset(CFG.promotion_asset_uri(), extra={"model": CFG.model_name})
+PROMOTION = assets.promotion_asset()
 DATA_FORMATS = ["AUTO", "JSON", "TEXT", "TF_RECORD", "TF_RECORD_GZIP"]
 
 

@@ -30,18 +30,18 @@ import logging
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Asset, Param, TriggerRule, dag, task
+from airflow.sdk import Param, TriggerRule, dag, task
 from ml_engine.operators import (
     MLEngineCreateModelOperator,
     MLEngineCreateVersionOperator,
     MLEngineSetDefaultVersionOperator,
 )
 
-from include import config
+from include import assets, config
 
 log = logging.getLogger(__name__)
 CFG = config.load()
-PROMOTION = Asset(CFG.promotion_asset_uri(), extra={"model": CFG.model_name})
+PROMOTION = assets.promotion_asset()
 ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,127}$"
 # Instances per online request in the smoke test: a 32x32 image as JSON floats is ~32 KB.
 SMOKE_REQUEST_SIZE = 8

@@ -20,14 +20,14 @@ import logging
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Asset, Param, TriggerRule, dag, task
+from airflow.sdk import Param, TriggerRule, dag, task
 from ml_engine.operators import MLEngineDeleteVersionOperator, MLEngineSetDefaultVersionOperator
 
-from include import config
+from include import assets, config
 
 log = logging.getLogger(__name__)
 CFG = config.load()
-PROMOTION = Asset(CFG.promotion_asset_uri(), extra={"model": CFG.model_name})
+PROMOTION = assets.promotion_asset()
 ACTIONS = ["rollback", "set_default", "delete_older_than"]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import secrets
 import signal
@@ -35,6 +36,7 @@ from pathlib import Path
 
 from include import devstack
 
+log = logging.getLogger(__name__)
 PROJECT_ROOT = devstack.PROJECT_ROOT
 DEFAULT_PORT = 8080
 DEFAULT_WORKER_LOG_PORT = 8793
@@ -223,7 +225,9 @@ class AirflowStack:
                 for future in [pool.submit(p.start, timeout=timeout) for p in self.processes.values()]:
                     future.result()
             self.wait_healthy(timeout=timeout)
-            self.wait_dags(timeout=timeout)
+            dags = self.wait_dags(timeout=timeout)
+            if self.unpause:
+                self.unpause_dags(dags)
         except Exception:
             self.stop()
             raise
@@ -288,6 +292,18 @@ class AirflowStack:
                 return dags
             time.sleep(1)
         raise TimeoutError(f"DAGs {dag_ids} not parsed within {timeout:.0f} s")
+
+    def unpause_dags(self, dags: dict) -> None:
+        """Activate the project's DAGs, also those an earlier `make run` (`airflow dags test`) registered paused.
+
+        DAGS_ARE_PAUSED_AT_CREATION only applies to DAGs new to the database, so it cannot express
+        the stack's intent (schedules that fire) on a database `make run` has already used.
+        """
+        token = self.token()
+        for dag_id in PROJECT_DAGS:
+            if dags[dag_id]["is_paused"]:
+                self.api("PATCH", f"/dags/{dag_id}", {"is_paused": False}, token=token)
+                log.info("Unpaused %s (registered paused before this stack started)", dag_id)
 
     def _check_alive(self) -> None:
         for name, process in self.processes.items():
@@ -355,6 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--services", choices=["local", "none"], default=os.environ.get("SERVICES", "local"),
                         help="local: start the GCS emulator and the ml/v1 service; none: use the environment's")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     state_dir = args.state_dir.resolve()
     if args.action == "stop":
         _stop(state_dir)
@@ -366,6 +383,8 @@ def main(argv: list[str] | None = None) -> None:
         local_services=args.services == "local",
         start_local_services=False,  # _start starts them the `make services` way
         password=os.environ.get("AIRFLOW_ADMIN_PASSWORD") or DEFAULT_ADMIN_PASSWORD,
+        # Active DAGs unless the user asked for paused ones.
+        unpause=os.environ.get("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "").strip().lower() not in ("true", "1"),
     )
     try:
         _start(stack)

@@ -67,8 +67,8 @@ METRIC_LABEL = "val_iou_x10000"
 #: Runtime fields of created versions (ml/v1's last TF runtime; the local service accepts any).
 RUNTIME_VERSION = "2.11"
 PYTHON_VERSION = "3.7"
-#: Asset event marking a promotion; batch_prediction is scheduled on it.
-PROMOTION_ASSET_URI = "ml-engine://models/{model}/default-version"
+#: Asset event marking a promotion; batch_prediction is scheduled on it (`x-`: see include/assets.py).
+PROMOTION_ASSET_URI = "x-ml-engine://models/{model}/default-version"
 
 
 def _env(name: str, default: str) -> str:

@@ -1,0 +1,21 @@
+"""The promotion Asset: one definition for the DAGs that emit it and the DAG scheduled on it.
+
+Its URI has an `x-` scheme on purpose. Airflow normalises an Asset URI with any other
+scheme through the providers' URI handlers, which starts provider discovery in every
+DAG-parse process: 1-5 s per file, on every re-parse. `x-` URIs are taken as they are.
+Airflow 3 shows the Asset by its name in the Assets view; the URI says what it stands for.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Asset
+
+from include import config
+
+
+def promotion_asset(model_name: str | None = None) -> Asset:
+    """The Asset updated whenever the model's default version changes (promotion, rollback, set_default)."""
+    cfg = config.load()
+    model = model_name or cfg.model_name
+    return Asset(name=f"{model}_default_version", uri=cfg.promotion_asset_uri(model), group="ml-engine",
+                 extra={"model": model})
