@@ -135,15 +135,6 @@ def test_stack_is_healthy_and_dags_are_ready(stack):
         assert details["params"], f"{dag_id} has no Params form"
 
 
-def test_airflow_parses_each_dag_file_quickly(stack):
-    # Airflow's own measure, as the UI shows it; the budget is the goal of 0.5 s with room for a loaded CI.
-    durations = {}
-    for dag_id in ("model_lifecycle", "batch_prediction", "model_maintenance"):
-        durations[dag_id] = stack.api("GET", f"/dags/{dag_id}")["last_parse_duration"]
-    print(f"last_parse_duration: {durations}")
-    assert all(seconds is not None and seconds < 1.0 for seconds in durations.values()), durations
-
-
 def test_wrong_password_gets_no_token(stack):
     with pytest.raises(urllib.error.HTTPError) as caught:
         AirflowStack(state_dir=stack.state_dir, port=stack.port, password="wrong").token()
@@ -198,6 +189,18 @@ def test_task_logs_tell_the_story(stack, lifecycle_run):
     assert "Gate (better):" in gate and "-> PROMOTE" in gate
     promoted = log_of("record_promotion")
     assert "Promoted heatmap/v" in promoted
+
+
+def test_airflow_parses_each_dag_file_quickly(stack, lifecycle_run):
+    # Airflow's own measure (the DAG details in the UI show it), read after the run, when the files have
+    # been re-parsed. It is wall time of a forked parse process, so it grows with the machine's load (about
+    # 2 s measured at load 6.7 on 2 cores for 0.2-0.3 s of CPU): this bound only catches a gross regression
+    # (2.5-4.6 s per file before the promotion Asset's x- scheme, on an idle machine). test_dag_integrity
+    # holds each file's CPU to 1 s.
+    durations = {dag_id: stack.api("GET", f"/dags/{dag_id}")["last_parse_duration"]
+                 for dag_id in ("model_lifecycle", "batch_prediction", "model_maintenance")}
+    print(f"last_parse_duration: {durations}")
+    assert all(seconds is not None and seconds < 3.0 for seconds in durations.values()), durations
 
 
 def test_extra_links_point_at_the_version(stack, lifecycle_run):
