@@ -72,6 +72,7 @@ class ServiceHandle:
 
     server: devstack.LocalProcess
     port: int
+    token: str
 
     @property
     def url(self) -> str:
@@ -81,21 +82,26 @@ class ServiceHandle:
         self.server.stop(sig=signal.SIGKILL if kill else signal.SIGTERM)
         self.server.start(timeout=120)
 
-    def build_api(self):
-        from google.auth.credentials import AnonymousCredentials
-        from googleapiclient.discovery import build
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a raw HTTP call to /v1 or /_local needs: the bearer token."""
+        return devstack.auth_headers(self.token)
 
-        return build("ml", "v1", credentials=AnonymousCredentials(), cache_discovery=False,
-                     client_options={"api_endpoint": self.url})
+    def build_api(self):
+        return devstack.ml_api(self.url, self.token)
 
 
 @pytest.fixture(scope="session")
 def ml_service(gcs_emulator, tmp_path_factory) -> ServiceHandle:
+    """The service as `make services` runs it (a bearer token in a 0600 file), plus the fault switch."""
     port = devstack.free_port()
     state = tmp_path_factory.mktemp("ml_engine_state")
-    server = devstack.ml_service(port=port, state_dir=state, gcs_host=gcs_emulator,
-                                 log_path=state / "service.log").start(timeout=120)
-    handle = ServiceHandle(server=server, port=port)
+    token_file = devstack.service_token_file(tmp_path_factory.mktemp("ml_engine_secret"))
+    token = token_file.read_text().strip()
+    os.environ["ML_ENGINE_TOKEN"] = token
+    server = devstack.ml_service(port=port, state_dir=state, gcs_host=gcs_emulator, log_path=state / "service.log",
+                                 token_file=token_file, enable_faults=True).start(timeout=120)
+    handle = ServiceHandle(server=server, port=port, token=token)
     os.environ["ML_ENGINE_ENDPOINT"] = handle.url
     yield handle
     server.stop()

@@ -33,12 +33,12 @@ def test_endpoint_precedence(ml_conn, monkeypatch):
     assert not regional.is_local
 
 
-def test_get_conn_uses_endpoint_and_anonymous_credentials(hook):
-    from google.auth.credentials import AnonymousCredentials
+def test_get_conn_uses_endpoint_and_the_service_token(hook):
+    from google.oauth2.credentials import Credentials
 
     conn = hook.get_conn()
     assert conn._baseUrl.startswith(hook.endpoint)
-    assert isinstance(hook.get_credentials(), AnonymousCredentials)
+    assert isinstance(hook.get_credentials(), Credentials) and hook.get_credentials().token == hook.local_token
     assert hook.project_id == TEST_PROJECT
 
 
