@@ -61,11 +61,18 @@ def auth_headers(token: str | None = None) -> dict[str, str]:
 
 
 def ml_api(endpoint: str, token: str | None = None):
-    """googleapiclient's ml/v1 resource for a local service, sending its bearer token."""
-    from googleapiclient.discovery import build
+    """googleapiclient's ml/v1 resource for a local service, sending its bearer token.
 
-    return build("ml", "v1", credentials=service_credentials(token), cache_discovery=False,
-                 client_options={"api_endpoint": endpoint})
+    A local token cannot be refreshed, so a 401 is raised as the HttpError it is
+    (no refresh attempt, which would fail with a less helpful RefreshError).
+    """
+    import google_auth_httplib2
+    from googleapiclient.discovery import build
+    from googleapiclient.http import build_http
+
+    http = google_auth_httplib2.AuthorizedHttp(service_credentials(token), http=build_http(),
+                                               refresh_status_codes=())
+    return build("ml", "v1", http=http, cache_discovery=False, client_options={"api_endpoint": endpoint})
 
 
 def free_port() -> int:

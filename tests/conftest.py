@@ -11,7 +11,7 @@ import signal
 import sys
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -72,7 +72,7 @@ class ServiceHandle:
 
     server: devstack.LocalProcess
     port: int
-    token: str
+    token: str = field(default_factory=lambda: os.environ.get("ML_ENGINE_TOKEN", ""))
 
     @property
     def url(self) -> str:
@@ -91,20 +91,30 @@ class ServiceHandle:
         return devstack.ml_api(self.url, self.token)
 
 
+def session_token_file() -> Path:
+    """The test session's service token (0600 file), also exported as ML_ENGINE_TOKEN for every client."""
+    token_file = devstack.service_token_file(Path(tempfile.gettempdir()) / f"ml-engine-token-{os.getpid()}")
+    os.environ["ML_ENGINE_TOKEN"] = token_file.read_text().strip()
+    return token_file
+
+
+def start_service(gcs_host: str, state_dir: Path) -> ServiceHandle:
+    """A service as `make services` runs it (the session's token required), with the fault switch on."""
+    port = devstack.free_port()
+    token_file = session_token_file()
+    server = devstack.ml_service(port=port, state_dir=state_dir, gcs_host=gcs_host,
+                                 log_path=state_dir / "service.log", token_file=token_file,
+                                 enable_faults=True).start(timeout=120)
+    return ServiceHandle(server=server, port=port, token=token_file.read_text().strip())
+
+
 @pytest.fixture(scope="session")
 def ml_service(gcs_emulator, tmp_path_factory) -> ServiceHandle:
     """The service as `make services` runs it (a bearer token in a 0600 file), plus the fault switch."""
-    port = devstack.free_port()
-    state = tmp_path_factory.mktemp("ml_engine_state")
-    token_file = devstack.service_token_file(tmp_path_factory.mktemp("ml_engine_secret"))
-    token = token_file.read_text().strip()
-    os.environ["ML_ENGINE_TOKEN"] = token
-    server = devstack.ml_service(port=port, state_dir=state, gcs_host=gcs_emulator, log_path=state / "service.log",
-                                 token_file=token_file, enable_faults=True).start(timeout=120)
-    handle = ServiceHandle(server=server, port=port, token=token)
+    handle = start_service(gcs_emulator, tmp_path_factory.mktemp("ml_engine_state"))
     os.environ["ML_ENGINE_ENDPOINT"] = handle.url
     yield handle
-    server.stop()
+    handle.server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import google.oauth2.credentials
+import google_auth_httplib2
 from airflow.providers.common.compat.sdk import AirflowException
 from airflow.providers.google.common.hooks.base_google import (
     PROVIDE_PROJECT_ID,
@@ -200,6 +201,14 @@ class MLEngineHook(GoogleBaseHook):
             project_id = os.environ.get("GOOGLE_CLOUD_PROJECT")
         self._cached_credentials, self._cached_project_id = credentials, project_id
         return credentials, project_id
+
+    def _authorize(self) -> google_auth_httplib2.AuthorizedHttp:
+        """The provider's authorized HTTP; for a local endpoint without refresh on 401 (its token
+        cannot be refreshed), so a wrong token surfaces as HttpError 401."""
+        authed = super()._authorize()
+        if not self.is_local:
+            return authed
+        return google_auth_httplib2.AuthorizedHttp(authed.credentials, http=authed.http, refresh_status_codes=())
 
     def get_conn(self) -> Resource:
         """The ml/v1 resource built from the static discovery document, pointed at the endpoint."""

@@ -8,6 +8,7 @@ prediction instance answer HTTP 200 `{"error": ...}` as the hosted service did.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,6 +16,17 @@ import pytest
 from googleapiclient.errors import HttpError
 
 from .conftest import PARENT, PROJECT, unique
+
+
+def deep_stack(build: Callable[[], object]) -> object:
+    """Build a request under a raised recursion limit: the client itself must be able to encode
+    a value nested past Python's default limit (the server gets no such allowance)."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)
+    try:
+        return build()
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def nested(depth: int, leaf: object = 1.0) -> object:
@@ -167,8 +179,8 @@ CASES: list[tuple[str, Call, int, str | None]] = [
     ("predict instances not a list", lambda a, t: P(a).predict(name=t.model, body={"instances": {"x": 1}}), 200,
      "'instances' must be a non-empty list"),
     # predict: one instance's content
-    ("predict 1000-deep key", lambda a, t: P(a).predict(name=t.model, body={
-        "instances": [{"x": [1, 2], "key": nested(1000, "k")}]}), 200, "nested too deeply"),
+    ("predict 1010-deep key", lambda a, t: deep_stack(lambda: P(a).predict(name=t.model, body={
+        "instances": [{"x": [1, 2], "key": nested(1010, "k")}]})), 200, "nested too deeply"),
     ("predict 900-deep x", lambda a, t: P(a).predict(name=t.model, body={
         "instances": [{"x": nested(900), "key": "k"}]}), 200, "cannot be read as float32"),
     ("predict URL /etc/passwd", lambda a, t: P(a).predict(name=t.urls_model, body={
