@@ -134,8 +134,9 @@ class Guard:
 
 
 def check_json_body(method: str, content_type: str | None, body: bytes) -> ApiError | None:
-    """A non-empty body on POST/PATCH/PUT must be JSON (googleapiclient always says application/json)."""
-    if method not in BODY_METHODS or not body:
+    """POST/PATCH/PUT carry JSON or nothing: a body must say application/json (googleapiclient always
+    does), and so must any Content-Type given, even on an empty body (an HTML form always sends one)."""
+    if method not in BODY_METHODS or (not body and content_type is None):
         return None
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media != "application/json":

@@ -67,6 +67,10 @@ def test_v1_bodies_must_be_json(ml_service, ml_api):
         error = json.loads(answer)["error"]
         assert status == 400 and error["status"] == "INVALID_ARGUMENT" and "application/json" in error["message"]
     assert model_names(ml_api) == before
+    # an HTML form always sends a Content-Type, even with nothing in it
+    status, _ = raw(ml_service, "POST", f"/v1/{PARENT}/jobs/{unique('j')}:cancel", b"",
+                    {**ml_service.headers, "Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 400
     # what googleapiclient sends: GET/DELETE without a body, :cancel without one, setDefault with {}
     with pytest.raises(HttpError) as excinfo:
         ml_api.projects().jobs().cancel(name=f"{PARENT}/jobs/{unique('nope')}").execute()
