@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token-file", type=Path, default=None,
                         help="file holding the bearer token /v1 and /_local require (else ML_ENGINE_TOKEN; "
                              "neither: anonymous, with a warning)")
+    parser.add_argument("--allowed-hosts", default=os.environ.get("ML_ENGINE_ALLOWED_HOSTS", ""),
+                        help="comma-separated host names the Host header may carry besides loopback names and "
+                             "--host (env ML_ENGINE_ALLOWED_HOSTS)")
     parser.add_argument("--enable-faults", action="store_true",
                         default=os.environ.get("ML_ENGINE_ENABLE_FAULTS", "") == "1",
                         help="serve the /_local/faults test switch (env ML_ENGINE_ENABLE_FAULTS=1)")
@@ -35,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
         "ml/v1 service on http://%s:%d/ (state in %s, GCS %s)", args.host, args.port, state_dir,
         os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com")
     # A long keep-alive: httplib2 (googleapiclient) reuses idle connections and fails on a closed one.
-    guard = Guard.from_environment(token=read_token(args.token_file), bind_host=args.host)
+    guard = Guard.from_settings(token=read_token(args.token_file), bind_host=args.host,
+                                allowed_hosts=args.allowed_hosts)
     app = create_app(state_dir, guard=guard, enable_faults=args.enable_faults)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_keep_alive=600,
                 log_level=args.log_level.lower())

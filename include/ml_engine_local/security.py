@@ -70,8 +70,9 @@ class Guard:
     csrf_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
     @classmethod
-    def from_environment(cls, *, token: str | None, bind_host: str) -> Guard:
-        extra = frozenset(h.strip().lower() for h in os.environ.get(ALLOWED_HOSTS_ENV, "").split(",") if h.strip())
+    def from_settings(cls, *, token: str | None, bind_host: str, allowed_hosts: str) -> Guard:
+        """From the command line: `allowed_hosts` is a comma-separated list of extra Host names."""
+        extra = frozenset(h.strip().lower() for h in allowed_hosts.split(",") if h.strip())
         return cls(token=token, bind_host=bind_host, extra_hosts=extra)
 
     def announce(self) -> None:
@@ -97,7 +98,7 @@ class Guard:
     def check_host(self, host_header: str | None) -> ApiError | None:
         if not host_header or not self.host_allowed(_hostname(host_header)):
             return ApiError(403, "PERMISSION_DENIED", f"Host '{host_header or ''}' is not allowed; "
-                            f"add it to {ALLOWED_HOSTS_ENV} to serve it.")
+                            f"add it to --allowed-hosts ({ALLOWED_HOSTS_ENV}) to serve it.")
         return None
 
     def check_origin(self, origin: str | None, host_header: str | None) -> ApiError | None:

@@ -162,3 +162,17 @@ def test_anonymous_mode_logs_a_warning(caplog):
         Guard(token="t").announce()
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "anonymous" in warnings[0].getMessage()
+
+
+def test_allowed_hosts_for_a_service_bound_to_all_interfaces(tmp_path):
+    """compose: bound to 0.0.0.0 and called `ml-engine` by the Airflow containers; no other name passes."""
+    from fastapi.testclient import TestClient
+
+    from include.ml_engine_local.app import create_app
+
+    guard = Guard.from_settings(token=None, bind_host="0.0.0.0", allowed_hosts="ml-engine, Other.Example")
+    app = create_app(tmp_path, guard=guard)
+    for host, status in (("ml-engine:8780", 200), ("other.example", 200), ("0.0.0.0:8780", 403),
+                         ("evil.example:8780", 403), ("localhost:8780", 200)):
+        answer = TestClient(app, base_url=f"http://{host}").get(f"/v1/{PARENT}/models")
+        assert answer.status_code == status, host
