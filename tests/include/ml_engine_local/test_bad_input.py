@@ -249,3 +249,24 @@ def test_valid_fields_are_stored_and_prediction_input_echoed_as_sent(ml_api, tar
     assert ml_api.projects().jobs().create(parent=PARENT, body=body).execute()["predictionInput"] == sent
     got = ml_api.projects().jobs().get(name=f"projects/{PROJECT}/jobs/{body['jobId']}").execute()
     assert got["predictionInput"] == sent and "batchSize" not in got["predictionInput"]
+
+
+def test_batch_job_counts_bad_url_instances_and_predicts_the_rest(ml_api, target, bucket, gcs_prefix):
+    """The same per-instance faults in a batch job: each is a line of errors_stats, the job SUCCEEDS."""
+    from .conftest import wait_job
+    from .test_batch import read_outputs
+
+    lines = [target.long_object, "/etc/passwd", "file:///etc/passwd", f"gs://{target.bucket}/a\x00b",
+             json.dumps(nested(500, "x")), target.long_object]
+    bucket.blob(f"{gcs_prefix}/urls.json").upload_from_string(
+        "\n".join(line if line.startswith("[") else json.dumps(line) for line in lines))
+    body = {"jobId": unique("urls"), "predictionInput": {
+        "modelName": target.urls_model, "dataFormat": "JSON", "region": "us-central1", "batchSize": 3,
+        "inputPaths": [f"gs://{bucket.name}/{gcs_prefix}/urls.json"], "outputPath": f"gs://{bucket.name}/{gcs_prefix}/out"}}
+    ml_api.projects().jobs().create(parent=PARENT, body=body).execute()
+    job = wait_job(ml_api, body["jobId"])
+    assert job["state"] == "SUCCEEDED", job
+    results, errors, _ = read_outputs(bucket, f"{gcs_prefix}/out")
+    assert [row["size"] for row in results] == [5, 5]
+    assert sum(count for _, count in errors) == 4 == int(job["predictionOutput"]["errorCount"])
+    assert sum(count for message, count in errors if "only gs:// URLs are read" in message) == 3
