@@ -148,11 +148,12 @@ def bench_variant(variant: str, args, api, bucket, ml_port: int, workdir: Path) 
     one = instances[:1]
     raw_feeds = _raw_inputs(variant, one)
     body = json.dumps({"instances": one}).encode()
+    headers = {"Content-Type": "application/json", **devstack.auth_headers()}
     connection = http.client.HTTPConnection("127.0.0.1", ml_port)
     path = f"/v1/projects/{PROJECT}/models/{model}:predict"
 
     def http_predict() -> None:
-        connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        connection.request("POST", path, body=body, headers=headers)
         response = connection.getresponse()
         payload = response.read()
         if response.status != 200 or b'"predictions"' not in payload[:40]:
@@ -198,16 +199,16 @@ def main(argv: list[str] | None = None) -> None:
     gcs_host = f"http://127.0.0.1:{gcs_port}"
     os.environ["STORAGE_EMULATOR_HOST"] = gcs_host
     gcs_server = devstack.gcs_emulator(port=gcs_port, data_dir=None, log_path=workdir / "gcs.log").start()
+    token_file = devstack.service_token_file(workdir)
+    os.environ["ML_ENGINE_TOKEN"] = token_file.read_text().strip()
     ml_server = devstack.ml_service(port=ml_port, state_dir=workdir / "state", gcs_host=gcs_host,
-                                    log_path=workdir / "ml.log").start(timeout=120)
+                                    log_path=workdir / "ml.log", token_file=token_file).start(timeout=120)
     try:
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage
-        from googleapiclient.discovery import build
 
         bucket = storage.Client(project=PROJECT, credentials=AnonymousCredentials()).create_bucket(BUCKET)
-        api = build("ml", "v1", credentials=AnonymousCredentials(), cache_discovery=False,
-                    client_options={"api_endpoint": f"http://127.0.0.1:{ml_port}/"})
+        api = devstack.ml_api(f"http://127.0.0.1:{ml_port}/")
         print(f"bench: {args.instances} instances, batch size {args.batch_size}, {args.image_size}px images, "
               f"{args.rounds} alternating rounds, {os.cpu_count()} CPUs")
         results = [bench_variant(v, args, api, bucket, ml_port, workdir) for v in args.variants.split(",")]

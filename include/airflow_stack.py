@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -51,15 +50,6 @@ TUNABLE = frozenset({
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__API__WORKERS", "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL",
 })
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-
-
-def _secret(path: Path) -> str:
-    """A random secret kept in the state dir, so restarts keep sessions and tokens valid."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
 
 
 @dataclass
@@ -130,8 +120,8 @@ class AirflowStack:
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__API__HOST": self.host,
             "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__API__SECRET_KEY": _secret(home / ".api_secret_key"),
-            "AIRFLOW__API_AUTH__JWT_SECRET": _secret(home / ".jwt_secret"),
+            "AIRFLOW__API__SECRET_KEY": devstack.secret_file(home / ".api_secret_key"),
+            "AIRFLOW__API_AUTH__JWT_SECRET": devstack.secret_file(home / ".jwt_secret"),
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         }
@@ -140,6 +130,8 @@ class AirflowStack:
         if self.local_services:
             env["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{self.gcs_port}"
             env["ML_ENGINE_ENDPOINT"] = f"http://127.0.0.1:{self.ml_port}/"
+            # the connection carries the service's token (include.config reads ML_ENGINE_TOKEN)
+            env["ML_ENGINE_TOKEN"] = devstack.secret_file(devstack.service_token_file(self.state_dir))
         env.update(self.extra_env)
         env.update(self._connection_env(env))
         return env
@@ -196,7 +188,8 @@ class AirflowStack:
             devstack.gcs_emulator(port=self.gcs_port, data_dir=self.state_dir / "gcs",
                                   log_path=self.log_dir / "gcs-emulator.log"),
             devstack.ml_service(port=self.ml_port, state_dir=self.state_dir / "ml_engine", gcs_host=gcs_host,
-                                log_path=self.log_dir / "ml-engine-local.log"),
+                                log_path=self.log_dir / "ml-engine-local.log",
+                                token_file=devstack.service_token_file(self.state_dir)),
         ]
         for server in self.services:
             server.start(timeout=120)

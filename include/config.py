@@ -11,6 +11,7 @@ parse time: no Airflow Variables, no network.
 | bucket               | ML_BUCKET                   | ml-lifecycle                          |
 | region               | ML_REGION                   | us-central1                           |
 | ml_engine_endpoint   | ML_ENGINE_ENDPOINT          | http://127.0.0.1:8780/                |
+| (connection token)   | ML_ENGINE_TOKEN             | STATE_DIR/ml_engine_token (make run / make airflow) |
 | storage_emulator_host| STORAGE_EMULATOR_HOST       | http://127.0.0.1:9023 (unset = real GCS, see below) |
 | gcp_conn_id          | ML_GCP_CONN_ID              | google_cloud_default                  |
 | model_name           | ML_MODEL_NAME               | heatmap                               |
@@ -31,7 +32,7 @@ parse time: no Airflow Variables, no network.
 | retry_delay_seconds  | ML_RETRY_DELAY_SECONDS      | 30                                    |
 
 The ml/v1 endpoint and credentials the operators use come from the Airflow
-connection `gcp_conn_id` (extras `ml_engine_endpoint`, `is_anonymous`, `project`)
+connection `gcp_conn_id` (extras `ml_engine_endpoint`, `ml_engine_token`, `is_anonymous`, `project`)
 or, when it names no endpoint, from ML_ENGINE_ENDPOINT; `airflow_connection_json()`
 builds that connection for the embedded stack (`make run`, the tests). On real
 GCP, leave STORAGE_EMULATOR_HOST and ML_ENGINE_ENDPOINT unset and point the
@@ -164,16 +165,14 @@ def load() -> Settings:
 
 
 def airflow_connection_json(settings: Settings | None = None) -> str:
-    """AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT for the embedded stack: anonymous, local endpoint, project."""
+    """AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT for the embedded stack: local endpoint, project, and the
+    service's bearer token (`ml_engine_token`) when ML_ENGINE_TOKEN is set; no Google credentials."""
     settings = settings or load()
-    return json.dumps({
-        "conn_type": "google_cloud_platform",
-        "extra": {
-            "project": settings.project,
-            "is_anonymous": True,
-            "ml_engine_endpoint": settings.ml_engine_endpoint,
-        },
-    })
+    extra: dict = {"project": settings.project, "is_anonymous": True,
+                   "ml_engine_endpoint": settings.ml_engine_endpoint}
+    if token := os.environ.get("ML_ENGINE_TOKEN", "").strip():
+        extra["ml_engine_token"] = token
+    return json.dumps({"conn_type": "google_cloud_platform", "extra": extra})
 
 
 def embedded_environment(settings: Settings | None = None) -> dict[str, str]:

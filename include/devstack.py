@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -24,6 +25,54 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = PROJECT_ROOT / ".state"
 DEFAULT_GCS_PORT = 9023
 DEFAULT_ML_PORT = 8780
+TOKEN_FILE_NAME = "ml_engine_token"
+
+
+def secret_file(path: Path) -> str:
+    """A random secret kept in a 0600 file, made on first use and reused, so restarts keep it valid."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def service_token_file(state_dir: Path) -> Path:
+    """Where the local stack keeps the ml/v1 service's bearer token (created when missing)."""
+    path = state_dir / TOKEN_FILE_NAME
+    secret_file(path)
+    return path
+
+
+def service_credentials(token: str | None = None):
+    """OAuth 2 credentials carrying the local service's token (ML_ENGINE_TOKEN if not given), else anonymous."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.oauth2.credentials import Credentials
+
+    token = token or os.environ.get("ML_ENGINE_TOKEN", "").strip()
+    return Credentials(token=token) if token else AnonymousCredentials()
+
+
+def auth_headers(token: str | None = None) -> dict[str, str]:
+    """`Authorization: Bearer ...` for raw HTTP calls to the local service ({} when no token is set)."""
+    token = token or os.environ.get("ML_ENGINE_TOKEN", "").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def ml_api(endpoint: str, token: str | None = None):
+    """googleapiclient's ml/v1 resource for a local service, sending its bearer token.
+
+    A local token cannot be refreshed, so a 401 is raised as the HttpError it is
+    (no refresh attempt, which would fail with a less helpful RefreshError).
+    """
+    import google_auth_httplib2
+    from googleapiclient.discovery import build
+    from googleapiclient.http import build_http
+
+    http = google_auth_httplib2.AuthorizedHttp(service_credentials(token), http=build_http(),
+                                               refresh_status_codes=())
+    return build("ml", "v1", http=http, cache_discovery=False, client_options={"api_endpoint": endpoint})
 
 
 def free_port() -> int:
@@ -113,12 +162,18 @@ def gcs_emulator(*, port: int, data_dir: Path | None, log_path: Path) -> LocalPr
     )
 
 
-def ml_service(*, port: int, state_dir: Path, gcs_host: str, log_path: Path) -> LocalProcess:
-    """The local ml/v1 service on loopback, reading GCS from `gcs_host`."""
+def ml_service(*, port: int, state_dir: Path, gcs_host: str, log_path: Path, token_file: Path | None = None,
+               enable_faults: bool = False) -> LocalProcess:
+    """The local ml/v1 service on loopback, reading GCS from `gcs_host`; `token_file` holds its bearer token."""
+    argv = [sys.executable, "-m", "include.ml_engine_local", "--host", "127.0.0.1",
+            "--port", str(port), "--state-dir", str(state_dir)]
+    if token_file is not None:
+        argv += ["--token-file", str(token_file)]
+    if enable_faults:
+        argv.append("--enable-faults")
     return LocalProcess(
         name="ml-engine-local",
-        argv=[sys.executable, "-m", "include.ml_engine_local", "--host", "127.0.0.1",
-              "--port", str(port), "--state-dir", str(state_dir)],
+        argv=argv,
         health_url=f"http://127.0.0.1:{port}/healthz",
         log_path=log_path,
         env={"STORAGE_EMULATOR_HOST": gcs_host, "PYTHONPATH": str(PROJECT_ROOT)},
@@ -167,7 +222,7 @@ def _start(state_dir: Path, gcs_port: int, ml_port: int) -> None:
     servers = [
         gcs_emulator(port=gcs_port, data_dir=state_dir / "gcs", log_path=logs / "gcs-emulator.log"),
         ml_service(port=ml_port, state_dir=state_dir / "ml_engine", gcs_host=gcs_host,
-                   log_path=logs / "ml-engine-local.log"),
+                   log_path=logs / "ml-engine-local.log", token_file=service_token_file(state_dir)),
     ]
     for server in servers:
         pid_file = _pid_file(state_dir, server.name)
@@ -182,6 +237,7 @@ def _start(state_dir: Path, gcs_port: int, ml_port: int) -> None:
               f"(pid {server.process.pid}, up in {time.monotonic() - started:.1f} s), log {server.log_path}")
     print(f"export STORAGE_EMULATOR_HOST={gcs_host}")
     print(f"export ML_ENGINE_ENDPOINT=http://127.0.0.1:{ml_port}/")
+    print(f"export ML_ENGINE_TOKEN=$(cat {state_dir / TOKEN_FILE_NAME})")
 
 
 def _stop(state_dir: Path) -> None:

@@ -20,11 +20,9 @@ from include.lifecycle.naming import short_name
 
 
 def _ml_api(settings: config.Settings):
-    from google.auth.credentials import AnonymousCredentials
-    from googleapiclient.discovery import build
+    from include import devstack
 
-    return build("ml", "v1", credentials=AnonymousCredentials(), cache_discovery=False,
-                 client_options={"api_endpoint": settings.ml_engine_endpoint})
+    return devstack.ml_api(settings.ml_engine_endpoint)
 
 
 def _latest_json(prefix: str, name: str) -> tuple[str, dict] | None:

@@ -19,7 +19,6 @@ say() { printf '[run %4ss] %s\n' "$(elapsed)" "$*"; }
 export PYTHONPATH=$ROOT:$ROOT/plugins
 export STORAGE_EMULATOR_HOST=http://127.0.0.1:$GCS_PORT
 export ML_ENGINE_ENDPOINT=http://127.0.0.1:$ML_PORT/
-eval "$("$PY" -m include.config --exports)"
 export AIRFLOW_HOME=$STATE_DIR/airflow
 export AIRFLOW__CORE__DAGS_FOLDER=$ROOT/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER=$ROOT/plugins
@@ -46,6 +45,10 @@ else
     > "$LOG_DIR/devstack.log" 2>&1 || { cat "$LOG_DIR/devstack.log"; exit 1; }
   started_services=1
 fi
+# The service's bearer token (made by `include.devstack start`, 0600, reused): the hook sends it,
+# and include.config puts it into the Airflow connection.
+export ML_ENGINE_TOKEN=$(cat "$STATE_DIR/ml_engine_token" 2>/dev/null)
+eval "$("$PY" -m include.config --exports)"
 
 say "airflow db migrate (SQLite under $AIRFLOW_HOME)"
 "$VENV/bin/airflow" db migrate > "$LOG_DIR/airflow-db.log" 2>&1 || { tail -30 "$LOG_DIR/airflow-db.log"; exit 1; }

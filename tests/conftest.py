@@ -11,7 +11,7 @@ import signal
 import sys
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -72,6 +72,7 @@ class ServiceHandle:
 
     server: devstack.LocalProcess
     port: int
+    token: str = field(default_factory=lambda: os.environ.get("ML_ENGINE_TOKEN", ""))
 
     @property
     def url(self) -> str:
@@ -81,24 +82,39 @@ class ServiceHandle:
         self.server.stop(sig=signal.SIGKILL if kill else signal.SIGTERM)
         self.server.start(timeout=120)
 
-    def build_api(self):
-        from google.auth.credentials import AnonymousCredentials
-        from googleapiclient.discovery import build
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a raw HTTP call to /v1 or /_local needs: the bearer token."""
+        return devstack.auth_headers(self.token)
 
-        return build("ml", "v1", credentials=AnonymousCredentials(), cache_discovery=False,
-                     client_options={"api_endpoint": self.url})
+    def build_api(self):
+        return devstack.ml_api(self.url, self.token)
+
+
+def session_token_file() -> Path:
+    """The test session's service token (0600 file), also exported as ML_ENGINE_TOKEN for every client."""
+    token_file = devstack.service_token_file(Path(tempfile.gettempdir()) / f"ml-engine-token-{os.getpid()}")
+    os.environ["ML_ENGINE_TOKEN"] = token_file.read_text().strip()
+    return token_file
+
+
+def start_service(gcs_host: str, state_dir: Path) -> ServiceHandle:
+    """A service as `make services` runs it (the session's token required), with the fault switch on."""
+    port = devstack.free_port()
+    token_file = session_token_file()
+    server = devstack.ml_service(port=port, state_dir=state_dir, gcs_host=gcs_host,
+                                 log_path=state_dir / "service.log", token_file=token_file,
+                                 enable_faults=True).start(timeout=120)
+    return ServiceHandle(server=server, port=port, token=token_file.read_text().strip())
 
 
 @pytest.fixture(scope="session")
 def ml_service(gcs_emulator, tmp_path_factory) -> ServiceHandle:
-    port = devstack.free_port()
-    state = tmp_path_factory.mktemp("ml_engine_state")
-    server = devstack.ml_service(port=port, state_dir=state, gcs_host=gcs_emulator,
-                                 log_path=state / "service.log").start(timeout=120)
-    handle = ServiceHandle(server=server, port=port)
+    """The service as `make services` runs it (a bearer token in a 0600 file), plus the fault switch."""
+    handle = start_service(gcs_emulator, tmp_path_factory.mktemp("ml_engine_state"))
     os.environ["ML_ENGINE_ENDPOINT"] = handle.url
     yield handle
-    server.stop()
+    handle.server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -70,6 +70,21 @@ def export_bytes_model(local_dir: Path) -> Path:
     return local_dir
 
 
+def export_url_model(local_dir: Path) -> Path:
+    """`file_url` (a path the service staged from gs://) -> `size` = bytes in that file: the URL variant."""
+    import tensorflow as tf
+
+    class Urls(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="file_url")])
+        def serve(self, file_url):
+            return {"size": tf.map_fn(lambda path: tf.strings.length(tf.io.read_file(path)), file_url,
+                                      fn_output_signature=tf.int32)}
+
+    module = Urls()
+    tf.saved_model.save(module, str(local_dir), signatures={"serving_default": module.serve})
+    return local_dir
+
+
 def upload_dir(bucket, local_dir: Path, prefix: str) -> str:
     """Upload every file under `local_dir` to `gs://BUCKET/prefix/...`; returns that URI."""
     for path in sorted(Path(local_dir).rglob("*")):

@@ -10,6 +10,7 @@ from pathlib import Path
 import uvicorn
 
 from include.ml_engine_local.app import create_app
+from include.ml_engine_local.security import Guard, read_token
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,6 +20,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", type=Path,
                         default=Path(os.environ.get("ML_ENGINE_STATE_DIR", ".state/ml_engine")))
     parser.add_argument("--log-level", default=os.environ.get("ML_ENGINE_LOG_LEVEL", "INFO"))
+    parser.add_argument("--token-file", type=Path, default=None,
+                        help="file holding the bearer token /v1 and /_local require (else ML_ENGINE_TOKEN; "
+                             "neither: anonymous, with a warning)")
+    parser.add_argument("--allowed-hosts", default=os.environ.get("ML_ENGINE_ALLOWED_HOSTS", ""),
+                        help="comma-separated host names the Host header may carry besides loopback names and "
+                             "--host (env ML_ENGINE_ALLOWED_HOSTS)")
+    parser.add_argument("--enable-faults", action="store_true",
+                        default=os.environ.get("ML_ENGINE_ENABLE_FAULTS", "") == "1",
+                        help="serve the /_local/faults test switch (env ML_ENGINE_ENABLE_FAULTS=1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -28,7 +38,10 @@ def main(argv: list[str] | None = None) -> None:
         "ml/v1 service on http://%s:%d/ (state in %s, GCS %s)", args.host, args.port, state_dir,
         os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com")
     # A long keep-alive: httplib2 (googleapiclient) reuses idle connections and fails on a closed one.
-    uvicorn.run(create_app(state_dir), host=args.host, port=args.port, access_log=False, timeout_keep_alive=600,
+    guard = Guard.from_settings(token=read_token(args.token_file), bind_host=args.host,
+                                allowed_hosts=args.allowed_hosts)
+    app = create_app(state_dir, guard=guard, enable_faults=args.enable_faults)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_keep_alive=600,
                 log_level=args.log_level.lower())
 
 

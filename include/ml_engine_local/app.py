@@ -20,10 +20,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from include.ml_engine_local import batch, deploy, jobs, models, operations, pages
+from include.ml_engine_local import batch, deploy, jobs, models, operations, pages, validation
 from include.ml_engine_local.context import Context
 from include.ml_engine_local.errors import ApiError, PredictionError, invalid_argument, unimplemented
+from include.ml_engine_local.names import check_name
 from include.ml_engine_local.runtime import BadModel, dumps, loads
+from include.ml_engine_local.security import PROTECTED_PREFIXES, Guard, check_json_body
 
 log = logging.getLogger("ml_engine_local")
 
@@ -125,12 +127,27 @@ UNIMPLEMENTED = re.compile(r"projects/[^/]+(/.*)?(:explain|:getIamPolicy|:setIam
                            r":getConfig|/locations.*|/studies.*)$|projects/[^/]+/jobs/[^/:]+$")
 
 
+_PATH_IDS = {"model": ("Model", "model.name"), "version": ("Version", "version.name"), "job": ("Job", "job.job_id")}
+
+
+def _check_path_ids(params: dict[str, str]) -> None:
+    """Ids in the URL follow the same rules as in bodies (no `..`, no names the service never creates)."""
+    validation.project(params["project"])
+    for key, (kind, field) in _PATH_IDS.items():
+        if key in params:
+            check_name(kind, params[key], field)
+    if ".." in params.get("operation", ""):
+        raise invalid_argument("Invalid operation name.")
+
+
 def dispatch(ctx: Context, method: str, path: str, query: dict[str, str], raw: bytes) -> tuple[int, object]:
     """Route one /v1 request; ApiError becomes Google's error body."""
     try:
         for route_method, pattern, handler in COMPILED:
             if route_method == method and (match := pattern.match(path)):
-                return 200, handler(ctx, Call(match.groupdict(), query, raw))
+                params = match.groupdict()
+                _check_path_ids(params)
+                return 200, handler(ctx, Call(params, query, raw))
         if UNIMPLEMENTED.match(path):
             raise unimplemented(f"{method} v1/{path}")
         raise ApiError(404, "NOT_FOUND", f"Method not found: {method} v1/{path}")
@@ -194,14 +211,22 @@ def _warm_tensorflow() -> None:
     log.info("TensorFlow ready in %.1f s", time.monotonic() - started)
 
 
-def create_app(state_dir: Path) -> FastAPI:
+def _error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.code)
+
+
+def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bool = False) -> FastAPI:
+    """The service; `guard` holds the token and allowed hosts (anonymous, loopback-only by default)."""
     ctx = Context(state_dir=state_dir)
+    guard = guard or Guard()
     faults = FaultInjector()
     app = FastAPI(title="Local ml/v1 service", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ctx = ctx
+    app.state.guard = guard
 
     @app.on_event("startup")
     def _resume() -> None:
+        guard.announce()
         threading.Thread(target=_warm_tensorflow, daemon=True, name="tf-import").start()
         deploy.resume(ctx)
         batch.resume(ctx)
@@ -209,6 +234,22 @@ def create_app(state_dir: Path) -> FastAPI:
     @app.on_event("shutdown")
     def _stop() -> None:
         ctx.shutdown()
+
+    @app.middleware("http")
+    async def _check_caller(request: Request, call_next):
+        """Host and Origin on everything but /healthz; the bearer token on /v1 and /_local."""
+        path = request.url.path
+        if path != "/healthz":
+            host = request.headers.get("host")
+            protected = path.startswith(PROTECTED_PREFIXES)
+            error = guard.check_host(host)
+            if error is None and (protected or request.method != "GET"):
+                error = guard.check_origin(request.headers.get("origin"), host)
+            if error is None and protected:
+                error = guard.check_token(request.headers.get("authorization"))
+            if error is not None:
+                return _error_response(error)
+        return await call_next(request)
 
     @app.middleware("http")
     async def _log_requests(request: Request, call_next):
@@ -223,15 +264,22 @@ def create_app(state_dir: Path) -> FastAPI:
     def _health() -> dict:
         return {"status": "ok"}
 
-    @app.post("/_local/faults")
-    async def _add_fault(request: Request) -> dict:
-        faults.add(await request.json())
-        return {}
+    if enable_faults:
+        @app.post("/_local/faults")
+        async def _add_fault(request: Request) -> Response:
+            raw = await _read_body(request, 64 * 1024)
+            if error := check_json_body("POST", request.headers.get("content-type"), raw):
+                return _error_response(error)
+            try:
+                faults.add(loads(raw))
+            except (ValueError, TypeError, AttributeError, re.error) as error:
+                return _error_response(invalid_argument(f"Invalid fault rule: {error}"))
+            return JSONResponse({})
 
-    @app.delete("/_local/faults")
-    def _clear_faults() -> dict:
-        faults.clear()
-        return {}
+        @app.delete("/_local/faults")
+        def _clear_faults() -> dict:
+            faults.clear()
+            return {}
 
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PATCH", "DELETE", "PUT"])
     async def _v1(path: str, request: Request) -> Response:
@@ -242,7 +290,9 @@ def create_app(state_dir: Path) -> FastAPI:
         try:
             raw = await _read_body(request, limit)
         except ApiError as error:
-            return JSONResponse(error.body(), status_code=error.code)
+            return _error_response(error)
+        if error := check_json_body(request.method, request.headers.get("content-type"), raw):
+            return _error_response(error)
         query = dict(request.query_params)
         status, body = await run_in_threadpool(dispatch, ctx, request.method, path, query, raw)
         return Response(dumps(body), status_code=status, media_type="application/json")
@@ -254,8 +304,14 @@ def create_app(state_dir: Path) -> FastAPI:
 
     @app.api_route("/ui/{path:path}", methods=["GET", "POST"], response_class=HTMLResponse)
     async def _page_route(path: str, request: Request) -> HTMLResponse:
-        form = await request.form() if request.method == "POST" else None
-        status, html = await run_in_threadpool(pages.render, ctx, path, form)
+        form = None
+        if request.method == "POST":
+            form = await request.form()
+            if not guard.csrf_valid(request.url.path, form.get("csrf_token")):
+                return HTMLResponse(pages.refusal("The form has expired or did not come from this page; "
+                                                  "reload the page and try again."), status_code=403)
+        csrf = guard.csrf_token(request.url.path)
+        status, html = await run_in_threadpool(pages.render, ctx, path, form, csrf)
         return HTMLResponse(html, status_code=status)
 
     return app

@@ -32,6 +32,11 @@ from include.ml_engine_local.runtime import BadModel, LoadedModel, PreparedBatch
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 5.0
+DEFAULT_BATCH_SIZE = 64  # ml/v1's default; applied here, never written into the stored predictionInput
+
+
+def batch_size(prediction_input: dict) -> int:
+    return int(prediction_input.get("batchSize") or DEFAULT_BATCH_SIZE)
 
 
 class JobFailed(Exception):
@@ -91,8 +96,8 @@ def run_job(ctx: Context, name: str) -> None:
         signature = _load_signature(ctx, prediction_input, scratch)
         inputs = _expand_inputs(prediction_input["inputPaths"])
         revise(ctx, name, state="RUNNING")
-        log.info("job %s RUNNING: %d input file(s), batch size %s", name, len(inputs),
-                 prediction_input["batchSize"])
+        log.info("job %s RUNNING: %d input file(s), batch size %d", name, len(inputs),
+                 batch_size(prediction_input))
         for shard, uri in enumerate(inputs):
             _run_shard(ctx, name, signature, uri, prediction_input, shard, len(inputs), totals, scratch)
     except JobCancelled:
@@ -310,7 +315,7 @@ def _run_shard(ctx: Context, name: str, signature: Signature, uri: str, predicti
     stop_reading = threading.Event()
     scratch.mkdir(parents=True, exist_ok=True)
     batches = _prepare_batches(_batches(_instances(uri, prediction_input["dataFormat"]),
-                                        int(prediction_input["batchSize"])), signature, scratch)
+                                        batch_size(prediction_input)), signature, scratch)
     try:
         with gcs.open_write(f"{output}/prediction.results-{suffix}", binary=True) as writer:
             results = WriteBehind(writer)

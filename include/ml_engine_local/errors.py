@@ -27,8 +27,19 @@ def field_violation(field: str, description: str) -> list[dict]:
 
 
 def invalid_argument(message: str, field: str | None = None) -> ApiError:
-    details = field_violation(field, message) if field else None
+    """400; with `field`, a BadRequest detail whose description is the message without its
+    `Field: F Error: ` prefix, as Google words them."""
+    details = None
+    if field:
+        prefix = f"Field: {field} Error: "
+        details = field_violation(field, message[len(prefix):] if message.startswith(prefix) else message)
     return ApiError(400, "INVALID_ARGUMENT", message, details)
+
+
+def field_error(field: str, description: str) -> ApiError:
+    """400 INVALID_ARGUMENT worded as Google did: `Field: F Error: D` plus a BadRequest detail."""
+    return ApiError(400, "INVALID_ARGUMENT", f"Field: {field} Error: {description}",
+                    field_violation(field, description))
 
 
 def failed_precondition(message: str) -> ApiError:
@@ -39,9 +50,21 @@ def not_found(what: str) -> ApiError:
     return ApiError(404, "NOT_FOUND", f"{what} not found.")
 
 
-def already_exists(field: str, name: str) -> ApiError:
-    message = f"Field: {field} Error: A resource with the name {name} already exists."
-    return ApiError(409, "ALREADY_EXISTS", message, field_violation(field, message))
+#: Google's ALREADY_EXISTS descriptions. model.name and job.job_id are Google's own words (outside
+#: clients such as the provider's legacy MLEngineHook.create_model key on the model one); Google
+#: documented none for versions, so that one follows the model's wording.
+ALREADY_EXISTS = {
+    "model.name": "A model with the same name already exists.",
+    "version.name": "A version with the same name already exists.",
+    "job.job_id": "A job with this id already exists.",
+}
+
+
+def already_exists(field: str) -> ApiError:
+    """409 ALREADY_EXISTS: message `Field: F Error: D`, one BadRequest fieldViolation {field, D}."""
+    description = ALREADY_EXISTS[field]
+    return ApiError(409, "ALREADY_EXISTS", f"Field: {field} Error: {description}",
+                    field_violation(field, description))
 
 
 def unimplemented(method: str) -> ApiError:

@@ -127,13 +127,59 @@ def open_write(uri: str, *, binary: bool = False) -> IO:
         raise _translate(uri, error) from error
 
 
-def stage(uri: str, directory: Path, index: int) -> str:
+#: Caps on what the URL variant copies to local disk. Staged files live only while their request
+#: (or batch: a job stages one batch at a time and deletes it after) is predicted, so these bound the
+#: disk a request or a running job can fill: at most MAX_STAGED_BYTES_PER_REQUEST per batch, and a job
+#: holds at most two batches (one predicting, one prepared ahead).
+MAX_STAGED_OBJECT_BYTES = 32 * 1024 * 1024
+MAX_STAGED_BYTES_PER_REQUEST = 256 * 1024 * 1024
+MAX_OBJECT_NAME_BYTES = 1024  # GCS's own limit
+
+
+class StagingBudget:
+    """Bytes one request (or one batch of a job) may still stage."""
+
+    def __init__(self, limit: int):
+        self.left = limit
+
+    def take(self, uri: str, size: int) -> None:
+        if size > MAX_STAGED_OBJECT_BYTES:
+            raise GcsError(f"{uri} is {size} bytes; at most {MAX_STAGED_OBJECT_BYTES} bytes are read per URL")
+        if size > self.left:
+            raise GcsError(f"staging {uri} would pass {MAX_STAGED_BYTES_PER_REQUEST} bytes for this request")
+        self.left -= size
+
+
+def _checked_object(uri: str) -> tuple[str, str]:
+    bucket, path = split_uri(uri)
+    if (not path or len(path.encode("utf-8")) > MAX_OBJECT_NAME_BYTES
+            or any(ord(char) < 32 or ord(char) == 127 for char in uri)):
+        raise GcsError(f"'{uri[:200]!r}' is not a valid GCS object name")
+    return bucket, path
+
+
+def stage(uri: str, directory: Path, index: int, budget: StagingBudget | None = None) -> str:
     """Copy one object into `directory` (owned by the caller) and return the local path.
 
     Used for gs:// URLs a model reads inside its graph: TensorFlow's own gs://
     filesystem cannot be pointed at an emulator, so the service reads the
-    object itself and hands the model a local path.
+    object itself and hands the model a local path. The local name is made
+    here (index and a short safe suffix), never taken from the object name.
     """
-    target = directory / f"{index:06d}_{Path(split_uri(uri)[1]).name}"
-    download_file(uri, target)
+    bucket, path = _checked_object(uri)
+    budget = budget or StagingBudget(MAX_STAGED_BYTES_PER_REQUEST)
+    try:
+        blob = client().bucket(bucket).get_blob(path)
+    except (gexc.GoogleAPIError, ValueError) as error:
+        raise _translate(uri, error) from error
+    if blob is None:
+        raise GcsError(f"{uri} does not exist")
+    budget.take(uri, int(blob.size or 0))
+    suffix = Path(path).suffix.lower()
+    target = directory / f"{index:06d}{suffix if suffix[1:].isalnum() and len(suffix) <= 8 else ''}"
+    try:
+        blob.download_to_filename(str(target))
+    except (gexc.GoogleAPIError, ValueError) as error:
+        target.unlink(missing_ok=True)
+        raise _translate(uri, error) from error
     return str(target)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
-from include.ml_engine_local import batch, models
+from include.ml_engine_local import batch, models, validation
 from include.ml_engine_local.context import Context, new_etag, now_rfc3339, public, revise
 from include.ml_engine_local.errors import (
     already_exists,
@@ -20,65 +20,80 @@ log = logging.getLogger(__name__)
 
 DATA_FORMATS = ("JSON", "TEXT", "TF_RECORD", "TF_RECORD_GZIP")
 ACTIVE_STATES = ("QUEUED", "PREPARING", "RUNNING")
-DEFAULT_BATCH_SIZE = 64
+
+
+MAX_BATCH_SIZE = 10_000
+MAX_WORKER_COUNT = 1_000
+MAX_INPUT_PATHS = 100
+PREDICTION_INPUT_FIELDS = frozenset({
+    "dataFormat", "outputDataFormat", "inputPaths", "maxWorkerCount", "region", "runtimeVersion", "batchSize",
+    "signatureName", "modelName", "versionName", "uri", "outputPath"})
 
 
 def _field_error(field: str, message: str):
     return invalid_argument(f"Field: prediction_input.{field} Error: {message}", f"prediction_input.{field}")
 
 
-def _validate_prediction_input(ctx: Context, project: str, given: object) -> dict:
-    if not isinstance(given, dict):
-        raise invalid_argument("Field: job.prediction_input Error: predictionInput is required "
-                               "(training jobs are not supported).", "job.prediction_input")
-    prediction_input = dict(given)
+def _validate_source(ctx: Context, project: str, prediction_input: dict) -> None:
     sources = [key for key in ("modelName", "versionName", "uri") if prediction_input.get(key)]
     if len(sources) != 1:
         raise _field_error("model_name", "exactly one of modelName, versionName or uri is required, "
                            f"got {sources or 'none'}.")
     source = sources[0]
     if source == "uri":
-        if not str(prediction_input["uri"]).startswith("gs://"):
-            raise _field_error("uri", "uri must be a gs:// URI of a SavedModel directory.")
-    else:
-        name = prediction_input[source]
-        parts = name.split("/") if isinstance(name, str) else []
-        expected = 4 if source == "modelName" else 6
-        if len(parts) != expected or parts[0] != "projects" or parts[1] != project:
-            raise _field_error(source, f"'{name}' is not a resource name of project {project}.")
-        try:
-            if source == "modelName":
-                models.get_model(ctx, project, parts[3])
-            else:
-                models.get_version(ctx, project, parts[3], parts[5])
-        except Exception:
-            raise _field_error(source, f"{name} was not found.") from None
-    if prediction_input.get("dataFormat") not in DATA_FORMATS:
-        raise _field_error("data_format", f"dataFormat must be one of {list(DATA_FORMATS)}, "
-                           f"got {prediction_input.get('dataFormat')!r}.")
-    paths = prediction_input.get("inputPaths")
-    if not isinstance(paths, list) or not paths:
-        raise _field_error("input_paths", "inputPaths must list at least one gs:// path.")
-    for path in paths:
-        if not isinstance(path, str) or not path.startswith("gs://") or "*" in path[:-1].rsplit("/", 1)[0]:
-            raise _field_error("input_paths", f"'{path}' must be a gs:// path, with a wildcard only in "
-                               "its last component.")
-    output = prediction_input.get("outputPath")
-    if not isinstance(output, str) or not output.startswith("gs://") or len(output) <= 5:
-        raise _field_error("output_path", "outputPath must be a gs:// directory.")
-    if not prediction_input.get("region"):
-        raise _field_error("region", "region is required.")
-    batch_size = prediction_input.get("batchSize", DEFAULT_BATCH_SIZE)
+        uri = validation.gcs_uri(prediction_input["uri"], "prediction_input.uri",
+                                 "uri (a SavedModel directory)")
+        validation.allowed_bucket(uri, "prediction_input.uri")
+        return
+    name = prediction_input[source]
+    parts = name.split("/") if isinstance(name, str) and len(name) <= 1024 else []
+    expected = 4 if source == "modelName" else 6
+    if len(parts) != expected or parts[0] != "projects" or parts[1] != project:
+        shown = name[:200] if isinstance(name, str) else type(name).__name__
+        raise _field_error(source, f"'{shown}' is not a resource name of project {project}.")
     try:
-        batch_size = int(batch_size)
-        if batch_size < 1:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise _field_error("batch_size", f"batchSize must be a positive integer, got {batch_size!r}.") from None
-    prediction_input["batchSize"] = str(batch_size)
-    if prediction_input.get("outputDataFormat", "JSON") != "JSON":
+        if source == "modelName":
+            models.get_model(ctx, project, parts[3])
+        else:
+            models.get_version(ctx, project, parts[3], parts[5])
+    except Exception:
+        raise _field_error(source, f"{name} was not found.") from None
+
+
+def _validate_prediction_input(ctx: Context, project: str, given: object) -> dict:
+    """Check predictionInput field by field; it is stored exactly as sent (defaults apply at run time)."""
+    if not isinstance(given, dict):
+        raise invalid_argument("Field: job.prediction_input Error: predictionInput is required "
+                               "(training jobs are not supported).", "job.prediction_input")
+    validation.unknown_keys(given, PREDICTION_INPUT_FIELDS, "job.prediction_input")
+    _validate_source(ctx, project, given)
+    if given.get("dataFormat") not in DATA_FORMATS:
+        shown = given.get("dataFormat") if isinstance(given.get("dataFormat"), str) else None
+        raise _field_error("data_format", f"dataFormat must be one of {list(DATA_FORMATS)}, got {str(shown)[:40]!r}.")
+    paths = given.get("inputPaths")
+    if not isinstance(paths, list) or not paths or len(paths) > MAX_INPUT_PATHS:
+        raise _field_error("input_paths", f"inputPaths must list 1 to {MAX_INPUT_PATHS} gs:// paths.")
+    for path in paths:
+        validation.gcs_uri(path, "prediction_input.input_paths", "each input path")
+        if "*" in path[:-1].rsplit("/", 1)[0]:
+            raise _field_error("input_paths", f"'{path[:200]}' must be a gs:// path, with a wildcard only in "
+                               "its last component.")
+    validation.gcs_uri(given.get("outputPath"), "prediction_input.output_path", "outputPath (a directory)")
+    if not given.get("region"):
+        raise _field_error("region", "region is required.")
+    validation.short_text(given["region"], "prediction_input.region", limit=64)
+    for key, field in (("runtimeVersion", "runtime_version"), ("signatureName", "signature_name")):
+        if key in given:
+            validation.short_text(given[key], f"prediction_input.{field}")
+    if "batchSize" in given:
+        validation.positive_int(given["batchSize"], "prediction_input.batch_size", name="batchSize",
+                                maximum=MAX_BATCH_SIZE)
+    if "maxWorkerCount" in given:
+        validation.positive_int(given["maxWorkerCount"], "prediction_input.max_worker_count",
+                                name="maxWorkerCount", maximum=MAX_WORKER_COUNT)
+    if given.get("outputDataFormat", "JSON") != "JSON":
         raise _field_error("output_data_format", "only JSON output is supported.")
-    return prediction_input
+    return dict(given)
 
 
 def create_job(ctx: Context, project: str, body: object) -> dict:
@@ -97,11 +112,11 @@ def create_job(ctx: Context, project: str, body: object) -> dict:
         "etag": new_etag(),
         "_name": name,
     }
-    if body.get("labels"):
-        job["labels"] = body["labels"]
+    if body.get("labels") is not None:
+        job["labels"] = validation.labels(body["labels"], "job.labels")
     with ctx.store.transaction():
         if ctx.store.get(name) is not None:
-            raise already_exists("job.job_id", job_id)
+            raise already_exists("job.job_id")
         ctx.store.insert(name, "job", f"projects/{project}", job)
     job = public(job)
     log.info("job %s QUEUED: %s over %s", name, prediction_input.get("versionName") or
@@ -134,8 +149,8 @@ def _matcher(filter_text: str | None):
 
     def test(job: dict) -> bool:
         for field, _, value in clauses:
-            actual = (job.get("labels") or {}).get(field[7:], "") if field.startswith("labels.") \
-                else job.get(field, "")
+            labels = job.get("labels") if isinstance(job.get("labels"), dict) else {}
+            actual = str(labels.get(field[7:], "") if field.startswith("labels.") else job.get(field, ""))
             if value.endswith("*"):
                 if not actual.startswith(value[:-1]):
                     return False

@@ -16,6 +16,7 @@ from include.ml_engine_local.errors import (
     not_found,
 )
 from include.ml_engine_local.names import check_name, model_name, version_name
+from include.ml_engine_local.validation import allowed_bucket, boolean, description, gcs_uri, labels, short_text
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,35 @@ def _mask(update_mask: str | None, allowed: dict[str, str]) -> list[str]:
     return fields
 
 
+#: Optional fields copied into stored resources, each with its check.
+_OPTIONAL_FIELDS = {
+    "description": description,
+    "labels": labels,
+    "onlinePredictionLogging": boolean,
+    "onlinePredictionConsoleLogging": boolean,
+}
+_FIELD_NAMES = {"description": "description", "labels": "labels",
+                "onlinePredictionLogging": "online_prediction_logging",
+                "onlinePredictionConsoleLogging": "online_prediction_console_logging"}
+
+
+def _checked(kind: str, key: str, value: object):
+    return _OPTIONAL_FIELDS[key](value, f"{kind}.{_FIELD_NAMES[key]}")
+
+
+def _apply_patch(ctx: Context, name: str, changes: dict) -> dict | None:
+    """Store patched fields with a new etag; a field the mask names but the body omits is cleared."""
+    def change(doc: dict) -> None:
+        for key, value in changes.items():
+            if value is None:
+                doc.pop(key, None)
+            else:
+                doc[key] = value
+        doc["etag"] = new_etag()
+
+    return ctx.store.update(name, change)
+
+
 # --- models ----------------------------------------------------------------
 
 
@@ -60,17 +90,18 @@ def create_model(ctx: Context, project: str, body: object) -> dict:
     if not isinstance(regions, list) or len(regions) > 1:
         raise invalid_argument("Field: model.regions Error: A model may be deployed to at most one region.",
                                "model.regions")
+    regions = [short_text(region, "model.regions", limit=64) for region in regions]
     model = {
         "name": model_name(project, name),
         "regions": regions or ["us-central1"],
         "etag": new_etag(),
     }
-    for optional in ("description", "labels", "onlinePredictionLogging", "onlinePredictionConsoleLogging"):
-        if optional in body:
-            model[optional] = body[optional]
+    for optional in _OPTIONAL_FIELDS:
+        if body.get(optional) is not None:
+            model[optional] = _checked("model", optional, body[optional])
     with ctx.store.transaction():
         if ctx.store.get(model["name"]) is not None:
-            raise already_exists("model.name", name)
+            raise already_exists("model.name")
         ctx.store.insert(model["name"], "model", f"projects/{project}", model)
     log.info("created model %s", model["name"])
     return model
@@ -85,16 +116,26 @@ def patch_model(ctx: Context, project: str, model: str, body: object, update_mas
     changes: dict = {}
     for path in fields:
         if path == "defaultVersion.name":
-            target = (body.get("defaultVersion") or {}).get("name", "")
-            short = target.rsplit("/", 1)[-1]
-            version = get_version(ctx, project, model, short)
+            version = get_version(ctx, project, model, _default_version_id(body, project, model))
             _require_ready(version, "become the default")
             changes["defaultVersion"] = {"name": version["name"]}
         else:
-            changes[path] = body.get(path)
-    updated = revise(ctx, current["name"], **changes)
+            changes[path] = None if body.get(path) is None else _checked("model", path, body[path])
+    updated = _apply_patch(ctx, current["name"], changes)
     return operations.finished(ctx, project=project, kind="update", model=model, operation_type="UPDATE_MODEL",
                                response=updated, response_type=operations.MODEL_TYPE)
+
+
+def _default_version_id(body: dict, project: str, model: str) -> str:
+    """The version id in a patch's `defaultVersion.name`: a version id or that version's full name."""
+    field = "model.default_version.name"
+    target = body.get("defaultVersion")
+    name = target.get("name") if isinstance(target, dict) else None
+    if not isinstance(name, str) or not name:
+        raise invalid_argument(f"Field: {field} Error: defaultVersion.name must name a version of {model}.", field)
+    prefix = f"{model_name(project, model)}/versions/"
+    short = name[len(prefix):] if name.startswith(prefix) else name
+    return check_name("Version", short, field)
 
 
 def delete_model(ctx: Context, project: str, model: str) -> dict:
@@ -148,10 +189,8 @@ def create_version(ctx: Context, project: str, model: str, body: object) -> dict
     body = _body(body)
     parent = get_model(ctx, project, model)
     short = check_name("Version", body.get("name"), "version.name")
-    uri = body.get("deploymentUri")
-    if not isinstance(uri, str) or not uri.startswith("gs://") or len(uri) <= 5:
-        raise invalid_argument("Field: version.deployment_uri Error: deploymentUri must be a gs:// URI "
-                               "of a SavedModel directory.", "version.deployment_uri")
+    uri = gcs_uri(body.get("deploymentUri"), "version.deployment_uri", "deploymentUri (a SavedModel directory)")
+    allowed_bucket(uri, "version.deployment_uri")
     framework = body.get("framework", "TENSORFLOW")
     if framework not in SUPPORTED_FRAMEWORKS:
         raise invalid_argument(f"Field: version.framework Error: framework {framework} is not supported by "
@@ -160,21 +199,21 @@ def create_version(ctx: Context, project: str, model: str, body: object) -> dict
         "name": version_name(project, model, short),
         "deploymentUri": uri,
         "createTime": now_rfc3339(),
-        "runtimeVersion": body.get("runtimeVersion", "2.11"),
+        "runtimeVersion": short_text(body.get("runtimeVersion", "2.11"), "version.runtime_version", limit=32),
         "framework": "TENSORFLOW",
-        "pythonVersion": body.get("pythonVersion", "3.7"),
-        "machineType": body.get("machineType", "mls1-c1-m2"),
+        "pythonVersion": short_text(body.get("pythonVersion", "3.7"), "version.python_version", limit=32),
+        "machineType": short_text(body.get("machineType", "mls1-c1-m2"), "version.machine_type", limit=64),
         "state": "CREATING",
         "etag": new_etag(),
     }
     for optional in ("description", "labels"):
-        if optional in body:
-            version[optional] = body[optional]
+        if body.get(optional) is not None:
+            version[optional] = _checked("version", optional, body[optional])
     with ctx.store.transaction():
         if ctx.store.get(parent["name"]) is None:
             raise not_found(f"Model {parent['name']}")
         if ctx.store.get(version["name"]) is not None:
-            raise already_exists("version.name", short)
+            raise already_exists("version.name")
         operation = operations.start(ctx, project=project, kind="create", model=model, version=version,
                                      operation_type="CREATE_VERSION")
         version["_operation"] = operation["name"]
@@ -190,8 +229,8 @@ def patch_version(ctx: Context, project: str, model: str, version: str, body: ob
     fields = _mask(update_mask, {"description": "description", "labels": "labels"})
     current = get_version(ctx, project, model, version)
     _require_not_busy(current)
-    changes = {path: body.get(path) for path in fields}
-    updated = revise(ctx, current["name"], **changes)
+    changes = {path: None if body.get(path) is None else _checked("version", path, body[path]) for path in fields}
+    updated = _apply_patch(ctx, current["name"], changes)
     return operations.finished(ctx, project=project, kind="update", model=model, version=updated,
                                operation_type="UPDATE_VERSION", response=updated,
                                response_type=operations.VERSION_TYPE)

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import re
 
-from include.ml_engine_local.errors import invalid_argument
+from include.ml_engine_local.errors import field_error, invalid_argument
 
 NAME_RULE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
-NAME_RULE_TEXT = "must start with a letter and contain only letters, numbers and underscores (at most 128)"
+#: Google's wording for an invalid model, version or job id.
+NAME_RULE_TEXT = "A name should start with a letter and contain only letters, numbers and underscores."
+NAME_LENGTH_TEXT = "A name should be at most 128 characters long."
 
 
 def check_name(kind: str, value: object, field: str) -> str:
     """Return `value` if it is a valid ml/v1 id, else raise 400 INVALID_ARGUMENT naming the field."""
     if not isinstance(value, str) or not value:
-        raise invalid_argument(f"Field: {field} Error: {kind} name is required.", field)
+        raise field_error(field, f"{kind} name is required.")
+    if len(value) > 128:
+        raise field_error(field, NAME_LENGTH_TEXT)
     if not NAME_RULE.match(value):
-        raise invalid_argument(f"Field: {field} Error: {kind} name '{value}' is invalid: {NAME_RULE_TEXT}.",
-                               field)
+        raise field_error(field, NAME_RULE_TEXT)
     return value
 
 

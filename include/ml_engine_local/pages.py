@@ -52,12 +52,17 @@ def index(ctx: Context) -> str:
                  "<th>created</th></tr>" + "".join(job_rows[:200]) + "</table>")
 
 
-def _version_page(ctx: Context, project: str, model: str, version: str, form) -> str:
+def refusal(message: str) -> str:
+    return _page("Refused", f"<p>{_esc(message)}</p>")
+
+
+def _version_page(ctx: Context, project: str, model: str, version: str, form, csrf: str) -> str:
     current = models.with_default_flag(ctx, models.get_version(ctx, project, model, version))
     result = ""
     if form is not None and form.get("image") is not None:
         result = _predict_upload(ctx, current["name"], form)
     upload = ("<h2>Try it</h2><form method='post' enctype='multipart/form-data'>"
+              f"<input type='hidden' name='csrf_token' value='{_esc(csrf)}'>"
               "<input type='file' name='image' accept='image/jpeg,image/png'> "
               "<button type='submit'>Predict</button></form>") if current["state"] == "READY" else ""
     return _page(f"Version {version} of {model}",
@@ -97,12 +102,12 @@ def _predict_upload(ctx: Context, version_name: str, form) -> str:
     return f"<h2>Prediction</h2>{picture}<pre>{_esc(json.dumps(shown, indent=2))}</pre>"
 
 
-def render(ctx: Context, path: str, form) -> tuple[int, str]:
-    """Route a `/ui/...` page; resource paths are the ml/v1 names."""
+def render(ctx: Context, path: str, form, csrf: str = "") -> tuple[int, str]:
+    """Route a `/ui/...` page; resource paths are the ml/v1 names; `csrf` goes into the upload form."""
     parts = path.strip("/").split("/")
     try:
         if len(parts) == 6 and parts[2] == "models" and parts[4] == "versions":
-            return 200, _version_page(ctx, parts[1], parts[3], parts[5], form)
+            return 200, _version_page(ctx, parts[1], parts[3], parts[5], form, csrf)
         if len(parts) == 4 and parts[2] == "jobs":
             job = jobs.get_job(ctx, parts[1], parts[3])
             return 200, _page(f"Job {parts[3]}", f"<pre>{_esc(json.dumps(job, indent=2))}</pre>")

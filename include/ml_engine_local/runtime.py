@@ -172,14 +172,16 @@ def _tensor(alias: str, values: list, spec: Any) -> np.ndarray:
 
 
 def _stage_urls(alias: str, values: list, staging_dir: Path) -> list:
-    staged = []
+    """gs:// URLs -> local copies. Nothing else is read: a local path or another scheme is that
+    instance's error, worded the same whether or not such a file exists."""
+    staged, budget = [], gcs.StagingBudget(gcs.MAX_STAGED_BYTES_PER_REQUEST)
     for index, value in enumerate(values):
-        if isinstance(value, str) and value.startswith("gs://"):
-            try:
-                value = gcs.stage(value, staging_dir, index)
-            except gcs.GcsError as error:
-                raise PredictionError(f"Input '{alias}': {error}") from None
-        staged.append(value)
+        if not isinstance(value, str) or not value.startswith("gs://"):
+            raise PredictionError(f"Input '{alias}': only gs:// URLs are read; instance {index} is not one.")
+        try:
+            staged.append(gcs.stage(value, staging_dir, index, budget))
+        except gcs.GcsError as error:
+            raise PredictionError(f"Input '{alias}': {error}") from None
     return staged
 
 
@@ -247,6 +249,9 @@ def prepare(signature: Signature, instances: list, staging_dir: Path | None = No
                     batch.staging = tempfile.TemporaryDirectory(dir=staging_dir)
                 values = _stage_urls(alias, values, Path(batch.staging.name))
             batch.feeds[alias] = tf.constant(_tensor(alias, values, spec), dtype=spec.dtype)
+    except RecursionError:  # a deeply nested value: the instance's fault, not the service's
+        batch.cleanup()
+        raise PredictionError("An instance is nested too deeply to be read as a tensor.") from None
     except BaseException:
         batch.cleanup()
         raise

@@ -11,7 +11,10 @@ extra fields read besides the Google provider's usual ones:
   for the local service or ``https://us-central1-ml.googleapis.com/`` for a region.
 - ``ml_engine_region``: shortcut for a regional endpoint (``https://{region}-ml.googleapis.com/``),
   used only when no endpoint is given.
-- ``is_anonymous`` (provider field): anonymous credentials, enough for the local service.
+- ``ml_engine_token``: bearer token of a local ml/v1 service (else the environment variable
+  ``ML_ENGINE_TOKEN``), sent as an OAuth 2 access token. A local endpoint never receives
+  Google credentials: it gets this token, or no credentials at all when none is configured.
+- ``is_anonymous`` (provider field): anonymous credentials.
 - ``project`` (provider field): default project id.
 - ``num_retries`` (provider field): ``execute(num_retries=...)`` for every request (default 5).
 
@@ -37,6 +40,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import google.oauth2.credentials
+import google_auth_httplib2
 from airflow.providers.common.compat.sdk import AirflowException
 from airflow.providers.google.common.hooks.base_google import (
     PROVIDE_PROJECT_ID,
@@ -45,7 +50,6 @@ from airflow.providers.google.common.hooks.base_google import (
 )
 from asgiref.sync import sync_to_async
 from google.auth.credentials import AnonymousCredentials
-from google.auth.exceptions import DefaultCredentialsError
 from googleapiclient.discovery import Resource, build
 from googleapiclient.errors import HttpError
 from googleapiclient.http import HttpRequest
@@ -57,6 +61,8 @@ from ml_engine.states import JOB_TERMINAL_STATES, VERSION_PENDING_STATES, descri
 ENDPOINT_EXTRA = "ml_engine_endpoint"
 REGION_EXTRA = "ml_engine_region"
 ENDPOINT_ENV = "ML_ENGINE_ENDPOINT"
+TOKEN_EXTRA = "ml_engine_token"
+TOKEN_ENV = "ML_ENGINE_TOKEN"
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Fields that make two versions "the same deployment" for an idempotent create.
@@ -167,19 +173,42 @@ class MLEngineHook(GoogleBaseHook):
     def is_local(self) -> bool:
         return is_local_endpoint(self.endpoint)
 
+    @property
+    def local_token(self) -> str | None:
+        """The local service's bearer token: connection extra ``ml_engine_token``, else ML_ENGINE_TOKEN."""
+        token = self._get_field(TOKEN_EXTRA) or os.environ.get(TOKEN_ENV)
+        return token.strip() if isinstance(token, str) and token.strip() else None
+
     def get_credentials_and_project_id(self):
-        """Provider credentials; anonymous ones for a local endpoint when none are configured."""
-        try:
+        """Google credentials for Google's endpoints; the local token (or none) for a local one.
+
+        A local endpoint gets OAuth 2 credentials holding its own token
+        (``google.oauth2.credentials.Credentials``), so googleapiclient sends
+        ``Authorization: Bearer <token>`` as it would to Google, and a real Google
+        access token never leaves for a local service.
+        """
+        if self.is_local:
+            token = self.local_token
+            if token:
+                credentials = google.oauth2.credentials.Credentials(token=token)
+            else:
+                self.log.info("No ml/v1 token configured; calling %s anonymously", self.endpoint)
+                credentials = AnonymousCredentials()
+            project_id = self._get_field("project")
+        else:
             credentials, project_id = super().get_credentials_and_project_id()
-        except DefaultCredentialsError:
-            if not self.is_local:
-                raise
-            self.log.info("No Google credentials found; using anonymous ones for %s", self.endpoint)
-            credentials, project_id = AnonymousCredentials(), self._get_field("project")
         if not project_id:
             project_id = os.environ.get("GOOGLE_CLOUD_PROJECT")
         self._cached_credentials, self._cached_project_id = credentials, project_id
         return credentials, project_id
+
+    def _authorize(self) -> google_auth_httplib2.AuthorizedHttp:
+        """The provider's authorized HTTP; for a local endpoint without refresh on 401 (its token
+        cannot be refreshed), so a wrong token surfaces as HttpError 401."""
+        authed = super()._authorize()
+        if not self.is_local:
+            return authed
+        return google_auth_httplib2.AuthorizedHttp(authed.credentials, http=authed.http, refresh_status_codes=())
 
     def get_conn(self) -> Resource:
         """The ml/v1 resource built from the static discovery document, pointed at the endpoint."""

@@ -21,11 +21,9 @@ PREFIX = "E2E_STEP "
 
 
 def _model_state(model_name: str) -> dict:
-    from google.auth.credentials import AnonymousCredentials
-    from googleapiclient.discovery import build
+    from include import devstack
 
-    api = build("ml", "v1", credentials=AnonymousCredentials(), cache_discovery=False,
-                client_options={"api_endpoint": os.environ["ML_ENGINE_ENDPOINT"]})
+    api = devstack.ml_api(os.environ["ML_ENGINE_ENDPOINT"])
     name = f"projects/{os.environ['GOOGLE_CLOUD_PROJECT']}/models/{model_name}"
     try:
         model = api.projects().models().get(name=name).execute()

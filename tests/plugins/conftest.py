@@ -107,7 +107,8 @@ def faults(ml_service):
     import requests
 
     def add(**rule):
-        requests.post(f"{ml_service.url}_local/faults", json=rule, timeout=5).raise_for_status()
+        requests.post(f"{ml_service.url}_local/faults", json=rule, headers=ml_service.headers,
+                      timeout=5).raise_for_status()
 
     yield add
-    requests.delete(f"{ml_service.url}_local/faults", timeout=5).raise_for_status()
+    requests.delete(f"{ml_service.url}_local/faults", headers=ml_service.headers, timeout=5).raise_for_status()

@@ -33,13 +33,35 @@ def test_endpoint_precedence(ml_conn, monkeypatch):
     assert not regional.is_local
 
 
-def test_get_conn_uses_endpoint_and_anonymous_credentials(hook):
-    from google.auth.credentials import AnonymousCredentials
+def test_get_conn_uses_endpoint_and_the_service_token(hook):
+    from google.oauth2.credentials import Credentials
 
     conn = hook.get_conn()
     assert conn._baseUrl.startswith(hook.endpoint)
-    assert isinstance(hook.get_credentials(), AnonymousCredentials)
+    assert isinstance(hook.get_credentials(), Credentials) and hook.get_credentials().token == hook.local_token
     assert hook.project_id == TEST_PROJECT
+
+
+def test_token_from_the_connection_extra_else_the_environment(ml_conn, monkeypatch):
+    """The local service's token travels as an OAuth bearer token; without one the hook is anonymous (401)."""
+    from google.auth.credentials import AnonymousCredentials
+    from ml_engine.hooks import MLEngineHook
+
+    def connection(conn_id: str, **extra) -> MLEngineHook:
+        extra = {"ml_engine_endpoint": ml_conn.url, "project": TEST_PROJECT, **extra}
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}",
+                           json.dumps({"conn_type": "google_cloud_platform", "extra": extra}))
+        return MLEngineHook(gcp_conn_id=conn_id, retry_deadline=1)
+
+    monkeypatch.delenv("ML_ENGINE_TOKEN")
+    assert isinstance(connection("with_token", ml_engine_token=ml_conn.token).list_models(), list)
+    for hook in (connection("wrong_token", ml_engine_token="wrong"), connection("no_token")):
+        with pytest.raises(HttpError) as excinfo:
+            hook.list_models()
+        assert excinfo.value.resp.status == 401
+    assert isinstance(connection("no_token").get_credentials(), AnonymousCredentials)
+    monkeypatch.setenv("ML_ENGINE_TOKEN", ml_conn.token)
+    assert isinstance(connection("env_token").list_models(), list)
 
 
 def test_create_model_is_idempotent_and_lists_follow_pages(hook, model_name):

@@ -7,7 +7,13 @@ import uuid
 
 import pytest
 
-from tests.savedmodels import export_bytes_model, export_single_input_model, export_tiny_model, upload_dir
+from tests.savedmodels import (
+    export_bytes_model,
+    export_single_input_model,
+    export_tiny_model,
+    export_url_model,
+    upload_dir,
+)
 
 PROJECT = "test-project"
 PARENT = f"projects/{PROJECT}"
@@ -39,13 +45,14 @@ def wait_job(api, job_id: str, timeout: float = 120, states=("SUCCEEDED", "FAILE
 
 @pytest.fixture(scope="session")
 def model_uris(bucket, tmp_path_factory) -> dict[str, str]:
-    """gs:// URIs of the test SavedModels: tiny (x, key), single (x), images (image_bytes, key)."""
+    """gs:// URIs of the test SavedModels: tiny (x, key), single (x), images (image_bytes, key), urls (file_url)."""
     root = tmp_path_factory.mktemp("savedmodels")
     return {
         "tiny": upload_dir(bucket, export_tiny_model(root / "tiny"), "savedmodels/tiny"),
         "tiny3": upload_dir(bucket, export_tiny_model(root / "tiny3", factor=3.0), "savedmodels/tiny3"),
         "single": upload_dir(bucket, export_single_input_model(root / "single"), "savedmodels/single"),
         "images": upload_dir(bucket, export_bytes_model(root / "images"), "savedmodels/images"),
+        "urls": upload_dir(bucket, export_url_model(root / "urls"), "savedmodels/urls"),
     }
 
 

@@ -143,7 +143,11 @@ def test_duplicate_job_id_and_bad_id(ml_api, model_uris, bucket, gcs_prefix):
     job_id = start_job(ml_api, dict(body))
     with pytest.raises(HttpError) as excinfo:
         start_job(ml_api, {**body, "jobId": job_id})
-    assert excinfo.value.resp.status == 409
+    assert excinfo.value.resp.status == 409  # Google's words (gcloud showed them on a re-submitted job id)
+    error = json.loads(excinfo.value.content)["error"]
+    assert error["message"] == "Field: job.job_id Error: A job with this id already exists."
+    assert error["details"][0]["fieldViolations"] == [{"field": "job.job_id",
+                                                      "description": "A job with this id already exists."}]
     with pytest.raises(HttpError) as excinfo:
         start_job(ml_api, {**body, "jobId": "bad-id"})
     assert excinfo.value.resp.status == 400

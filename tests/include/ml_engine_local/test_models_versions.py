@@ -14,6 +14,24 @@ def error_of(excinfo) -> dict:
     return json.loads(excinfo.value.content)["error"]
 
 
+def legacy_hook_sees_existing_model(error: HttpError) -> bool:
+    """The check of apache-airflow-providers-google's last MLEngineHook.create_model (<= 14.x), step by step:
+    only this exact shape makes it return the existing model instead of raising."""
+    if error.resp.status != 409:
+        return False
+    str(error)  # fills in error_details, as the hook does
+    if not error.error_details or len(error.error_details) != 1:
+        return False
+    detail = error.error_details[0]
+    if detail["@type"] != "type.googleapis.com/google.rpc.BadRequest":
+        return False
+    if "fieldViolations" not in detail or len(detail["fieldViolations"]) != 1:
+        return False
+    violation = detail["fieldViolations"][0]
+    return (violation["field"] == "model.name"
+            and violation["description"] == "A model with the same name already exists.")
+
+
 def test_model_create_get_list_patch_delete(ml_api):
     models = ml_api.projects().models()
     name = unique("lifecycle")
@@ -44,7 +62,10 @@ def test_model_refusals(ml_api):
         models.create(parent=PARENT, body={"name": name}).execute()
     error = error_of(excinfo)
     assert error["code"] == 409 and error["status"] == "ALREADY_EXISTS"
-    assert error["details"][0]["fieldViolations"][0]["field"] == "model.name"
+    assert error["message"] == "Field: model.name Error: A model with the same name already exists."
+    assert error["details"] == [{"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [
+        {"field": "model.name", "description": "A model with the same name already exists."}]}]
+    assert legacy_hook_sees_existing_model(excinfo.value)
 
     for bad in ("1starts_with_digit", "has-dash", "x" * 129, ""):
         with pytest.raises(HttpError) as excinfo:
@@ -61,7 +82,7 @@ def test_model_refusals(ml_api):
 
 
 def test_list_pagination_and_empty(ml_api):
-    project = f"projects/{unique('p')}"
+    project = f"projects/{unique('p').replace('_', '-')}"
     models = ml_api.projects().models()
     assert models.list(parent=project).execute() == {}
     names = [unique("page") for _ in range(5)]
@@ -128,7 +149,8 @@ def test_version_refusals(ml_api, deploy, model_uris):
     versions = ml_api.projects().models().versions()
     with pytest.raises(HttpError) as excinfo:
         versions.create(parent=model, body={"name": "v1", "deploymentUri": model_uris["tiny"]}).execute()
-    assert error_of(excinfo)["code"] == 409
+    assert error_of(excinfo)["code"] == 409  # Google documented no text: the model's wording (README)
+    assert error_of(excinfo)["message"] == "Field: version.name Error: A version with the same name already exists."
     with pytest.raises(HttpError) as excinfo:
         versions.create(parent=model, body={"name": "v-bad", "deploymentUri": model_uris["tiny"]}).execute()
     assert error_of(excinfo)["status"] == "INVALID_ARGUMENT"

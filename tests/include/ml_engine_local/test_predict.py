@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import urllib.request
 
 import numpy as np
@@ -88,8 +89,9 @@ def test_unknown_signature_is_an_error_field(ml_api, deploy):
     assert "no signature 'nope'" in response["error"]
 
 
-def _post(url: str, data: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+def _post(url: str, data: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=data, method="POST",
+                                     headers={"Content-Type": "application/json", **headers})
     try:
         with urllib.request.urlopen(request) as response:
             return response.status, json.loads(response.read())
@@ -100,12 +102,13 @@ def _post(url: str, data: bytes) -> tuple[int, dict]:
 def test_request_level_faults_use_google_error_shape(ml_api, ml_service, deploy):
     model, _ = deploy("tiny")
     url = f"{ml_service.url}v1/{model}:predict"
-    status, body = _post(url, b"{not json")
+    status, body = _post(url, b"{not json", ml_service.headers)
     assert status == 400 and body["error"]["status"] == "INVALID_ARGUMENT"
     assert "Invalid JSON payload" in body["error"]["message"]
-    status, body = _post(url, json.dumps({"instances": [{"x": [1, 2], "key": "k" * 2_000_000}]}).encode())
+    status, body = _post(url, json.dumps({"instances": [{"x": [1, 2], "key": "k" * 2_000_000}]}).encode(),
+                         ml_service.headers)
     assert status == 400 and "payload size exceeds the limit: 1572864" in body["error"]["message"]
-    status, body = _post(url, b'{"no_instances": 1}')
+    status, body = _post(url, b'{"no_instances": 1}', ml_service.headers)
     assert status == 400
     with pytest.raises(HttpError) as excinfo:
         ml_api.projects().predict(name=f"{PARENT}/models/nope", body={"instances": [1]}).execute()
@@ -134,7 +137,7 @@ def test_not_ready_and_no_default_are_failed_precondition(ml_api, bucket, gcs_pr
 def test_injected_faults_then_recovery(ml_api, ml_service, deploy):
     model, _ = deploy("tiny")
     _post(f"{ml_service.url}_local/faults", json.dumps({"status": 503, "times": 1, "method": "POST",
-                                                         "path_regex": ":predict$"}).encode())
+                                                         "path_regex": ":predict$"}).encode(), ml_service.headers)
     with pytest.raises(HttpError) as excinfo:
         ml_api.projects().predict(name=model, body={"instances": [{"x": [1, 2], "key": "a"}]}).execute()
     assert excinfo.value.resp.status == 503
@@ -146,8 +149,10 @@ def test_version_page_and_upload_form(ml_service, deploy):
     with urllib.request.urlopen(f"{ml_service.url}ui/{version}") as response:
         page = response.read().decode()
     assert "READY" in page and "type='file'" in page
+    csrf = re.search(r"name='csrf_token' value='([0-9a-f]+)'", page).group(1)
     boundary = "----testboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"csrf_token\"\r\n\r\n{csrf}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n"
             f"Content-Type: image/jpeg\r\n\r\n").encode() + jpeg(200) + f"\r\n--{boundary}--\r\n".encode()
     request = urllib.request.Request(f"{ml_service.url}ui/{version}", data=body, method="POST",
                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})

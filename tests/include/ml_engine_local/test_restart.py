@@ -7,8 +7,7 @@ import signal
 
 import pytest
 
-from include import devstack
-from tests.conftest import ServiceHandle
+from tests.conftest import start_service
 
 from .conftest import PARENT, unique, wait_job, wait_operation
 
@@ -16,11 +15,9 @@ from .conftest import PARENT, unique, wait_job, wait_operation
 @pytest.fixture
 def own_service(gcs_emulator, tmp_path):
     """A service of this test's own, so killing it disturbs no other test."""
-    port = devstack.free_port()
-    server = devstack.ml_service(port=port, state_dir=tmp_path / "state", gcs_host=gcs_emulator,
-                                 log_path=tmp_path / "service.log").start(timeout=120)
-    yield ServiceHandle(server=server, port=port)
-    server.stop()
+    handle = start_service(gcs_emulator, tmp_path / "state")
+    yield handle
+    handle.server.stop()
 
 
 def test_kill_9_keeps_state_and_resumes_work(own_service, model_uris, bucket, gcs_prefix):
