@@ -8,6 +8,7 @@ regex routing table below, which mirrors the discovery document.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -20,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from include.ml_engine_local import batch, deploy, jobs, models, operations, pages
+from include.ml_engine_local import batch, crashpoints, deploy, jobs, models, operations, pages, recovery
 from include.ml_engine_local.context import Context
 from include.ml_engine_local.errors import ApiError, PredictionError, invalid_argument, unimplemented
 from include.ml_engine_local.runtime import BadModel, dumps, loads
@@ -199,10 +200,13 @@ def create_app(state_dir: Path) -> FastAPI:
     faults = FaultInjector()
     app = FastAPI(title="Local ml/v1 service", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ctx = ctx
+    if os.environ.get("ML_ENGINE_ENABLE_FAULTS") == "1" and os.environ.get(crashpoints.ENV_RULES):
+        ctx.crash.arm_from(os.environ[crashpoints.ENV_RULES])  # armed before anything resumes
 
     @app.on_event("startup")
     def _resume() -> None:
         threading.Thread(target=_warm_tensorflow, daemon=True, name="tf-import").start()
+        recovery.recover(ctx)
         deploy.resume(ctx)
         batch.resume(ctx)
 
@@ -224,13 +228,22 @@ def create_app(state_dir: Path) -> FastAPI:
         return {"status": "ok"}
 
     @app.post("/_local/faults")
-    async def _add_fault(request: Request) -> dict:
-        faults.add(await request.json())
-        return {}
+    async def _add_fault(request: Request) -> Response:
+        rule = await request.json()
+        if "crash_at" in rule or "delay_at" in rule:  # {"crash_at": POINT, "after": N}: SIGKILL at the
+            try:                                        # (N+1)-th arrival there; delay_at + seconds: a pause
+                ctx.crash.arm(rule.get("crash_at") or rule["delay_at"], int(rule.get("after", 0)),
+                              delay_s=float(rule.get("seconds", 1)) if "delay_at" in rule else None)
+            except (ValueError, TypeError) as error:
+                return JSONResponse(invalid_argument(str(error)).body(), status_code=400)
+        else:
+            faults.add(rule)
+        return JSONResponse({})
 
     @app.delete("/_local/faults")
     def _clear_faults() -> dict:
         faults.clear()
+        ctx.crash.clear()
         return {}
 
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PATCH", "DELETE", "PUT"])
