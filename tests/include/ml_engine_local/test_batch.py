@@ -256,5 +256,5 @@ def test_cancel_while_preparing_is_never_lost_even_on_empty_input(ml_api, ml_ser
     assert "errorMessage" not in job
     assert not list(bucket.list_blobs(prefix=f"{gcs_prefix}/out/"))
     # the same empty input, not cancelled: an empty set of shards, SUCCEEDED with zero counts
-    job = wait_job(ml_api, start_job(ml_api, body))
+    job = wait_job(ml_api, start_job(ml_api, {**body, "jobId": unique("job")}))
     assert job["state"] == "SUCCEEDED" and job["predictionOutput"]["predictionCount"] == "0", job
