@@ -123,6 +123,8 @@ def run_job(ctx: Context, name: str) -> None:
     output_path = prediction_input["outputPath"].rstrip("/")
     totals = Totals()
     state, attempt = _start_attempt(ctx, name)
+    if state == "CANCELLED":
+        ctx.cancel_events.pop(name, None)
     if state != "PREPARING":
         return
     if attempt > MAX_ATTEMPTS:

@@ -176,6 +176,7 @@ def test_start_completes_dangling_operations_and_removes_orphans(crashing_servic
     (state / "scratch" / "projects_test-project_jobs_old").mkdir(parents=True)
     kept = [path for path in (state / "artifacts" / "test-project" / model).iterdir() if path != orphan]
 
+    crashing_service.server.env["ML_ENGINE_MAX_ARTIFACT_BYTES"] = "1000"  # smaller than any SavedModel
     crashing_service.server.start(timeout=120)
     api = crashing_service.build_api()
     done = api.projects().operations().get(name=operation["name"]).execute()
@@ -184,3 +185,10 @@ def test_start_completes_dangling_operations_and_removes_orphans(crashing_servic
     assert list((state / "scratch").iterdir()) == []
     assert api.projects().predict(name=model_name, body={"instances": [{"x": [1, 1], "key": "k"}]}).execute() \
         == {"predictions": [{"key": "k", "y": 4.0}]}
+
+    # the artifact bytes cap: a version over it ends FAILED, nothing copied
+    operation = api.projects().models().versions().create(
+        parent=model_name, body={"name": "v_big", "deploymentUri": model_uris["tiny3"]}).execute()
+    failed = wait_operation(api, operation["name"])
+    assert "more than the limit of 1000 bytes" in failed["error"]["message"], failed
+    assert list((state / "artifacts" / "test-project" / model).iterdir()) == kept
