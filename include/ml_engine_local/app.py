@@ -212,6 +212,7 @@ def create_app(state_dir: Path) -> FastAPI:
 
     @app.on_event("shutdown")
     def _stop() -> None:
+        recovery.release_attempts(ctx)  # a graceful stop is not a crash: it costs no attempt
         ctx.shutdown()
 
     @app.middleware("http")

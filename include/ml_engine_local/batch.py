@@ -154,9 +154,7 @@ def run_job(ctx: Context, name: str) -> None:
         _end(ctx, name, "CANCELLED", predictionOutput=totals.output(output_path))
         log.info("job %s CANCELLED after %d predictions", name, totals.predictions)
         return
-    except ServiceStopping:
-        # a graceful stop is not the job's fault: give its attempt back
-        ctx.store.update(name, lambda doc: doc.update(_attempts=max(0, int(doc.get("_attempts", 1)) - 1)))
+    except ServiceStopping:  # its attempt was given back by recovery.release_attempts
         log.info("job %s interrupted by shutdown; it restarts when the service starts again", name)
         return
     except (JobFailed, gcs.GcsError, BadModel, PredictionError, ApiError) as error:

@@ -74,6 +74,23 @@ def remove_orphan_directories(ctx: Context) -> list[Path]:
     return removed
 
 
+def release_attempts(ctx: Context) -> int:
+    """At a graceful stop: give back the attempt of every deployment and job in flight.
+
+    Only a start that ended in a crash counts towards MAX_ATTEMPTS; work the
+    service is asked to stop (make stop, a restart) resumes with its count unchanged.
+    """
+    released = 0
+    with ctx.store.transaction():
+        for kind, states in (("version", ("CREATING",)), ("job", ("QUEUED", "PREPARING", "RUNNING"))):
+            for resource in ctx.store.list(kind):
+                if resource.get("state") in states and int(resource.get("_attempts", 0)) > 0:
+                    name = resource.get("_name") or resource["name"]
+                    ctx.store.update(name, lambda doc: doc.update(_attempts=int(doc["_attempts"]) - 1))
+                    released += 1
+    return released
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

@@ -153,8 +153,12 @@ def test_kill_9_at_every_crash_point_converges(crashing_service, model_uris, buc
     print(f"crash points: {lives.deaths} kills, every resource converged")
 
 
-def test_start_completes_dangling_operations_and_removes_orphans(crashing_service, model_uris, tmp_path):
-    """A state left by an older service or an outside kill: done:false operations, unreferenced directories."""
+def test_start_completes_dangling_operations_and_removes_orphans(crashing_service, model_uris, bucket, gcs_prefix,
+                                                                 tmp_path):
+    """A state left by an older service or an outside kill: done:false operations, unreferenced directories.
+
+    Also: a graceful stop costs a job in flight no attempt.
+    """
     api = crashing_service.build_api()
     model = unique("dangling")
     model_name = f"{PARENT}/models/{model}"
@@ -162,10 +166,20 @@ def test_start_completes_dangling_operations_and_removes_orphans(crashing_servic
     operation = api.projects().models().versions().create(
         parent=model_name, body={"name": "v1", "deploymentUri": model_uris["tiny"]}).execute()
     assert wait_operation(api, operation["name"], timeout=LIFE_TIMEOUT_S)["response"]["state"] == "READY"
-    crashing_service.server.stop()
+    bucket.blob(f"{gcs_prefix}/in.json").upload_from_string('{"x": [1, 2], "key": "a"}\n')
+    post_fault(crashing_service.url, {"delay_at": "batch.preparing", "seconds": 3})
+    job_id = unique("stopped")
+    api.projects().jobs().create(parent=PARENT, body={"jobId": job_id, "predictionInput": {
+        "modelName": model_name, "dataFormat": "JSON", "inputPaths": [f"gs://{bucket.name}/{gcs_prefix}/in.json"],
+        "outputPath": f"gs://{bucket.name}/{gcs_prefix}/out", "region": "us-central1"}}).execute()
+    wait_job(api, job_id, states=("PREPARING",))
+    crashing_service.server.stop()  # graceful (SIGTERM)
 
     state = tmp_path / "state"
     with sqlite3.connect(state / "state.sqlite") as db:  # as a crash between two writes of an older service left it
+        job = json.loads(db.execute("SELECT body FROM resources WHERE name = ?",
+                                    (f"{PARENT}/jobs/{job_id}",)).fetchone()[0])
+        assert (job["state"], job["_attempts"]) == ("PREPARING", 0)
         body = json.loads(db.execute("SELECT body FROM resources WHERE name = ?", (operation["name"],)).fetchone()[0])
         body["done"] = False
         body.pop("response")
@@ -182,7 +196,8 @@ def test_start_completes_dangling_operations_and_removes_orphans(crashing_servic
     done = api.projects().operations().get(name=operation["name"]).execute()
     assert done["done"] and done["response"]["state"] == "READY"
     assert list((state / "artifacts" / "test-project" / model).iterdir()) == kept
-    assert list((state / "scratch").iterdir()) == []
+    assert not (state / "scratch" / "projects_test-project_jobs_old").exists()
+    assert wait_job(api, job_id, timeout=LIFE_TIMEOUT_S)["state"] == "SUCCEEDED"
     assert api.projects().predict(name=model_name, body={"instances": [{"x": [1, 1], "key": "k"}]}).execute() \
         == {"predictions": [{"key": "k", "y": 4.0}]}
 
