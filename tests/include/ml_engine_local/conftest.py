@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from tests.crashing import crashing_service  # noqa: F401 - a fixture for the crash tests
 from tests.savedmodels import export_bytes_model, export_single_input_model, export_tiny_model, upload_dir
 
 PROJECT = "test-project"

@@ -11,52 +11,15 @@ from __future__ import annotations
 import ast
 import json
 import sqlite3
-import time
 
 import pytest
 
-from include import devstack
 from include.ml_engine_local.context import MAX_ATTEMPTS
-from tests.conftest import ServiceHandle
+from tests.crashing import LIFE_TIMEOUT_S, Lives
 
 from .conftest import PARENT, post_fault, unique, wait_job, wait_operation
 
 pytestmark = pytest.mark.slow
-LIFE_TIMEOUT_S = 240
-
-
-@pytest.fixture
-def crashing_service(gcs_emulator, tmp_path):
-    port = devstack.free_port()
-    server = devstack.ml_service(port=port, state_dir=tmp_path / "state", gcs_host=gcs_emulator,
-                                 log_path=tmp_path / "service.log")
-    server.env["ML_ENGINE_ENABLE_FAULTS"] = "1"
-    server.start(timeout=120)
-    yield ServiceHandle(server=server, port=port)
-    server.stop()
-
-
-class Lives:
-    """Start the service again after each death, optionally with crash points armed from the start."""
-
-    def __init__(self, service: ServiceHandle):
-        self.service = service
-        self.deaths = 0
-
-    def wait_death(self, timeout: float = LIFE_TIMEOUT_S) -> None:
-        process = self.service.server.process
-        deadline = time.monotonic() + timeout
-        while process.poll() is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the service did not crash; log:\n{self.service.server.log_tail()}")
-            time.sleep(0.2)
-        assert process.returncode == -9, self.service.server.log_tail()
-        self.deaths += 1
-
-    def restart(self, crash_at: str = ""):
-        self.service.server.env["ML_ENGINE_CRASH_AT"] = crash_at
-        self.service.server.start(timeout=120)
-        return self.service.build_api()
 
 
 def _outputs(bucket, prefix: str) -> dict[str, str]:
