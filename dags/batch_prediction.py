@@ -141,7 +141,7 @@ def batch_prediction():
 
         summary = batch_outputs.summarize(job_id=target["job_id"], output_path=target["output_path"],
                                           prediction_output=output, list_uris=storage.list_uris,
-                                          read_text=storage.read_text)
+                                          read_lines=storage.read_lines)
         document = {**summary.to_dict(), "model": target["model"], "version": target["version"],
                     "variant": target["variant"], "max_error_rate": params["max_error_rate"]}
         storage.write_json(f"{target['output_path']}/summary.json", document)

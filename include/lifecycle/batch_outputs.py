@@ -3,6 +3,11 @@
 ml/v1 writes, under the job's outputPath, `prediction.results-NNNNN-of-MMMMM`
 (one JSON prediction per line) and `prediction.errors_stats-NNNNN-of-MMMMM`
 (one Python tuple repr per line: `('error message', count)`).
+
+Only the job's own final shards count: one consistent `-of-N` set directly
+under the output path. Shards of another N (an earlier run with another
+number of inputs, a crashed writer) are listed as ignored, never added in.
+Files are read line by line, so a large output is never held whole in memory.
 """
 
 from __future__ import annotations
@@ -12,16 +17,18 @@ import contextlib
 import json
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 RESULTS = re.compile(r"prediction\.results-\d{5}-of-\d{5}$")
 ERRORS_STATS = re.compile(r"prediction\.errors_stats-\d{5}-of-\d{5}$")
+SHARD = re.compile(r"/prediction\.(results|errors_stats)-(\d{5})-of-(\d{5})$")
 
 
-def parse_errors_stats(text: str) -> Counter:
+def parse_errors_stats(text: str | Iterable[str]) -> Counter:
     """`('message', 3)` lines -> Counter({'message': 3}); a line that is not such a tuple is counted as-is."""
     counts: Counter = Counter()
-    for line in text.splitlines():
+    for line in text.splitlines() if isinstance(text, str) else text:
         line = line.strip()
         if not line:
             continue
@@ -50,6 +57,7 @@ class BatchSummary:
     result_lines: int = 0
     error_types: dict[str, int] = field(default_factory=dict)
     sample_keys: list[str] = field(default_factory=list)
+    ignored_files: list[str] = field(default_factory=list)  # shards of another run's `-of-N`, not counted
 
     @property
     def error_rate(self) -> float:
@@ -60,36 +68,87 @@ class BatchSummary:
         return {**asdict(self), "error_rate": self.error_rate}
 
 
-def summarize(*, job_id: str, output_path: str, prediction_output: dict, list_uris, read_text,
-              sample_keys: int = 3) -> BatchSummary:
-    """Summarise the files under `output_path`; `list_uris` / `read_text` are the GCS readers to use."""
-    uris = list_uris(output_path)
-    results = [u for u in uris if RESULTS.search(u)]
-    stats = [u for u in uris if ERRORS_STATS.search(u)]
-    lines = 0
-    keys: list[str] = []
-    for uri in results:
-        for line in read_text(uri).splitlines():
+@dataclass
+class _ShardSet:
+    """The shards of one `-of-N` under an output path."""
+
+    total: int
+    results: dict[int, str] = field(default_factory=dict)
+    errors_stats: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.results) == self.total
+
+    def files(self) -> list[str]:
+        return [*self.results.values(), *self.errors_stats.values()]
+
+
+def shard_sets(output_path: str, uris: Iterable[str]) -> list[_ShardSet]:
+    """Shards directly under `output_path`, grouped by their `-of-N`, complete sets first, then larger N."""
+    root = output_path.rstrip("/")
+    sets: dict[int, _ShardSet] = {}
+    for uri in uris:
+        match = SHARD.search(uri)
+        if not match or uri[: match.start()] != root:
+            continue
+        kind, index, total = match.group(1), int(match.group(2)), int(match.group(3))
+        if index >= total:
+            continue
+        shard_set = sets.setdefault(total, _ShardSet(total))
+        (shard_set.results if kind == "results" else shard_set.errors_stats)[index] = uri
+    return sorted(sets.values(), key=lambda s: (not s.complete, -s.total))
+
+
+def _count_lines(uris: Iterable[str], read_lines: Callable[[str], Iterable[str]], sample_keys: int
+                 ) -> tuple[int, list[str]]:
+    lines, keys = 0, []
+    for uri in uris:
+        for line in read_lines(uri):
             if not line.strip():
                 continue
             lines += 1
             if len(keys) < sample_keys:
                 with contextlib.suppress(ValueError, AttributeError):
                     keys.append(str(json.loads(line).get("key")))
+    return lines, keys
+
+
+def summarize(*, job_id: str, output_path: str, prediction_output: dict, list_uris,
+              read_lines: Callable[[str], Iterable[str]], sample_keys: int = 3) -> BatchSummary:
+    """Summarise the job's own shards under `output_path`; `list_uris` / `read_lines` are the GCS readers to use.
+
+    With more than one candidate `-of-N` set (outputs of an earlier run left
+    beside this one's), the complete set whose line count equals the job's
+    predictionCount is the job's; the others are reported in ignored_files.
+    """
+    prediction_count = int(prediction_output.get("predictionCount") or 0)
+    candidates = shard_sets(output_path, list_uris(output_path))
+    chosen, lines, keys = None, 0, []
+    for candidate in candidates:  # complete sets first: usually there is only one
+        counted, sampled = _count_lines(sorted(candidate.results.values()), read_lines, sample_keys)
+        if chosen is None or counted == prediction_count:
+            chosen, lines, keys = candidate, counted, sampled
+        if counted == prediction_count or len(candidates) == 1:
+            break
+    results = sorted(chosen.results.values()) if chosen else []
+    stats = sorted(chosen.errors_stats.values()) if chosen else []
     errors: Counter = Counter()
     for uri in stats:
-        errors.update(parse_errors_stats(read_text(uri)))
+        errors.update(parse_errors_stats(read_lines(uri)))
     types: Counter = Counter()
     for message, count in errors.items():
         types[error_type(message)] += count
     return BatchSummary(
         job_id=job_id,
         output_path=output_path,
-        prediction_count=int(prediction_output.get("predictionCount") or 0),
+        prediction_count=prediction_count,
         error_count=int(prediction_output.get("errorCount") or 0),
         result_files=results,
         errors_stats_files=stats,
         result_lines=lines,
         error_types=dict(types.most_common()),
         sample_keys=keys,
+        ignored_files=sorted(uri for candidate in candidates if candidate is not chosen
+                             for uri in candidate.files()),
     )

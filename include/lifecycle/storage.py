@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 
 from include.trainer import gcs
 
@@ -34,6 +35,13 @@ def ensure_bucket(uri: str) -> None:
         log.info("Created bucket gs://%s on the emulator", name)
     except Conflict:
         pass
+
+
+def read_lines(uri: str) -> Iterator[str]:
+    """The lines of a text object, streamed: a large batch output is never held whole in memory."""
+    with gcs.blob(uri).open("rt", encoding="utf-8", chunk_size=4 * 1024 * 1024) as stream:
+        for line in stream:
+            yield line.rstrip("\n")
 
 
 def read_json(uri: str):

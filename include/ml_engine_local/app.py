@@ -8,6 +8,7 @@ regex routing table below, which mirrors the discovery document.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -20,7 +21,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from include.ml_engine_local import batch, deploy, jobs, models, operations, pages, validation
+from include.ml_engine_local import (
+    batch,
+    crashpoints,
+    deploy,
+    jobs,
+    models,
+    operations,
+    pages,
+    recovery,
+    validation,
+)
 from include.ml_engine_local.context import Context
 from include.ml_engine_local.errors import ApiError, PredictionError, invalid_argument, unimplemented
 from include.ml_engine_local.names import check_name
@@ -223,16 +234,20 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
     app = FastAPI(title="Local ml/v1 service", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ctx = ctx
     app.state.guard = guard
+    if enable_faults and os.environ.get(crashpoints.ENV_RULES):
+        ctx.crash.arm_from(os.environ[crashpoints.ENV_RULES])  # armed before anything resumes
 
     @app.on_event("startup")
     def _resume() -> None:
         guard.announce()
         threading.Thread(target=_warm_tensorflow, daemon=True, name="tf-import").start()
+        recovery.recover(ctx)
         deploy.resume(ctx)
         batch.resume(ctx)
 
     @app.on_event("shutdown")
     def _stop() -> None:
+        recovery.release_attempts(ctx)  # a graceful stop is not a crash: it costs no attempt
         ctx.shutdown()
 
     @app.middleware("http")
@@ -271,14 +286,21 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
             if error := check_json_body("POST", request.headers.get("content-type"), raw):
                 return _error_response(error)
             try:
-                faults.add(loads(raw))
-            except (ValueError, TypeError, AttributeError, re.error) as error:
+                rule = loads(raw)
+                if "crash_at" in rule or "delay_at" in rule:  # {"crash_at": POINT, "after": N}: SIGKILL at the
+                    # (N+1)-th arrival there; {"delay_at": POINT, "seconds": S}: a pause there, once
+                    ctx.crash.arm(rule.get("crash_at") or rule["delay_at"], int(rule.get("after", 0)),
+                                  delay_s=float(rule.get("seconds", 1)) if "delay_at" in rule else None)
+                else:
+                    faults.add(rule)
+            except (ValueError, TypeError, AttributeError, KeyError, re.error) as error:
                 return _error_response(invalid_argument(f"Invalid fault rule: {error}"))
             return JSONResponse({})
 
         @app.delete("/_local/faults")
         def _clear_faults() -> dict:
             faults.clear()
+            ctx.crash.clear()
             return {}
 
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PATCH", "DELETE", "PUT"])

@@ -7,6 +7,13 @@ them, one `prediction.results-NNNNN-of-MMMMM` (JSON lines) and one
 `prediction.errors_stats-NNNNN-of-MMMMM` per input file; each errors_stats
 line is `('error message', count)`. An instance that fails is counted there
 and the rest of its batch is still predicted.
+
+Crash safety: state moves only by compare-and-set (a cancel is never written
+over); every start of a job is counted (`_attempts`) and a job interrupted
+MAX_ATTEMPTS times ends FAILED; a run first deletes the shards an earlier run
+of the same output path left, so one set of `-of-N` shards is ever there.
+Input lines over MAX_LINE_BYTES and TFRecord records over MAX_RECORD_BYTES
+are that line's or record's error, skipped without being held in memory.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import gzip
 import logging
 import queue
+import re
 import shutil
 import struct
 import threading
@@ -25,14 +33,18 @@ from pathlib import Path
 
 import orjson
 
-from include.ml_engine_local import gcs, models, runtime
-from include.ml_engine_local.context import Context, now_rfc3339, revise
+from include.ml_engine_local import deploy, gcs, models, runtime
+from include.ml_engine_local.context import MAX_ATTEMPTS, Context, now_rfc3339, revise, transition
 from include.ml_engine_local.errors import ApiError, PredictionError
 from include.ml_engine_local.runtime import BadModel, LoadedModel, PreparedBatch, Signature, dumps, loads
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 5.0
 DEFAULT_BATCH_SIZE = 64  # ml/v1's default; applied here, never written into the stored predictionInput
+MAX_LINE_BYTES = 1_572_864  # one JSON/TEXT input line: ml/v1's online request limit (1.5 MB)
+MAX_RECORD_BYTES = 16 * 1024 * 1024  # one TFRecord record (a serialized tf.Example)
+SHARD_NAME = re.compile(r"prediction\.(results|errors_stats)-\d{5}-of-\d{5}$")
+ACTIVE = ("PREPARING", "RUNNING")
 
 
 def batch_size(prediction_input: dict) -> int:
@@ -77,6 +89,37 @@ def _run_logged(ctx: Context, name: str) -> None:
         log.exception("job %s crashed", name)
 
 
+def _start_attempt(ctx: Context, name: str) -> tuple[str, int]:
+    """QUEUED -> PREPARING (or CANCELLED if asked meanwhile), counting this start; ("", 0) if not QUEUED."""
+    with ctx.store.transaction():
+        job = ctx.store.get(name) or {}
+        if transition(ctx, name, ("CANCELLING",), state="CANCELLED", endTime=now_rfc3339()) is not None:
+            return "CANCELLED", 0
+        attempt = int(job.get("_attempts", 0)) + 1
+        if transition(ctx, name, ("QUEUED",), state="PREPARING", startTime=job.get("startTime") or now_rfc3339(),
+                      _attempts=attempt) is None:
+            return "", 0
+    return "PREPARING", attempt
+
+
+def _end(ctx: Context, name: str, state: str, **fields) -> str:
+    """Move an active job to its final state; a cancel asked meanwhile wins (it is never lost)."""
+    with ctx.store.transaction():
+        if transition(ctx, name, ACTIVE, state=state, endTime=now_rfc3339(), **fields) is not None:
+            return state
+        if transition(ctx, name, ("CANCELLING",), state="CANCELLED", endTime=now_rfc3339(),
+                      **{k: v for k, v in fields.items() if k != "errorMessage"}) is not None:
+            return "CANCELLED"
+    return (ctx.store.get(name) or {}).get("state", "")
+
+
+def _check_cancel(ctx: Context, name: str) -> None:
+    if ctx.cancel_event(name).is_set():
+        raise JobCancelled()
+    if ctx.stopping.is_set():
+        raise ServiceStopping()
+
+
 def run_job(ctx: Context, name: str) -> None:
     job = ctx.store.get(name)
     if job is None:
@@ -84,52 +127,63 @@ def run_job(ctx: Context, name: str) -> None:
     prediction_input = job["predictionInput"]
     output_path = prediction_input["outputPath"].rstrip("/")
     totals = Totals()
-    with ctx.store.transaction():  # a cancel may have arrived since the job was queued
-        state = (ctx.store.get(name) or {}).get("state")
-        if state == "CANCELLING":
-            revise(ctx, name, state="CANCELLED", endTime=now_rfc3339())
-        if state != "QUEUED":
-            return
-        revise(ctx, name, state="PREPARING", startTime=now_rfc3339())
+    state, attempt = _start_attempt(ctx, name)
+    if state == "CANCELLED":
+        ctx.cancel_events.pop(name, None)
+    if state != "PREPARING":
+        return
+    if attempt > MAX_ATTEMPTS:
+        message = (f"The job was interrupted {attempt - 1} times (the service stopped while running it, e.g. an "
+                   "input that crashes the model); it is not run again.")
+        _end(ctx, name, "FAILED", errorMessage=message, predictionOutput=totals.output(output_path))
+        log.warning("job %s FAILED: %s", name, message)
+        return
     scratch = ctx.scratch_dir / name.replace("/", "_")
     try:
         signature = _load_signature(ctx, prediction_input, scratch)
         inputs = _expand_inputs(prediction_input["inputPaths"])
-        revise(ctx, name, state="RUNNING")
-        log.info("job %s RUNNING: %d input file(s), batch size %d", name, len(inputs),
+        ctx.crash.reach("batch.preparing")
+        _check_cancel(ctx, name)
+        stale = gcs.delete_matching(output_path, SHARD_NAME)
+        if stale:
+            log.info("job %s: deleted %d output shard(s) an earlier run left in %s", name, len(stale), output_path)
+        if transition(ctx, name, ("PREPARING",), state="RUNNING") is None:
+            raise JobCancelled()  # the only move away from PREPARING is a cancel
+        log.info("job %s RUNNING (attempt %d): %d input file(s), batch size %d", name, attempt, len(inputs),
                  batch_size(prediction_input))
         for shard, uri in enumerate(inputs):
+            _check_cancel(ctx, name)
             _run_shard(ctx, name, signature, uri, prediction_input, shard, len(inputs), totals, scratch)
+        _check_cancel(ctx, name)
     except JobCancelled:
-        revise(ctx, name, state="CANCELLED", endTime=now_rfc3339(), predictionOutput=totals.output(output_path))
+        _end(ctx, name, "CANCELLED", predictionOutput=totals.output(output_path))
         log.info("job %s CANCELLED after %d predictions", name, totals.predictions)
         return
-    except ServiceStopping:
+    except ServiceStopping:  # its attempt was given back by recovery.release_attempts
         log.info("job %s interrupted by shutdown; it restarts when the service starts again", name)
         return
     except (JobFailed, gcs.GcsError, BadModel, PredictionError, ApiError) as error:
         message = error.message if isinstance(error, ApiError) else str(error)
-        revise(ctx, name, state="FAILED", endTime=now_rfc3339(), errorMessage=message,
-             predictionOutput=totals.output(output_path))
-        log.warning("job %s FAILED: %s", name, message)
+        final = _end(ctx, name, "FAILED", errorMessage=message, predictionOutput=totals.output(output_path))
+        log.warning("job %s %s: %s", name, final, message)
         return
     except Exception as error:
-        revise(ctx, name, state="FAILED", endTime=now_rfc3339(), errorMessage=f"Internal error: {error}",
-             predictionOutput=totals.output(output_path))
+        _end(ctx, name, "FAILED", errorMessage=f"Internal error: {error}", predictionOutput=totals.output(output_path))
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         ctx.cancel_events.pop(name, None)
-    revise(ctx, name, state="SUCCEEDED", endTime=now_rfc3339(), predictionOutput=totals.output(output_path))
+    final = _end(ctx, name, "SUCCEEDED", predictionOutput=totals.output(output_path))
     elapsed = time.monotonic() - totals.started
-    log.info("job %s SUCCEEDED: %d predictions, %d errors in %.1f s (%.0f instances/s) -> %s", name,
+    log.info("job %s %s: %d predictions, %d errors in %.1f s (%.0f instances/s) -> %s", name, final,
              totals.predictions, totals.errors, elapsed, totals.predictions / max(elapsed, 1e-9), output_path)
 
 
 def _load_signature(ctx: Context, prediction_input: dict, scratch: Path) -> Signature:
     if prediction_input.get("uri"):
         target = scratch / "model"
-        if gcs.download_prefix(prediction_input["uri"], target, max_files=1000) == 0:
+        if gcs.download_prefix(prediction_input["uri"], target, max_files=1000,
+                               max_bytes=deploy.max_artifact_bytes(None)) == 0:
             raise JobFailed(f"Model directory {prediction_input['uri']} is empty or does not exist.")
         loaded = LoadedModel(target)
     else:
@@ -148,8 +202,8 @@ def _expand_inputs(patterns: list[str]) -> list[str]:
     return inputs
 
 
-def _records(stream) -> Iterator[bytes]:
-    """TFRecord framing: uint64 length, uint32 crc, data, uint32 crc."""
+def _records(stream, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[bytes | None]:
+    """TFRecord framing: uint64 length, uint32 crc, data, uint32 crc; None for a record over `max_bytes`."""
     while True:
         header = stream.read(12)
         if not header:
@@ -157,20 +211,48 @@ def _records(stream) -> Iterator[bytes]:
         if len(header) < 12:
             raise ValueError("truncated TFRecord header")
         (length,) = struct.unpack("<Q", header[:8])
+        if length > max_bytes:
+            _skip(stream, length + 4)  # read through in small pieces, never held whole
+            yield None
+            continue
         data = stream.read(length)
         if len(data) < length or len(stream.read(4)) < 4:
             raise ValueError("truncated TFRecord record")
         yield data
 
 
-def _lines(stream, chunk_size: int = 4 * 1024 * 1024) -> Iterator[bytes]:
-    """Lines of a stream read in large chunks (the GCS reader's own readline is byte-slow)."""
+def _skip(stream, count: int, piece: int = 1024 * 1024) -> None:
+    while count > 0:
+        read = len(stream.read(min(piece, count)))
+        if read == 0:
+            raise ValueError("truncated TFRecord record")
+        count -= read
+
+
+def _lines(stream, max_bytes: int = MAX_LINE_BYTES, chunk_size: int = 4 * 1024 * 1024) -> Iterator[bytes | None]:
+    """Lines of a stream read in large chunks (the GCS reader's own readline is byte-slow).
+
+    A line longer than `max_bytes` comes out as None: its bytes are dropped as
+    they arrive, so memory stays under `max_bytes` + one chunk.
+    """
     pending = b""
+    too_long = False
     while chunk := stream.read(chunk_size):
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        yield from lines
-    if pending:
+        *ended, rest = chunk.split(b"\n")
+        for part in ended:
+            if too_long:
+                yield None
+            else:
+                line = pending + part
+                yield None if len(line) > max_bytes else line
+            pending, too_long = b"", False
+        if not too_long:
+            pending += rest
+            if len(pending) > max_bytes:
+                pending, too_long = b"", True
+    if too_long:
+        yield None
+    elif pending:
         yield pending
 
 
@@ -179,6 +261,9 @@ def _instances(uri: str, data_format: str) -> Iterator[tuple[object, str | None]
     with gcs.open_read(uri) as raw:
         if data_format in ("JSON", "TEXT"):
             for number, line in enumerate(_lines(raw), start=1):
+                if line is None:
+                    yield None, f"Input line {number} is longer than the limit of {MAX_LINE_BYTES} bytes."
+                    continue
                 if not line.strip():
                     continue
                 try:
@@ -188,8 +273,11 @@ def _instances(uri: str, data_format: str) -> Iterator[tuple[object, str | None]
             return
         stream = gzip.GzipFile(fileobj=raw) if data_format == "TF_RECORD_GZIP" else raw
         try:
-            for record in _records(stream):
-                yield record, None
+            for number, record in enumerate(_records(stream), start=1):
+                if record is None:
+                    yield None, f"TFRecord record {number} is longer than the limit of {MAX_RECORD_BYTES} bytes."
+                else:
+                    yield record, None
         except (ValueError, OSError, EOFError) as error:
             yield None, f"Corrupt TFRecord input: {error}"
 
@@ -242,8 +330,9 @@ def _read_ahead(batches: Iterator[list], stop: threading.Event, depth: int = 2) 
 class WriteBehind:
     """Serialise result rows and upload them in a thread, so both overlap prediction (bounded queue)."""
 
-    def __init__(self, writer, depth: int = 8):
+    def __init__(self, writer, depth: int = 8, after_write=None):
         self._writer = writer
+        self._after_write = after_write
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._drain, daemon=True, name="batch-writer")
@@ -254,6 +343,8 @@ class WriteBehind:
             if self._error is None:
                 try:
                     self._writer.write(b"\n".join(dumps(row) for row in rows) + b"\n")
+                    if self._after_write is not None:
+                        self._after_write()
                 except BaseException as error:  # re-raised in the job's thread
                     self._error = error
 
@@ -318,7 +409,7 @@ def _run_shard(ctx: Context, name: str, signature: Signature, uri: str, predicti
                                         batch_size(prediction_input)), signature, scratch)
     try:
         with gcs.open_write(f"{output}/prediction.results-{suffix}", binary=True) as writer:
-            results = WriteBehind(writer)
+            results = WriteBehind(writer, after_write=lambda: ctx.crash.reach("batch.uploading"))
             try:
                 _predict_shard(ctx, name, signature, _read_ahead(batches, stop_reading), results, errors, totals,
                                scratch, progress=f"file {shard + 1}/{shards}", output=output)
@@ -345,6 +436,7 @@ def _predict_shard(ctx: Context, name: str, signature: Signature, batches: Itera
         rows = _predict_batch(signature, batch, errors, scratch) if batch.instances else []
         if rows:
             results.write_rows(rows)
+        ctx.crash.reach("batch.predicting")
         totals.predictions += len(rows)
         totals.errors += len(batch.read_errors) + len(batch.instances) - len(rows)
         if time.monotonic() - last_report >= PROGRESS_EVERY_S:
@@ -355,12 +447,12 @@ def _predict_shard(ctx: Context, name: str, signature: Signature, batches: Itera
 
 
 def resume(ctx: Context) -> None:
-    """After a restart: interrupted jobs run again from the start (outputs are overwritten)."""
+    """After a restart: interrupted jobs run again from the start (their earlier shards are deleted first)."""
     for job in ctx.store.list("job"):
         name = job["_name"]
-        if job["state"] == "CANCELLING":
-            revise(ctx, name, state="CANCELLED", endTime=now_rfc3339())
-        elif job["state"] in ("QUEUED", "PREPARING", "RUNNING"):
-            log.info("job %s was %s when the service stopped; running it again", name, job["state"])
-            revise(ctx, name, state="QUEUED")
+        if transition(ctx, name, ("CANCELLING",), state="CANCELLED", endTime=now_rfc3339()) is not None:
+            continue
+        if transition(ctx, name, ("QUEUED", "PREPARING", "RUNNING"), state="QUEUED") is not None:
+            log.info("job %s was %s when the service stopped (attempt %s); queued again", name, job["state"],
+                     job.get("_attempts", 0))
             submit(ctx, name)

@@ -11,10 +11,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from include.ml_engine_local.crashpoints import CrashPoints
 from include.ml_engine_local.runtime import ModelCache
 from include.ml_engine_local.store import Store
 
 PROJECT_NUMBER = "1234"
+# Starts of one deployment or batch job: after this many interrupted ones (the service died while
+# doing it, e.g. a poison input that kills the process) it ends FAILED instead of being resumed again.
+MAX_ATTEMPTS = 3
 
 
 def now_rfc3339() -> str:
@@ -34,6 +38,20 @@ def revise(ctx: Context, name: str, **changes) -> dict | None:
     return ctx.store.update(name, lambda doc: doc.update(changes, etag=new_etag()))
 
 
+def transition(ctx: Context, name: str, from_states: tuple[str, ...], **changes) -> dict | None:
+    """Compare-and-set: apply `changes` only if the resource is still in one of `from_states`.
+
+    Returns the changed resource, or None when it is gone or has moved on
+    meanwhile (a cancel arrived, another worker finished it): a state read
+    earlier is never written back over a newer one.
+    """
+    with ctx.store.transaction():
+        current = ctx.store.get(name)
+        if current is None or current.get("state") not in from_states:
+            return None
+        return revise(ctx, name, **changes)
+
+
 def public(resource: dict) -> dict:
     """A stored document without the service's private bookkeeping (keys starting with `_`)."""
     return {key: value for key, value in resource.items() if not key.startswith("_")}
@@ -50,6 +68,7 @@ class Context:
     jobs: ThreadPoolExecutor = field(init=False)
     cancel_events: dict[str, threading.Event] = field(default_factory=dict)
     stopping: threading.Event = field(default_factory=threading.Event)
+    crash: CrashPoints = field(default_factory=CrashPoints)
 
     def __post_init__(self):
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,8 @@ otherwise it uses Application Default Credentials against real GCS.
 
 from __future__ import annotations
 
-import fnmatch
 import os
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -57,37 +57,92 @@ def _translate(uri: str, error: Exception) -> GcsError:
 
 def list_objects(prefix_uri: str, *, limit: int | None = None) -> list[str]:
     """Names (gs:// URIs) of the objects under a prefix; at most `limit` + 1 are fetched."""
+    return [uri for uri, _ in list_sized(prefix_uri, limit=limit)]
+
+
+def list_sized(prefix_uri: str, *, limit: int | None = None) -> list[tuple[str, int]]:
+    """(gs:// URI, size in bytes) of the objects under a prefix; at most `limit` + 1 are fetched."""
     bucket, prefix = split_uri(prefix_uri)
     try:
         blobs = client().list_blobs(bucket, prefix=prefix, max_results=None if limit is None else limit + 1)
-        return [f"gs://{bucket}/{blob.name}" for blob in blobs if not blob.name.endswith("/")]
+        return [(f"gs://{bucket}/{blob.name}", int(blob.size or 0)) for blob in blobs if not blob.name.endswith("/")]
     except gexc.GoogleAPIError as error:
         raise _translate(prefix_uri, error) from error
 
 
+def wildcard_regex(pattern: str) -> re.Pattern:
+    """GCS wildcard semantics: `*` and `?` stay within one path segment, `**` crosses `/`, `[...]` is a set."""
+    out, i = [], 0
+    while i < len(pattern):
+        char = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[" and (end := pattern.find("]", i + 2)) != -1:
+            body = pattern[i + 1:end]
+            negate = body.startswith("!")
+            body = (body[1:] if negate else body).replace("\\", "\\\\").replace("[", "\\[")
+            out.append("[" + ("^/" if negate else "") + body + "]")
+            i = end + 1
+            continue
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
 def expand_pattern(pattern: str) -> list[str]:
-    """Input paths as ml/v1 took them: a file, or a path with a `*` wildcard."""
-    if "*" not in pattern:
+    """Input paths as ml/v1 took them: a file, or a path with GCS wildcards (see wildcard_regex)."""
+    first = min((pattern.index(c) for c in "*?[" if c in pattern), default=None)
+    if first is None:
         bucket, path = split_uri(pattern)
         if not client().bucket(bucket).blob(path).exists():
             raise GcsError(f"{pattern} does not exist")
         return [pattern]
-    prefix = pattern[: pattern.index("*")]
-    return sorted(uri for uri in list_objects(prefix) if fnmatch.fnmatchcase(uri, pattern))
+    matcher = wildcard_regex(pattern)
+    return sorted(uri for uri in list_objects(pattern[:first]) if matcher.match(uri))
 
 
-def download_prefix(prefix_uri: str, dest: Path, *, max_files: int,
+def delete_matching(prefix_uri: str, name: re.Pattern) -> list[str]:
+    """Delete the objects directly under `prefix_uri/` whose last name segment matches `name`."""
+    prefix_uri = prefix_uri.rstrip("/") + "/"
+    bucket, _ = split_uri(prefix_uri)
+    deleted = []
+    for uri in list_objects(prefix_uri):
+        relative = uri[len(prefix_uri):]
+        if "/" not in relative and name.match(relative):
+            try:
+                client().bucket(bucket).blob(split_uri(uri)[1]).delete()
+            except gexc.NotFound:
+                pass
+            except gexc.GoogleAPIError as error:
+                raise _translate(uri, error) from error
+            deleted.append(uri)
+    return deleted
+
+
+def download_prefix(prefix_uri: str, dest: Path, *, max_files: int, max_bytes: int | None = None,
                     before_each: Callable[[], None] | None = None) -> int:
     """Copy every object under `prefix_uri/` into `dest`, keeping relative paths; returns the count.
 
     `before_each` runs before every file (a cancellation check may raise there).
+    More than `max_files` objects or `max_bytes` bytes in all is a GcsError,
+    raised before anything is copied.
     """
     prefix_uri = prefix_uri.rstrip("/") + "/"
-    objects = list_objects(prefix_uri, limit=max_files)
+    objects = list_sized(prefix_uri, limit=max_files)
     if len(objects) > max_files:
         raise GcsError(f"{prefix_uri} holds more than {max_files} files")
+    total = sum(size for _, size in objects)
+    if max_bytes is not None and total > max_bytes:
+        raise GcsError(f"the files under {prefix_uri} hold {total} bytes, more than the limit of {max_bytes} bytes")
     root = dest.resolve()
-    for uri in objects:
+    for uri, _ in objects:
         if before_each is not None:
             before_each()
         relative = uri[len(prefix_uri):]

@@ -39,9 +39,11 @@ def start(ctx: Context, *, project: str, kind: str, model: str, version: dict | 
 
 def finish(ctx: Context, name: str, *, response: dict | None = None, response_type: str = EMPTY_TYPE,
            error: tuple[int, str] | None = None) -> dict | None:
-    """Mark an operation done with either a response or an error `(code, message)`."""
+    """Mark an operation done with either a response or an error `(code, message)`; a done one stays as is."""
 
     def change(operation: dict) -> None:
+        if operation.get("done"):
+            return
         operation["done"] = True
         operation["metadata"]["endTime"] = now_rfc3339()
         if error is not None:
@@ -55,10 +57,11 @@ def finish(ctx: Context, name: str, *, response: dict | None = None, response_ty
 def finished(ctx: Context, *, project: str, kind: str, model: str, operation_type: str,
              version: dict | None = None, response: dict | None = None,
              response_type: str = EMPTY_TYPE) -> dict:
-    """An operation that completes at once (deletes, patches)."""
-    operation = start(ctx, project=project, kind=kind, model=model, version=version,
-                      operation_type=operation_type)
-    return finish(ctx, operation["name"], response=response, response_type=response_type)
+    """An operation that completes at once (deletes, patches): recorded done in one transaction."""
+    with ctx.store.transaction():
+        operation = start(ctx, project=project, kind=kind, model=model, version=version,
+                          operation_type=operation_type)
+        return finish(ctx, operation["name"], response=response, response_type=response_type)
 
 
 def get(ctx: Context, name: str) -> dict:
@@ -74,8 +77,10 @@ def list_for(ctx: Context, project: str) -> list[dict]:
 
 def cancel(ctx: Context, name: str) -> dict:
     """Ask for cancellation; the worker doing the operation notices and ends it CANCELLED."""
-    operation = get(ctx, name)
-    if not operation["done"]:
+    with ctx.store.transaction():  # read and mark together: a finish cannot slip in between
+        operation = get(ctx, name)
+        if operation["done"]:
+            return {}
         ctx.store.update(name, lambda op: op["metadata"].__setitem__("isCancellationRequested", True))
-        ctx.cancel_event(name).set()
+    ctx.cancel_event(name).set()
     return {}

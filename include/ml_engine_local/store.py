@@ -38,17 +38,32 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.RLock()
+        self._depth = 0  # nesting of transaction() in the thread holding the lock
 
     @contextmanager
     def transaction(self) -> Iterator[Store]:
-        """Hold the write lock across several calls (check-then-write without races)."""
+        """Hold the write lock across several calls (check-then-write without races), all or nothing.
+
+        Nested calls join the outer transaction: a kill -9 anywhere before the
+        outermost block ends leaves none of its writes in the database.
+        """
         with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self
+                finally:
+                    self._depth -= 1
+                return
             self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth = 0
             self._db.execute("COMMIT")
 
     def get(self, name: str) -> dict | None:

@@ -106,12 +106,61 @@ def test_batch_summary_from_files():
     }
     summary = batch_outputs.summarize(job_id="j", output_path="gs://b/out",
                                       prediction_output={"predictionCount": "2", "errorCount": "2"},
-                                      list_uris=lambda prefix: sorted(files), read_text=files.__getitem__)
+                                      list_uris=lambda prefix: sorted(files), read_lines=_lines_of(files))
     assert (summary.prediction_count, summary.error_count, summary.result_lines) == (2, 2, 2)
     assert summary.error_types == {"not a jpeg": 2}
     assert summary.error_rate == 0.5
     assert len(summary.result_files) == 2 and len(summary.errors_stats_files) == 2
-    assert summary.sample_keys == ["a", "b"]
+    assert summary.sample_keys == ["a", "b"] and summary.ignored_files == []
+
+
+def _lines_of(files: dict[str, str]):
+    """A streaming reader over in-memory files that records what was read."""
+
+    def read_lines(uri: str):
+        yield from files[uri].splitlines()
+
+    return read_lines
+
+
+def test_batch_summary_counts_only_the_jobs_own_shard_set():
+    """Shards of an earlier run (another -of-N, a half-written set, a nested dir) are never added in."""
+    files = {
+        # an earlier run over 3 files, one shard of it missing (its writer crashed)
+        "gs://b/out/prediction.results-00000-of-00003": '{"key": "old0"}\n{"key": "old1"}\n',
+        "gs://b/out/prediction.results-00002-of-00003": '{"key": "old2"}\n',
+        "gs://b/out/prediction.errors_stats-00000-of-00003": "('old error', 5)\n",
+        # an earlier complete run over 1 file with another count
+        "gs://b/out/prediction.results-00000-of-00001": '{"key": "x"}\n',
+        "gs://b/out/prediction.errors_stats-00000-of-00001": "",
+        # this job: 2 files, 3 predictions, 1 error
+        "gs://b/out/prediction.results-00000-of-00002": '{"key": "a"}\n{"key": "b"}\n',
+        "gs://b/out/prediction.results-00001-of-00002": '{"key": "c"}\n',
+        "gs://b/out/prediction.errors_stats-00000-of-00002": "",
+        "gs://b/out/prediction.errors_stats-00001-of-00002": "('bad', 1)\n",
+        # another job's outputs nested below: not this output path's shards
+        "gs://b/out/sub/prediction.results-00000-of-00001": '{"key": "nested"}\n',
+    }
+    summary = batch_outputs.summarize(job_id="j", output_path="gs://b/out",
+                                      prediction_output={"predictionCount": "3", "errorCount": "1"},
+                                      list_uris=lambda prefix: sorted(files), read_lines=_lines_of(files))
+    assert summary.result_lines == 3 and summary.sample_keys == ["a", "b", "c"]
+    assert summary.error_types == {"bad": 1}
+    assert summary.result_files == ["gs://b/out/prediction.results-00000-of-00002",
+                                    "gs://b/out/prediction.results-00001-of-00002"]
+    assert len(summary.ignored_files) == 5 and not any("-of-00002" in uri for uri in summary.ignored_files)
+    # a single set is read once, whatever its count
+    only = {uri: text for uri, text in files.items() if "-of-00002" in uri}
+    reads: list[str] = []
+
+    def counting(uri: str):
+        reads.append(uri)
+        yield from only[uri].splitlines()
+
+    summary = batch_outputs.summarize(job_id="j", output_path="gs://b/out/",
+                                      prediction_output={"predictionCount": "7"},
+                                      list_uris=lambda prefix: sorted(only), read_lines=counting)
+    assert summary.result_lines == 3 and len(reads) == 4  # 2 results + 2 errors_stats, each once
 
 
 def test_smoke_check_accepts_good_and_rejects_bad_predictions():

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
+import urllib.request
 import uuid
 
 import pytest
 
+from tests.crashing import crashing_service  # noqa: F401 - a fixture for the crash tests
 from tests.savedmodels import (
     export_bytes_model,
     export_single_input_model,
@@ -41,6 +45,18 @@ def wait_job(api, job_id: str, timeout: float = 120, states=("SUCCEEDED", "FAILE
             return job
         time.sleep(0.2)
     raise TimeoutError(f"job {job_id} not in {states} after {timeout} s")
+
+
+def post_fault(service_url: str, rule: dict | None) -> None:
+    """POST a rule to the service's fault switch (DELETE all rules when `rule` is None), with the bearer token."""
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get("ML_ENGINE_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['ML_ENGINE_TOKEN']}"
+    request = urllib.request.Request(f"{service_url}_local/faults", headers=headers,
+                                     data=None if rule is None else json.dumps(rule).encode(),
+                                     method="DELETE" if rule is None else "POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
 
 
 @pytest.fixture(scope="session")

@@ -179,3 +179,86 @@ def test_cancel_running_job_and_list_filters(ml_api, deploy, bucket, gcs_prefix)
     with pytest.raises(HttpError) as excinfo:
         jobs.list(parent=PARENT, filter="createTime > 3").execute()
     assert excinfo.value.resp.status == 400
+
+
+def test_over_long_line_and_record_are_that_inputs_errors(ml_api, model_uris, bucket, gcs_prefix):
+    """A 2 MB JSON line and a 17 MB TFRecord record: one error each, the inputs around them still predicted."""
+    import tensorflow as tf
+
+    from include.ml_engine_local.batch import MAX_LINE_BYTES, MAX_RECORD_BYTES
+
+    long_line = json.dumps([1.0] * (MAX_LINE_BYTES // 4))
+    assert len(long_line) > MAX_LINE_BYTES
+    bucket.blob(f"{gcs_prefix}/lines.json").upload_from_string("\n".join(["[1, 2, 3]", long_line, "[4, 5, 6]", ""]))
+    output = f"gs://{bucket.name}/{gcs_prefix}/out_json"
+    job = wait_job(ml_api, start_job(ml_api, prediction_input(
+        {"uri": model_uris["single"]}, [f"gs://{bucket.name}/{gcs_prefix}/lines.json"], output)))
+    assert job["state"] == "SUCCEEDED", job
+    assert (job["predictionOutput"]["predictionCount"], job["predictionOutput"]["errorCount"]) == ("2", "1")
+    _, errors, _ = read_outputs(bucket, f"{gcs_prefix}/out_json")
+    assert errors == [(f"Input line 2 is longer than the limit of {MAX_LINE_BYTES} bytes.", 1)]
+
+    def example(key: str, padding: int = 0) -> bytes:
+        jpeg = tf.io.encode_jpeg(tf.fill([4, 4, 3], tf.constant(50, tf.uint8))).numpy()
+        return tf.train.Example(features=tf.train.Features(feature={
+            "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
+            "key": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key.encode() + b" " * padding]))}
+        )).SerializeToString()
+
+    huge = example("huge", padding=MAX_RECORD_BYTES)
+    bucket.blob(f"{gcs_prefix}/in.tfrecord").upload_from_string(tfrecord([example("a"), huge, example("b")]))
+    job = wait_job(ml_api, start_job(ml_api, prediction_input(
+        {"uri": model_uris["images"]}, [f"gs://{bucket.name}/{gcs_prefix}/in.tfrecord"],
+        f"gs://{bucket.name}/{gcs_prefix}/out_tf", "TF_RECORD", signatureName="examples")))
+    assert job["state"] == "SUCCEEDED", job
+    results, errors, _ = read_outputs(bucket, f"{gcs_prefix}/out_tf")
+    assert sorted(r["key"] for r in results) == ["a", "b"]
+    assert errors == [(f"TFRecord record 2 is longer than the limit of {MAX_RECORD_BYTES} bytes.", 1)]
+
+
+def test_wildcards_stay_in_one_segment_and_a_run_replaces_earlier_shards(ml_api, model_uris, bucket, gcs_prefix):
+    from include.lifecycle import batch_outputs, storage
+
+    for name, lines in (("in/a.json", 2), ("in/b.json", 3), ("in/sub/c.json", 5)):
+        bucket.blob(f"{gcs_prefix}/{name}").upload_from_string("\n".join("[1, 1, 1]" for _ in range(lines)))
+    out = f"{gcs_prefix}/out"
+    stale = ["prediction.results-00000-of-00005", "prediction.results-00003-of-00005",
+             "prediction.errors_stats-00004-of-00005", "prediction.results-00000-of-00002"]
+    for name in [*stale, "notes.txt", "keep/prediction.results-00000-of-00001"]:
+        bucket.blob(f"{out}/{name}").upload_from_string('{"stale": true}\n')
+    root = f"gs://{bucket.name}/{gcs_prefix}"
+    for pattern, files, count in (("in/*.json", 2, 5), ("in/**.json", 3, 10), ("in/[ab].json", 2, 5)):
+        job = wait_job(ml_api, start_job(ml_api, prediction_input(
+            {"uri": model_uris["single"]}, [f"{root}/{pattern}"], f"{root}/out")))
+        assert job["state"] == "SUCCEEDED" and job["predictionOutput"]["predictionCount"] == str(count), job
+        names = sorted(blob.name[len(out) + 1:] for blob in bucket.list_blobs(prefix=f"{out}/"))
+        expected = [f"prediction.{kind}-{i:05d}-of-{files:05d}" for kind in ("errors_stats", "results")
+                    for i in range(files)]
+        assert names == sorted([*expected, "keep/prediction.results-00000-of-00001", "notes.txt"]), pattern
+        summary = batch_outputs.summarize(job_id=job["jobId"], output_path=f"{root}/out",
+                                          prediction_output=job["predictionOutput"], list_uris=storage.list_uris,
+                                          read_lines=storage.read_lines)
+        assert (summary.result_lines, len(summary.result_files), summary.ignored_files) == (count, files, [])
+
+
+def test_cancel_while_preparing_is_never_lost_even_on_empty_input(ml_api, ml_service, model_uris, bucket,
+                                                                  gcs_prefix):
+    from .conftest import post_fault
+
+    bucket.blob(f"{gcs_prefix}/empty.json").upload_from_string("")
+    body = prediction_input({"uri": model_uris["single"]}, [f"gs://{bucket.name}/{gcs_prefix}/empty.json"],
+                            f"gs://{bucket.name}/{gcs_prefix}/out")
+    post_fault(ml_service.url, {"delay_at": "batch.preparing", "seconds": 3})
+    try:
+        job_id = start_job(ml_api, body)
+        wait_job(ml_api, job_id, states=("PREPARING",))
+        ml_api.projects().jobs().cancel(name=f"{PARENT}/jobs/{job_id}", body={}).execute()
+        job = wait_job(ml_api, job_id)
+    finally:
+        post_fault(ml_service.url, None)
+    assert job["state"] == "CANCELLED", job
+    assert "errorMessage" not in job
+    assert not list(bucket.list_blobs(prefix=f"{gcs_prefix}/out/"))
+    # the same empty input, not cancelled: an empty set of shards, SUCCEEDED with zero counts
+    job = wait_job(ml_api, start_job(ml_api, {**body, "jobId": unique("job")}))
+    assert job["state"] == "SUCCEEDED" and job["predictionOutput"]["predictionCount"] == "0", job
