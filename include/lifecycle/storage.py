@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from datetime import datetime
 
 from include.trainer import gcs
 
@@ -34,6 +35,14 @@ def ensure_bucket(uri: str) -> None:
         log.info("Created bucket gs://%s on the emulator", name)
     except Conflict:
         pass
+
+
+def updated_times(prefix_uri: str) -> dict[str, datetime]:
+    """gs:// URI -> last update time of every object under a prefix (a trailing slash is implied)."""
+    bucket, path = gcs.parse_uri(prefix_uri)
+    prefix = path.rstrip("/") + "/" if path else ""
+    return {f"{gcs.SCHEME}{bucket}/{b.name}": b.updated for b in gcs.client().list_blobs(bucket, prefix=prefix)
+            if not b.name.endswith("/")}
 
 
 def read_json(uri: str):

@@ -9,6 +9,9 @@ One scenario, run once (real GCS emulator, real ml/v1 service, real training,
 4. maintenance set_default B, then 5. rollback: back to A (the promotion trail).
 6. lifecycle A again (same logical date, as a cleared run): converges on the same versions and default.
 7. batch with a low max_error_rate: the run fails at summarize, after writing its summary.
+8. lifecycle C (promoted by policy `always`, keep_versions 4): retention keeps A's b64 version, the
+   rollback target on C's `promoted_from` trail, though the 4 newest are C's and B's (issue 8).
+9. rollback: back to A, not to B, the candidate the gate rejected.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "e2e_heatmap"
 BUCKET = "e2e-lifecycle"
-KEY_A, KEY_B = "20260101T000000", "20260102T000000"
-A_B64, B_B64 = f"v{KEY_A}_b64", f"v{KEY_B}_b64"
+KEY_A, KEY_B, KEY_C = "20260101T000000", "20260102T000000", "20260104T000000"
+A_B64, B_B64, C_B64 = f"v{KEY_A}_b64", f"v{KEY_B}_b64", f"v{KEY_C}_b64"
 BATCH_SAMPLES, BAD_SAMPLES = 8, 2
 
 
@@ -51,6 +54,10 @@ def _steps() -> list[dict]:
         {**step, "name": "batch_too_many_errors", "dag_id": "batch_prediction",
          "logical_date": "2026-01-03T06:00:00+00:00", "conf": {"bad_samples": BAD_SAMPLES, "max_error_rate": 0.05},
          "expect": "failed"},
+        {**step, "name": "lifecycle_c_keep_4", "dag_id": "model_lifecycle", "logical_date": "2026-01-04T00:00:00+00:00",
+         "conf": {"epochs": 1, "promotion_policy": "always", "keep_versions": 4}},
+        {**step, "name": "rollback_after_retention", "dag_id": "model_maintenance",
+         "logical_date": "2026-01-04T01:00:00+00:00", "conf": {"action": "rollback"}},
     ]
 
 
@@ -199,3 +206,17 @@ def test_rerun_of_a_run_converges(scenario):
     assert set(again["model"]["versions"]) == set(before["model"]["versions"])  # no duplicates, nothing lost
     assert again["decision"]["promote"] is True  # its own version is the default: no baseline to beat
     assert "own version" in again["decision"]["reason"]
+
+
+def test_retention_keeps_the_rollback_target(scenario):
+    run = scenario["lifecycle_c_keep_4"]
+    assert run["state"] == "success", run["tasks"]
+    assert run["tasks"]["retention"] == "success"
+    model = run["model"]
+    assert model["default"] == C_B64
+    assert model["versions"][C_B64]["labels"]["promoted_from"] == A_B64.lower()
+    # The 4 newest are C's and B's; A's tfexample goes, A's b64 (C's rollback target) stays.
+    assert set(model["versions"]) == {C_B64, f"v{KEY_C}_tfexample", B_B64, f"v{KEY_B}_tfexample", A_B64}
+    rollback = scenario["rollback_after_retention"]
+    assert rollback["state"] == "success"
+    assert rollback["model"]["default"] == A_B64  # not B_B64, which the gate rejected
