@@ -14,6 +14,8 @@ from pathlib import Path
 
 from google.cloud import storage
 
+from include.trainer.paths import safe_join
+
 log = logging.getLogger(__name__)
 
 SCHEME = "gs://"
@@ -112,13 +114,18 @@ def upload_dir(local_dir: str | Path, uri: str) -> list[str]:
 
 
 def download_dir(uri: str, local_dir: str | Path) -> Path:
-    """Download every object under the prefix `uri` into `local_dir`, keeping relative paths."""
+    """Download every object under the prefix `uri` into `local_dir`, keeping relative paths.
+
+    Every name is checked before anything is written (`paths.safe_join`): one object
+    named `prefix//tmp/x` or `prefix/../x` fails the whole copy with UnsafePathError.
+    """
     local_dir = Path(local_dir)
     root = uri.rstrip("/") + "/"
     uris = list_uris(uri)
     if not uris:
         raise FileNotFoundError(f"no objects under {uri}")
-    for object_uri in uris:
-        download_file(object_uri, local_dir / object_uri[len(root):])
+    targets = [(object_uri, safe_join(local_dir, object_uri[len(root):])) for object_uri in uris]
+    for object_uri, target in targets:
+        download_file(object_uri, target)
     log.info("Downloaded %s files from %s to %s", len(uris), uri, local_dir)
     return local_dir

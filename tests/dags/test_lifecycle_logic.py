@@ -171,7 +171,7 @@ def test_retention_keeps_the_rollback_target_of_the_default():
 
 
 def test_rollback_trail_follows_promoted_from_and_stops_at_a_loop_or_a_gap():
-    versions = _three_runs() + [_version("vX", "2026-01-04T00:00:00Z", promoted_from="v20260103t000000_b64")]
+    versions = [*_three_runs(), _version("vX", "2026-01-04T00:00:00Z", promoted_from="v20260103t000000_b64")]
     assert retention.rollback_trail(versions, current_default="v20260103T000000_b64") == [
         "v20260103T000000_b64", "v20260101T000000_b64"]
     looped = [_version("a", "2026-01-01T00:00:00Z", promoted_from="b"),
