@@ -93,6 +93,7 @@ class ServiceHandle:
 def ml_service(gcs_emulator, tmp_path_factory) -> ServiceHandle:
     port = devstack.free_port()
     state = tmp_path_factory.mktemp("ml_engine_state")
+    os.environ["ML_ENGINE_ENABLE_FAULTS"] = "1"  # the /_local/faults test switch, off unless asked for
     server = devstack.ml_service(port=port, state_dir=state, gcs_host=gcs_emulator,
                                  log_path=state / "service.log").start(timeout=120)
     handle = ServiceHandle(server=server, port=port)

@@ -8,6 +8,7 @@ regex routing table below, which mirrors the discovery document.
 from __future__ import annotations
 
 import logging
+import random
 import re
 import threading
 import time
@@ -142,28 +143,44 @@ def dispatch(ctx: Context, method: str, path: str, query: dict[str, str], raw: b
 
 
 class FaultInjector:
-    """Test switch: make the next N matching requests fail with a given status."""
+    """Test switch: make matching requests fail with a given status.
+
+    A rule fails the next `times` matching requests (-1: no limit), each with
+    `probability` (0..1, default 1); `injected` counts what it answered.
+    """
 
     def __init__(self):
         self._rules: list[dict] = []
         self._lock = threading.Lock()
+        self._random = random.Random()
 
     def add(self, rule: dict) -> None:
         status = int(rule.get("status", 503))
+        probability = float(rule.get("probability", 1.0))
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError("probability must be between 0 and 1")
         with self._lock:
-            self._rules.append({"status": status, "times": int(rule.get("times", 1)),
+            self._rules.append({"status": status, "times": int(rule.get("times", 1)), "probability": probability,
                                 "method": rule.get("method", "*").upper(),
-                                "path": re.compile(rule.get("path_regex", ".*"))})
+                                "path": re.compile(rule.get("path_regex", ".*")), "injected": 0})
 
     def clear(self) -> None:
         with self._lock:
             self._rules.clear()
 
+    def rules(self) -> list[dict]:
+        with self._lock:
+            return [{**rule, "path_regex": rule["path"].pattern, "path": None} for rule in self._rules]
+
     def take(self, method: str, path: str) -> int | None:
         with self._lock:
             for rule in self._rules:
-                if rule["times"] > 0 and rule["method"] in ("*", method) and rule["path"].search(path):
-                    rule["times"] -= 1
+                if rule["times"] != 0 and rule["method"] in ("*", method) and rule["path"].search(path):
+                    if rule["probability"] < 1.0 and self._random.random() >= rule["probability"]:
+                        continue
+                    if rule["times"] > 0:
+                        rule["times"] -= 1
+                    rule["injected"] += 1
                     return rule["status"]
         return None
 
@@ -227,6 +244,10 @@ def create_app(state_dir: Path) -> FastAPI:
     async def _add_fault(request: Request) -> dict:
         faults.add(await request.json())
         return {}
+
+    @app.get("/_local/faults")
+    def _list_faults() -> dict:
+        return {"rules": faults.rules()}
 
     @app.delete("/_local/faults")
     def _clear_faults() -> dict:

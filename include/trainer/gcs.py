@@ -3,6 +3,12 @@
 Everything goes through `google-cloud-storage` because it honours
 STORAGE_EMULATOR_HOST; TensorFlow's own gs:// filesystem cannot be pointed at
 the emulator, so TF code only ever sees local files staged by this module.
+
+429 and 5xx answers are retried with the library's DEFAULT_RETRY (exponential
+backoff, 120 s deadline). Reads, lists and deletes do that by default; uploads
+only when a generation precondition is given, because in general two writers
+could race. Here every object has one writer and a name derived from its run,
+so a repeated upload writes the same bytes again: uploads pass `retry=` too.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from google.cloud import storage
+from google.cloud.storage.retry import DEFAULT_RETRY
 
 from include.trainer.paths import safe_join
 
@@ -72,12 +79,12 @@ def read_text(uri: str) -> str:
 
 
 def write_bytes(uri: str, data: bytes, *, content_type: str = "application/octet-stream") -> str:
-    blob(uri).upload_from_string(data, content_type=content_type)
+    blob(uri).upload_from_string(data, content_type=content_type, retry=DEFAULT_RETRY)
     return uri
 
 
 def write_text(uri: str, text: str, *, content_type: str = "text/plain") -> str:
-    blob(uri).upload_from_string(text.encode("utf-8"), content_type=content_type)
+    blob(uri).upload_from_string(text.encode("utf-8"), content_type=content_type, retry=DEFAULT_RETRY)
     return uri
 
 
@@ -90,7 +97,7 @@ def list_uris(prefix_uri: str) -> list[str]:
 
 
 def upload_file(local_path: str | Path, uri: str) -> str:
-    blob(uri).upload_from_filename(str(local_path))
+    blob(uri).upload_from_filename(str(local_path), retry=DEFAULT_RETRY)
     return uri
 
 
