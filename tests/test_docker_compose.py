@@ -115,9 +115,7 @@ def test_airflow_components_use_celery_and_real_commands(services):
 
 
 def test_env_vars_refer_to_real_settings(services):
-    from airflow.configuration import retrieve_configuration_description
-
-    from airflow.configuration import conf
+    from airflow.configuration import conf, retrieve_configuration_description
 
     options = retrieve_configuration_description()
     config_source = (ROOT / "include" / "config.py").read_text()

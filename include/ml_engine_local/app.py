@@ -146,7 +146,8 @@ class FaultInjector:
     """Test switch: make matching requests fail with a given status.
 
     A rule fails the next `times` matching requests (-1: no limit), each with
-    `probability` (0..1, default 1); `injected` counts what it answered.
+    `probability` (0..1, default 1); `matched` and `injected` count the requests
+    it saw and those it answered.
     """
 
     def __init__(self):
@@ -162,7 +163,7 @@ class FaultInjector:
         with self._lock:
             self._rules.append({"status": status, "times": int(rule.get("times", 1)), "probability": probability,
                                 "method": rule.get("method", "*").upper(),
-                                "path": re.compile(rule.get("path_regex", ".*")), "injected": 0})
+                                "path": re.compile(rule.get("path_regex", ".*")), "matched": 0, "injected": 0})
 
     def clear(self) -> None:
         with self._lock:
@@ -176,6 +177,7 @@ class FaultInjector:
         with self._lock:
             for rule in self._rules:
                 if rule["times"] != 0 and rule["method"] in ("*", method) and rule["path"].search(path):
+                    rule["matched"] += 1
                     if rule["probability"] < 1.0 and self._random.random() >= rule["probability"]:
                         continue
                     if rule["times"] > 0:

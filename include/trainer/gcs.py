@@ -5,10 +5,10 @@ STORAGE_EMULATOR_HOST; TensorFlow's own gs:// filesystem cannot be pointed at
 the emulator, so TF code only ever sees local files staged by this module.
 
 429 and 5xx answers are retried with the library's DEFAULT_RETRY (exponential
-backoff, 120 s deadline). Reads, lists and deletes do that by default; uploads
-only when a generation precondition is given, because in general two writers
-could race. Here every object has one writer and a name derived from its run,
-so a repeated upload writes the same bytes again: uploads pass `retry=` too.
+backoff, 120 s deadline). Uploads pass `retry=DEFAULT_RETRY` explicitly: the 2.x
+library retried them only with a generation precondition (two writers could
+race), 3.x by default. Here every object has one writer and a name derived
+from its run, so a repeated upload writes the same bytes again.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ class GcsFaults:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.random = random.Random()
-        self.stats = {"requests": 0, "injected": {"503": 0, "429": 0}}
+        self.stats = {"requests": 0, "injected": {"503": 0, "429": 0}, "injected_by_method": {}}
 
     def load(self, loader) -> None:
         loader.add_option("fault_rate", str, "0.1", "Share of requests answered 503/429 (0..1).")
@@ -50,6 +50,8 @@ class GcsFaults:
                 return
             status = 503 if self.random.random() < 0.5 else 429
             self.stats["injected"][str(status)] += 1
+            by_method = self.stats["injected_by_method"]
+            by_method[flow.request.method] = by_method.get(flow.request.method, 0) + 1
         reason = "backendError" if status == 503 else "rateLimitExceeded"
         message = f"Injected fault {status} (gcs_fault_proxy)"
         body = {"error": {"code": status, "message": message,

@@ -132,9 +132,11 @@ def runs(ml_service, gcs_emulator, gcs_proxy, tmp_path_factory) -> dict:
     after = _proxy_stats(gcs_proxy)
     assert faulted.returncode == 0, faulted.failure()
     gcs = {"requests": after["requests"] - before["requests"],
-           "injected": {k: after["injected"][k] - before["injected"][k] for k in after["injected"]}}
-    ml = {str(rule["status"]): rule["injected"] for rule in ml_rules}
-    figures = {"ml_v1_injected": ml, "gcs": gcs,
+           "injected": {k: after["injected"][k] - before["injected"][k] for k in after["injected"]},
+           "injected_by_method": {k: n - before["injected_by_method"].get(k, 0)
+                                  for k, n in after["injected_by_method"].items()}}
+    ml = {"requests": ml_rules[0]["matched"], "injected": {str(rule["status"]): rule["injected"] for rule in ml_rules}}
+    figures = {"ml_v1": ml, "gcs": gcs,
                "seconds": {"clean": sum(r["seconds"] for r in clean.reports.values()),
                            "faulted": sum(r["seconds"] for r in faulted.reports.values())}}
     print("fault figures:", json.dumps(figures))
@@ -179,12 +181,12 @@ def _without_metric(versions: dict) -> dict:
 
 
 def test_faults_were_injected_on_both_sides(runs):
-    figures = runs["figures"]
-    assert sum(figures["ml_v1_injected"].values()) >= 5, figures
-    assert figures["ml_v1_injected"]["503"] > 0 and figures["ml_v1_injected"]["429"] > 0, figures
-    assert sum(figures["gcs"]["injected"].values()) >= 5, figures
-    share = sum(figures["gcs"]["injected"].values()) / figures["gcs"]["requests"]
-    assert 0.04 < share < 0.2, figures
+    figures = runs["figures"]  # the proxy's choice is seeded: the same requests fail from run to run
+    ml, gcs = figures["ml_v1"], figures["gcs"]
+    assert ml["injected"]["503"] > 0 and ml["injected"]["429"] > 0, figures
+    assert 0.1 < sum(ml["injected"].values()) / ml["requests"] < 0.35, figures
+    assert gcs["injected"]["503"] > 0 and gcs["injected"]["429"] > 0, figures
+    assert 0.03 < sum(gcs["injected"].values()) / gcs["requests"] < 0.25, figures
 
 
 def test_faulted_run_succeeds_without_task_retries(runs):
