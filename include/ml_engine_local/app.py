@@ -146,8 +146,8 @@ class FaultInjector:
     """Test switch: make matching requests fail with a given status.
 
     A rule fails the next `times` matching requests (-1: no limit), each with
-    `probability` (0..1, default 1); `matched` and `injected` count the requests
-    it saw and those it answered.
+    `probability` (0..1, default 1; `seed` makes the draws repeatable); `matched`
+    and `injected` count the requests it saw and those it answered.
     """
 
     def __init__(self):
@@ -160,8 +160,10 @@ class FaultInjector:
         probability = float(rule.get("probability", 1.0))
         if not 0.0 <= probability <= 1.0:
             raise ValueError("probability must be between 0 and 1")
+        draws = random.Random(rule["seed"]) if "seed" in rule else self._random
         with self._lock:
             self._rules.append({"status": status, "times": int(rule.get("times", 1)), "probability": probability,
+                                "draws": draws,
                                 "method": rule.get("method", "*").upper(),
                                 "path": re.compile(rule.get("path_regex", ".*")), "matched": 0, "injected": 0})
 
@@ -171,14 +173,15 @@ class FaultInjector:
 
     def rules(self) -> list[dict]:
         with self._lock:
-            return [{**rule, "path_regex": rule["path"].pattern, "path": None} for rule in self._rules]
+            return [{**{k: v for k, v in rule.items() if k not in ("path", "draws")},
+                     "path_regex": rule["path"].pattern} for rule in self._rules]
 
     def take(self, method: str, path: str) -> int | None:
         with self._lock:
             for rule in self._rules:
                 if rule["times"] != 0 and rule["method"] in ("*", method) and rule["path"].search(path):
                     rule["matched"] += 1
-                    if rule["probability"] < 1.0 and self._random.random() >= rule["probability"]:
+                    if rule["probability"] < 1.0 and rule["draws"].random() >= rule["probability"]:
                         continue
                     if rule["times"] > 0:
                         rule["times"] -= 1

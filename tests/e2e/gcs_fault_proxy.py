@@ -4,7 +4,9 @@
         --set keep_host_header=true -s tests/e2e/gcs_fault_proxy.py --set fault_rate=0.1
 
 A share `fault_rate` of the requests is answered 503 or 429 (half each) in GCS's
-JSON error shape without reaching the emulator. `GET /_proxy/stats` answers the
+JSON error shape without reaching the emulator; with `fault_first_per_method`
+the first request of each HTTP method (the first upload, the first read, ...)
+fails too, so every kind of call meets a fault at least once. `GET /_proxy/stats` answers the
 counts. Objects the emulator stored with its own address in `mediaLink` (those
 written by the ml/v1 service, which talks to the emulator directly) are shown
 with the proxy's address, so every download of the DAG tasks passes the proxy.
@@ -28,11 +30,13 @@ class GcsFaults:
         self.lock = threading.Lock()
         self.random = random.Random()
         self.stats = {"requests": 0, "injected": {"503": 0, "429": 0}, "injected_by_method": {}}
+        self.methods_seen: set[str] = set()
 
     def load(self, loader) -> None:
         loader.add_option("fault_rate", str, "0.1", "Share of requests answered 503/429 (0..1).")
         loader.add_option("fault_seed", str, "", "Seed of the fault choice (empty: random).")
         loader.add_option("upstream_origin", str, "", "The emulator's origin, as found in mediaLink URLs.")
+        loader.add_option("fault_first_per_method", bool, False, "Fail the first request of each HTTP method.")
 
     def configure(self, updated) -> None:
         if "fault_seed" in updated and ctx.options.fault_seed:
@@ -46,7 +50,9 @@ class GcsFaults:
             return
         with self.lock:
             self.stats["requests"] += 1
-            if self.random.random() >= float(ctx.options.fault_rate):
+            first = ctx.options.fault_first_per_method and flow.request.method not in self.methods_seen
+            self.methods_seen.add(flow.request.method)
+            if not first and self.random.random() >= float(ctx.options.fault_rate):
                 return
             status = 503 if self.random.random() < 0.5 else 429
             self.stats["injected"][str(status)] += 1

@@ -31,8 +31,8 @@ FAULTED = {"model": "faults_chaos", "bucket": "faults-chaos", "day": "2026-02-02
 KEY = "20260202T000000"  # the faulted run's
 BATCH_SAMPLES, BAD_SAMPLES = 8, 1
 ML_FAULT_RULES = [  # tried in order: 10 % 503, then 11.1 % of the rest 429 = 20 % in all
-    {"status": 503, "times": -1, "probability": 0.1, "path_regex": "^/v1/"},
-    {"status": 429, "times": -1, "probability": 0.1 / 0.9, "path_regex": "^/v1/"},
+    {"status": 503, "times": -1, "probability": 0.1, "path_regex": "^/v1/", "seed": 8},
+    {"status": 429, "times": -1, "probability": 0.1 / 0.9, "path_regex": "^/v1/", "seed": 9},
 ]
 GCS_FAULT_RATE = 0.1
 
@@ -91,7 +91,8 @@ def gcs_proxy(gcs_emulator, tmp_path_factory):
               # The emulator serves one connection at a time: never hold an idle one open to it.
               "--set", "connection_strategy=lazy",
               "-s", str(ROOT / "tests" / "e2e" / "gcs_fault_proxy.py"), "--set", f"fault_rate={GCS_FAULT_RATE}",
-              "--set", f"upstream_origin={gcs_emulator}", "--set", "fault_seed=issue-8"],
+              "--set", f"upstream_origin={gcs_emulator}", "--set", "fault_seed=issue-8",
+              "--set", "fault_first_per_method=true"],
         health_url=f"http://127.0.0.1:{port}/_proxy/stats",
         log_path=home / "mitmdump.log",
     ).start(timeout=60)
@@ -181,12 +182,13 @@ def _without_metric(versions: dict) -> dict:
 
 
 def test_faults_were_injected_on_both_sides(runs):
-    figures = runs["figures"]  # the proxy's choice is seeded: the same requests fail from run to run
+    figures = runs["figures"]  # both sides draw from seeds: about the same requests fail from run to run
     ml, gcs = figures["ml_v1"], figures["gcs"]
     assert ml["injected"]["503"] > 0 and ml["injected"]["429"] > 0, figures
-    assert 0.1 < sum(ml["injected"].values()) / ml["requests"] < 0.35, figures
+    assert 0.05 < sum(ml["injected"].values()) / ml["requests"] < 0.4, figures
     assert gcs["injected"]["503"] > 0 and gcs["injected"]["429"] > 0, figures
-    assert 0.03 < sum(gcs["injected"].values()) / gcs["requests"] < 0.25, figures
+    assert 0.05 < sum(gcs["injected"].values()) / gcs["requests"] < 0.3, figures
+    assert {"GET", "POST"} <= set(gcs["injected_by_method"]), figures  # reads and uploads both met faults
 
 
 def test_faulted_run_succeeds_without_task_retries(runs):
