@@ -4,9 +4,10 @@
         --set keep_host_header=true -s tests/e2e/gcs_fault_proxy.py --set fault_rate=0.1
 
 A share `fault_rate` of the requests is answered 503 or 429 (half each) in GCS's
-JSON error shape without reaching the emulator; with `fault_first_per_method`
-the first request of each HTTP method (the first upload, the first read, ...)
-fails too, so every kind of call meets a fault at least once. `GET /_proxy/stats` answers the
+JSON error shape without reaching the emulator; with `fault_first_per_kind`
+the first request of each kind (method and API: the first upload, the first
+download, the first metadata read or list, ...) fails too, so every kind of
+call the DAGs make meets a fault at least once. `GET /_proxy/stats` answers the
 counts. Objects the emulator stored with its own address in `mediaLink` (those
 written by the ml/v1 service, which talks to the emulator directly) are shown
 with the proxy's address, so every download of the DAG tasks passes the proxy.
@@ -29,14 +30,14 @@ class GcsFaults:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.random = random.Random()
-        self.stats = {"requests": 0, "injected": {"503": 0, "429": 0}, "injected_by_method": {}}
-        self.methods_seen: set[str] = set()
+        self.stats = {"requests": 0, "injected": {"503": 0, "429": 0}, "injected_by_kind": {}}
+        self.kinds_seen: set[str] = set()
 
     def load(self, loader) -> None:
         loader.add_option("fault_rate", str, "0.1", "Share of requests answered 503/429 (0..1).")
         loader.add_option("fault_seed", str, "", "Seed of the fault choice (empty: random).")
         loader.add_option("upstream_origin", str, "", "The emulator's origin, as found in mediaLink URLs.")
-        loader.add_option("fault_first_per_method", bool, False, "Fail the first request of each HTTP method.")
+        loader.add_option("fault_first_per_kind", bool, False, "Fail the first request of each method and API.")
 
     def configure(self, updated) -> None:
         if "fault_seed" in updated and ctx.options.fault_seed:
@@ -50,14 +51,15 @@ class GcsFaults:
             return
         with self.lock:
             self.stats["requests"] += 1
-            first = ctx.options.fault_first_per_method and flow.request.method not in self.methods_seen
-            self.methods_seen.add(flow.request.method)
+            kind = f"{flow.request.method} {flow.request.path.split('/')[1]}"  # e.g. "POST upload"
+            first = ctx.options.fault_first_per_kind and kind not in self.kinds_seen
+            self.kinds_seen.add(kind)
             if not first and self.random.random() >= float(ctx.options.fault_rate):
                 return
             status = 503 if self.random.random() < 0.5 else 429
             self.stats["injected"][str(status)] += 1
-            by_method = self.stats["injected_by_method"]
-            by_method[flow.request.method] = by_method.get(flow.request.method, 0) + 1
+            by_kind = self.stats["injected_by_kind"]
+            by_kind[kind] = by_kind.get(kind, 0) + 1
         reason = "backendError" if status == 503 else "rateLimitExceeded"
         message = f"Injected fault {status} (gcs_fault_proxy)"
         body = {"error": {"code": status, "message": message,

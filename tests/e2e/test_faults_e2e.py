@@ -92,7 +92,7 @@ def gcs_proxy(gcs_emulator, tmp_path_factory):
               "--set", "connection_strategy=lazy",
               "-s", str(ROOT / "tests" / "e2e" / "gcs_fault_proxy.py"), "--set", f"fault_rate={GCS_FAULT_RATE}",
               "--set", f"upstream_origin={gcs_emulator}", "--set", "fault_seed=issue-8",
-              "--set", "fault_first_per_method=true"],
+              "--set", "fault_first_per_kind=true"],
         health_url=f"http://127.0.0.1:{port}/_proxy/stats",
         log_path=home / "mitmdump.log",
     ).start(timeout=60)
@@ -134,8 +134,8 @@ def runs(ml_service, gcs_emulator, gcs_proxy, tmp_path_factory) -> dict:
     assert faulted.returncode == 0, faulted.failure()
     gcs = {"requests": after["requests"] - before["requests"],
            "injected": {k: after["injected"][k] - before["injected"][k] for k in after["injected"]},
-           "injected_by_method": {k: n - before["injected_by_method"].get(k, 0)
-                                  for k, n in after["injected_by_method"].items()}}
+           "injected_by_kind": {k: n - before["injected_by_kind"].get(k, 0)
+                                for k, n in after["injected_by_kind"].items()}}
     ml = {"requests": ml_rules[0]["matched"], "injected": {str(rule["status"]): rule["injected"] for rule in ml_rules}}
     figures = {"ml_v1": ml, "gcs": gcs,
                "seconds": {"clean": sum(r["seconds"] for r in clean.reports.values()),
@@ -188,7 +188,8 @@ def test_faults_were_injected_on_both_sides(runs):
     assert 0.05 < sum(ml["injected"].values()) / ml["requests"] < 0.4, figures
     assert gcs["injected"]["503"] > 0 and gcs["injected"]["429"] > 0, figures
     assert 0.05 < sum(gcs["injected"].values()) / gcs["requests"] < 0.3, figures
-    assert {"GET", "POST"} <= set(gcs["injected_by_method"]), figures  # reads and uploads both met faults
+    # metadata reads and lists, downloads, uploads and bucket creation all met faults
+    assert {"GET storage", "GET download", "POST upload", "POST storage"} <= set(gcs["injected_by_kind"]), figures
 
 
 def test_faulted_run_succeeds_without_task_retries(runs):
