@@ -7,10 +7,12 @@ GCS_PORT ?= 9023
 ML_PORT ?= 8780
 AIRFLOW_PORT ?= 8080
 STAMP := $(VENV)/.installed-stamp
+TOOLS_DIR ?= $(STATE_DIR)/tools
 export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
 export STATE_DIR GCS_PORT ML_PORT
+export MITMDUMP := $(abspath $(TOOLS_DIR))/mitmproxy/bin/mitmdump
 
-.PHONY: install test lint browser services stop run airflow bench clean
+.PHONY: install tools test lint browser services stop run airflow bench clean
 
 install: $(STAMP)  ## create/update .venv from requirements.txt (uv, else pip)
 
@@ -18,10 +20,13 @@ $(STAMP): requirements.txt constraints.txt scripts/install.sh
 	@bash scripts/install.sh $(VENV)
 	@touch $@
 
+tools: install  ## test tools in their own venvs (mitmproxy: the flaky-GCS proxy of the fault test)
+	@bash scripts/install_tools.sh $(VENV) $(TOOLS_DIR)/mitmproxy
+
 lint: install  ## ruff
 	$(VENV)/bin/ruff check .
 
-test: install lint browser  ## install, lint, run the whole test suite
+test: install lint browser tools  ## install, lint, run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 run: install  ## set up, start the local stack, run model_lifecycle then batch_prediction, summary, stop

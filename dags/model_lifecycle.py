@@ -18,7 +18,8 @@ to promote, the promotion policy and a minimum metric).
    **not_promoted**, which says why; the default is not touched.
 9. **set_default** -> **record_promotion** (labels the new default with the version it
    replaced, emits the promotion Asset that triggers `batch_prediction`).
-10. **retention**: keep the `keep_versions` newest versions; never the default or this run's.
+10. **retention**: keep the `keep_versions` newest versions; never the default, the versions on its
+    `promoted_from` trail (rollback targets), versions unfinished batch runs pinned, or this run's.
 
 Every task is idempotent: names come from the run, creates reuse what matches,
 so clearing any task converges. Data moves through GCS; XCom holds only small JSON.
@@ -302,14 +303,21 @@ def model_lifecycle():
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def retention(plan: dict, params: dict) -> list[str]:
-        """Delete versions beyond the `keep_versions` newest; never the default, never this run's."""
+        """Delete versions beyond the `keep_versions` newest; never the default, its rollback trail,
+        a version a batch run has pinned, or this run's."""
         from ml_engine.hooks import MLEngineHook
 
+        from include.lifecycle import naming, pins
         from include.lifecycle import retention as keep
 
         hook = MLEngineHook(gcp_conn_id=CFG.gcp_conn_id)
+        default = naming.short_name(((hook.get_model(model_name=plan["model"]) or {}).get("defaultVersion")
+                                     or {}).get("name", "")) or None
         versions = hook.list_versions(model_name=plan["model"])
-        doomed = keep.beyond_newest(versions, keep=params["keep_versions"], protect=set(plan["versions"].values()))
+        pinned = pins.pinned_versions(hook, model=plan["model"], batch_uri=CFG.batch_uri, now=pendulum.now("UTC"),
+                                      max_age=timedelta(hours=CFG.batch_pin_hours))
+        doomed = keep.beyond_newest(versions, keep=params["keep_versions"], current_default=default,
+                                    protect=set(plan["versions"].values()) | pinned)
         for name in doomed:
             hook.delete_version(model_name=plan["model"], version_name=name)
         log.info("Retention kept %s of %s versions; deleted %s", len(versions) - len(doomed), len(versions), doomed)

@@ -9,7 +9,8 @@ Trigger with a form; `action` picks what happens:
   current default is used.
 - **set_default**: make the named `version` the default (it must be READY).
 - **delete_older_than**: delete versions created more than `older_than_days` ago; never the
-  default. With `dry_run` the versions are only listed.
+  default, the versions on its `promoted_from` trail (the rollback targets) or a version an
+  unfinished batch run or active ml/v1 job has pinned. With `dry_run` the versions are only listed.
 
 A change of default emits the promotion Asset, so `batch_prediction` runs on the new default.
 """
@@ -135,15 +136,20 @@ def model_maintenance():
 
     @task
     def choose_old_versions(params: dict, dag_run=None) -> list[str]:
-        """Versions older than `older_than_days`, never the default; empty in a dry run."""
+        """Versions older than `older_than_days`, less the protected ones (see retention); empty in a dry run."""
         from ml_engine.hooks import MLEngineHook
 
-        from include.lifecycle import retention
+        from include.lifecycle import naming, pins, retention
 
         hook = MLEngineHook(gcp_conn_id=CFG.gcp_conn_id)
+        model = hook.get_model(model_name=params["model_name"]) or {}
+        default = naming.short_name((model.get("defaultVersion") or {}).get("name", "")) or None
         versions = hook.list_versions(model_name=params["model_name"])
         now = dag_run.run_after or pendulum.now("UTC")
-        doomed = retention.older_than(versions, days=float(params["older_than_days"]), now=now)
+        pinned = pins.pinned_versions(hook, model=params["model_name"], batch_uri=CFG.batch_uri,
+                                      now=pendulum.now("UTC"), max_age=timedelta(hours=CFG.batch_pin_hours))
+        doomed = retention.older_than(versions, days=float(params["older_than_days"]), now=now,
+                                      current_default=default, protect=pinned)
         log.info("%s of %s versions are older than %s days: %s%s", len(doomed), len(versions),
                  params["older_than_days"], doomed, " (dry run: nothing deleted)" if params["dry_run"] else "")
         return [] if params["dry_run"] else doomed

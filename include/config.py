@@ -25,6 +25,7 @@ parse time: no Airflow Variables, no network.
 | promotion_policy     | ML_PROMOTION_POLICY         | better                                |
 | min_metric           | ML_MIN_METRIC               | 0.0                                   |
 | keep_versions        | ML_KEEP_VERSIONS            | 8                                     |
+| batch_pin_hours      | ML_BATCH_PIN_HOURS          | 48 (an unfinished batch run pins its version this long) |
 | batch_input_uris     | ML_BATCH_INPUT_URIS         | (empty: generated sample inputs)      |
 | batch_sample_count   | ML_BATCH_SAMPLE_COUNT       | 64                                    |
 | max_error_rate       | ML_MAX_ERROR_RATE           | 0.05 (errors / (predictions + errors))|
@@ -106,6 +107,7 @@ class Settings:
     promotion_policy: str = "better"
     min_metric: float = 0.0
     keep_versions: int = 8
+    batch_pin_hours: float = 48.0
     smoke_instances: int = 4
     batch_input_uris: tuple[str, ...] = ()
     batch_sample_count: int = 64
@@ -155,6 +157,7 @@ def load() -> Settings:
         promotion_policy=_env("ML_PROMOTION_POLICY", "better"),
         min_metric=float(_env("ML_MIN_METRIC", "0.0")),
         keep_versions=int(_env("ML_KEEP_VERSIONS", "8")),
+        batch_pin_hours=float(_env("ML_BATCH_PIN_HOURS", "48")),
         smoke_instances=int(_env("ML_SMOKE_INSTANCES", "4")),
         batch_input_uris=_env_list("ML_BATCH_INPUT_URIS", ()),
         batch_sample_count=int(_env("ML_BATCH_SAMPLE_COUNT", "64")),

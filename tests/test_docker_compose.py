@@ -36,10 +36,14 @@ LISTENS = {"postgres": 5432, "redis": 6379, "airflow-apiserver": 8080, "airflow-
 #: Environment variables read by code outside the project (Google libraries, Airflow's image, Celery, Postgres).
 EXTERNAL_ENV = {"PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT",
                 "DUMB_INIT_SETSID", "_AIRFLOW_DB_MIGRATE", "CONNECTION_CHECK_MAX_COUNT",
-                "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "AIRFLOW_ADMIN_PASSWORD"}
+                "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB",
+                # read by airflow-init's script: values that win over the generated ones
+                "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY"}
+#: Secrets airflow-init generates into the airflow-secrets volume; components read them with `_CMD` options.
+SECRETS_DIR = "/opt/airflow/secrets"
 #: [celery] options used (the Celery provider, in the official image, defines them; not installed here).
 CELERY_OPTIONS = {"broker_url", "result_backend"}
-INTERPOLATION = re.compile(r"\$\{(\w+)(:?-)([^}]*)\}")
+INTERPOLATION = re.compile(r"(?<!\$)\$\{(\w+)(:?-)([^}]*)\}")  # `$${X}` is an escaped `${X}`
 
 
 def _defaults(value):
@@ -111,7 +115,7 @@ def test_airflow_components_use_celery_and_real_commands(services):
 
 
 def test_env_vars_refer_to_real_settings(services):
-    from airflow.configuration import retrieve_configuration_description
+    from airflow.configuration import conf, retrieve_configuration_description
 
     options = retrieve_configuration_description()
     config_source = (ROOT / "include" / "config.py").read_text()
@@ -119,6 +123,9 @@ def test_env_vars_refer_to_real_settings(services):
         for key, value in _env(service).items():
             if key.startswith("AIRFLOW__"):
                 section, option = key[len("AIRFLOW__"):].lower().split("__", 1)
+                if option.endswith("_cmd"):  # Airflow runs the command only for its sensitive options
+                    option = option.removesuffix("_cmd")
+                    assert (section, option) in conf.sensitive_config_values, f"{name}: {key} is not read"
                 known = CELERY_OPTIONS if section == "celery" else set(options.get(section, {}).get("options", {}))
                 assert option in known, f"{name}: {key} is no Airflow option"
             elif key.startswith("ML_"):
@@ -217,3 +224,63 @@ def test_dockerfile_builds_from_requirements_and_copies_real_paths():
     ignored = (ROOT / ".dockerignore").read_text().split()
     for needed in ("requirements.txt", "constraints.txt", "dags", "plugins", "include"):
         assert needed not in ignored
+
+
+def test_safe_by_default_loopback_ports(services):
+    """Every published port binds 127.0.0.1 unless the user opts in (AIRFLOW_BIND for the UI)."""
+    raw = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert raw["airflow-apiserver"]["ports"] == ["${AIRFLOW_BIND:-127.0.0.1}:${AIRFLOW_PORT:-8080}:8080"]
+    for name, service in services.items():
+        for mapping in service.get("ports") or []:
+            assert str(mapping).startswith("127.0.0.1:"), f"{name} publishes {mapping} beyond loopback"
+
+
+def test_no_static_secret_in_the_file(services):
+    """Fernet key, JWT secret and API secret come from files airflow-init generates, never from the file itself."""
+    sensitive = ("FERNET_KEY", "JWT_SECRET", "SECRET_KEY")
+    for name, service in services.items():
+        env = _env(service)
+        for key, value in env.items():
+            if key.startswith("AIRFLOW__") and key.endswith(sensitive):
+                pytest.fail(f"{name}: {key} is set in the file ({value!r}); use its _CMD twin")
+            if key.startswith("AIRFLOW__") and key.removesuffix("_CMD").endswith(sensitive):
+                assert re.fullmatch(rf"cat {SECRETS_DIR}/\w+", value), f"{name}: {key}={value}"
+                assert f"airflow-secrets:{SECRETS_DIR}" in service["volumes"], name
+            if key.startswith("AIRFLOW_") and not key.startswith("AIRFLOW__") and key in EXTERNAL_ENV:
+                assert value == "", f"{name}: {key} has a default value in the file"
+        assert "admin:admin" not in json.dumps(env.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS", ""))
+    init_env = _env(services["airflow-init"])
+    assert init_env["AIRFLOW_ADMIN_PASSWORD"] == ""  # generated unless the user gives one
+
+
+def _run_init(services: dict, root: Path, **given: str) -> tuple[str, dict[str, str], dict]:
+    """airflow-init's script, run by bash with /opt/airflow moved under `root` (no Docker here)."""
+    import os
+    import subprocess
+    import sys
+
+    script = services["airflow-init"]["command"][1].replace("$$", "$").replace("/opt/airflow", str(root))
+    script = script.replace("exec /entrypoint airflow version", "true")
+    script = re.sub(r'chown -R "[^"]*"', "true", script)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **given}
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60, check=True)
+    secrets = {p.name: p.read_text() for p in (root / "secrets").iterdir()}
+    passwords = json.loads((root / "passwords" / "simple_auth_manager_passwords.json").read_text())
+    return done.stdout, secrets, passwords
+
+
+def test_init_generates_secrets_once_and_prints_the_admin_password(services, tmp_path):
+    from cryptography.fernet import Fernet
+
+    out, secrets, passwords = _run_init(services, tmp_path)
+    assert set(secrets) == {"fernet_key", "jwt_secret", "api_secret_key"}
+    Fernet(secrets["fernet_key"])  # a valid key, no trailing newline
+    assert all(len(value) >= 40 and "\n" not in value for value in secrets.values())
+    assert passwords["admin"] != "admin" and len(passwords["admin"]) >= 40
+    assert f"generated password {passwords['admin']}" in out
+    assert all(oct(p.stat().st_mode)[-3:] == "600" for p in (tmp_path / "secrets").iterdir())
+    again = _run_init(services, tmp_path)  # a restart keeps them (a new Fernet key would lose connections)
+    assert again[1:] == (secrets, passwords) and "password" not in again[0]
+    given = _run_init(services, tmp_path, AIRFLOW_ADMIN_PASSWORD='my "pw"', AIRFLOW_JWT_SECRET="jwt-from-env")
+    assert given[2] == {"admin": 'my "pw"'} and given[1]["jwt_secret"] == "jwt-from-env"
+    assert given[1]["fernet_key"] == secrets["fernet_key"] and "password" not in given[0]

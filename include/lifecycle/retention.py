@@ -1,4 +1,12 @@
-"""Which versions to delete: keep the N newest, never the default, never the ones a caller protects."""
+"""Which versions to delete: keep the N newest; never the default, its rollback trail, or what a caller protects.
+
+The rollback trail is the `promoted_from` chain from the default backwards
+(model_lifecycle labels every version it promotes with the default it replaced;
+model_maintenance's rollback follows that label). Deleting a version on it would
+make rollback fall back to "newest older version of the variant", which may be a
+candidate the gate rejected. Versions a batch run has pinned come in as `protect`
+(see include/lifecycle/pins.py).
+"""
 
 from __future__ import annotations
 
@@ -18,29 +26,58 @@ def _parse_time(value: str) -> datetime | None:
         return None
 
 
-def beyond_newest(versions: list[dict], *, keep: int, protect: set[str] = frozenset()) -> list[str]:
-    """Short ids of versions older than the `keep` newest; the default and `protect` always stay."""
+def _default(versions: list[dict]) -> str | None:
+    return next((short_name(v["name"]) for v in versions if v.get("isDefault")), None)
+
+
+def rollback_trail(versions: list[dict], *, current_default: str | None) -> list[str]:
+    """The default, then the version it replaced, and so on (`promoted_from` labels), each once."""
+    from include.lifecycle.promotion import resolve_label
+
+    by_name = {short_name(v["name"]): v for v in versions}
+    trail: list[str] = []
+    name = current_default
+    while name in by_name and name not in trail:
+        trail.append(name)
+        name = resolve_label(versions, (by_name[name].get("labels") or {}).get("promoted_from"))
+    return trail
+
+
+def protected(versions: list[dict], *, protect: set[str] = frozenset(), current_default: str | None = None) -> set[str]:
+    """What retention must keep whatever its age: the default, its rollback trail, and `protect`.
+
+    `current_default` (from models.get) wins over the versions' `isDefault` flags when given.
+    """
+    default = current_default or _default(versions)
+    return set(protect) | set(rollback_trail(versions, current_default=default)) | ({default} if default else set())
+
+
+def beyond_newest(versions: list[dict], *, keep: int, protect: set[str] = frozenset(),
+                  current_default: str | None = None) -> list[str]:
+    """Short ids of versions older than the `keep` newest, less the `protected` ones."""
     if keep < 1:
         raise ValueError("keep must be at least 1")
+    kept = protected(versions, protect=protect, current_default=current_default)
     ordered = sorted(versions, key=lambda v: (_created(v), v.get("name", "")), reverse=True)
     doomed = []
     for index, version in enumerate(ordered):
         name = short_name(version["name"])
-        if index < keep or version.get("isDefault") or name in protect:
+        if index < keep or version.get("isDefault") or name in kept:
             continue
         doomed.append(name)
     return doomed
 
 
-def older_than(versions: list[dict], *, days: float, now: datetime,
-               protect: set[str] = frozenset()) -> list[str]:
-    """Short ids of versions created more than `days` ago; the default and `protect` always stay."""
+def older_than(versions: list[dict], *, days: float, now: datetime, protect: set[str] = frozenset(),
+               current_default: str | None = None) -> list[str]:
+    """Short ids of versions created more than `days` ago, less the `protected` ones."""
     cutoff = now - timedelta(days=days)
+    kept = protected(versions, protect=protect, current_default=current_default)
     doomed = []
     for version in versions:
         created = _parse_time(_created(version))
         name = short_name(version["name"])
-        if created is None or version.get("isDefault") or name in protect:
+        if created is None or version.get("isDefault") or name in kept:
             continue
         if created < cutoff:
             doomed.append(name)

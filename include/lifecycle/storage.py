@@ -9,6 +9,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from datetime import datetime
 
 from include.trainer import gcs
 
@@ -42,6 +43,14 @@ def read_lines(uri: str) -> Iterator[str]:
     with gcs.blob(uri).open("rt", encoding="utf-8", chunk_size=4 * 1024 * 1024) as stream:
         for line in stream:
             yield line.rstrip("\n")
+
+
+def updated_times(prefix_uri: str) -> dict[str, datetime]:
+    """gs:// URI -> last update time of every object under a prefix (a trailing slash is implied)."""
+    bucket, path = gcs.parse_uri(prefix_uri)
+    prefix = path.rstrip("/") + "/" if path else ""
+    return {f"{gcs.SCHEME}{bucket}/{b.name}": b.updated for b in gcs.client().list_blobs(bucket, prefix=prefix)
+            if not b.name.endswith("/")}
 
 
 def read_json(uri: str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import threading
 import time
@@ -170,28 +171,49 @@ def dispatch(ctx: Context, method: str, path: str, query: dict[str, str], raw: b
 
 
 class FaultInjector:
-    """Test switch: make the next N matching requests fail with a given status."""
+    """Test switch: make matching requests fail with a given status.
+
+    A rule fails the next `times` matching requests (-1: no limit), each with
+    `probability` (0..1, default 1; `seed` makes the draws repeatable); `matched`
+    and `injected` count the requests it saw and those it answered.
+    """
 
     def __init__(self):
         self._rules: list[dict] = []
         self._lock = threading.Lock()
+        self._random = random.Random()
 
     def add(self, rule: dict) -> None:
         status = int(rule.get("status", 503))
+        probability = float(rule.get("probability", 1.0))
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError("probability must be between 0 and 1")
+        draws = random.Random(rule["seed"]) if "seed" in rule else self._random
         with self._lock:
-            self._rules.append({"status": status, "times": int(rule.get("times", 1)),
+            self._rules.append({"status": status, "times": int(rule.get("times", 1)), "probability": probability,
+                                "draws": draws,
                                 "method": rule.get("method", "*").upper(),
-                                "path": re.compile(rule.get("path_regex", ".*"))})
+                                "path": re.compile(rule.get("path_regex", ".*")), "matched": 0, "injected": 0})
 
     def clear(self) -> None:
         with self._lock:
             self._rules.clear()
 
+    def rules(self) -> list[dict]:
+        with self._lock:
+            return [{**{k: v for k, v in rule.items() if k not in ("path", "draws")},
+                     "path_regex": rule["path"].pattern} for rule in self._rules]
+
     def take(self, method: str, path: str) -> int | None:
         with self._lock:
             for rule in self._rules:
-                if rule["times"] > 0 and rule["method"] in ("*", method) and rule["path"].search(path):
-                    rule["times"] -= 1
+                if rule["times"] != 0 and rule["method"] in ("*", method) and rule["path"].search(path):
+                    rule["matched"] += 1
+                    if rule["probability"] < 1.0 and rule["draws"].random() >= rule["probability"]:
+                        continue
+                    if rule["times"] > 0:
+                        rule["times"] -= 1
+                    rule["injected"] += 1
                     return rule["status"]
         return None
 
@@ -296,6 +318,10 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
             except (ValueError, TypeError, AttributeError, KeyError, re.error) as error:
                 return _error_response(invalid_argument(f"Invalid fault rule: {error}"))
             return JSONResponse({})
+
+        @app.get("/_local/faults")
+        def _list_faults() -> dict:
+            return {"rules": faults.rules()}
 
         @app.delete("/_local/faults")
         def _clear_faults() -> dict:

@@ -3,6 +3,12 @@
 Everything goes through `google-cloud-storage` because it honours
 STORAGE_EMULATOR_HOST; TensorFlow's own gs:// filesystem cannot be pointed at
 the emulator, so TF code only ever sees local files staged by this module.
+
+429 and 5xx answers are retried with the library's DEFAULT_RETRY (exponential
+backoff, 120 s deadline). Uploads pass `retry=DEFAULT_RETRY` explicitly: the 2.x
+library retried them only with a generation precondition (two writers could
+race), 3.x by default. Here every object has one writer and a name derived
+from its run, so a repeated upload writes the same bytes again.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from google.cloud import storage
+from google.cloud.storage.retry import DEFAULT_RETRY
+
+from include.trainer.paths import safe_join
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +79,12 @@ def read_text(uri: str) -> str:
 
 
 def write_bytes(uri: str, data: bytes, *, content_type: str = "application/octet-stream") -> str:
-    blob(uri).upload_from_string(data, content_type=content_type)
+    blob(uri).upload_from_string(data, content_type=content_type, retry=DEFAULT_RETRY)
     return uri
 
 
 def write_text(uri: str, text: str, *, content_type: str = "text/plain") -> str:
-    blob(uri).upload_from_string(text.encode("utf-8"), content_type=content_type)
+    blob(uri).upload_from_string(text.encode("utf-8"), content_type=content_type, retry=DEFAULT_RETRY)
     return uri
 
 
@@ -88,7 +97,7 @@ def list_uris(prefix_uri: str) -> list[str]:
 
 
 def upload_file(local_path: str | Path, uri: str) -> str:
-    blob(uri).upload_from_filename(str(local_path))
+    blob(uri).upload_from_filename(str(local_path), retry=DEFAULT_RETRY)
     return uri
 
 
@@ -112,13 +121,18 @@ def upload_dir(local_dir: str | Path, uri: str) -> list[str]:
 
 
 def download_dir(uri: str, local_dir: str | Path) -> Path:
-    """Download every object under the prefix `uri` into `local_dir`, keeping relative paths."""
+    """Download every object under the prefix `uri` into `local_dir`, keeping relative paths.
+
+    Every name is checked before anything is written (`paths.safe_join`): one object
+    named `prefix//tmp/x` or `prefix/../x` fails the whole copy with UnsafePathError.
+    """
     local_dir = Path(local_dir)
     root = uri.rstrip("/") + "/"
     uris = list_uris(uri)
     if not uris:
         raise FileNotFoundError(f"no objects under {uri}")
-    for object_uri in uris:
-        download_file(object_uri, local_dir / object_uri[len(root):])
+    targets = [(object_uri, safe_join(local_dir, object_uri[len(root):])) for object_uri in uris]
+    for object_uri, target in targets:
+        download_file(object_uri, target)
     log.info("Downloaded %s files from %s to %s", len(uris), uri, local_dir)
     return local_dir

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from include import config
-from include.lifecycle import batch_outputs, gate, labels, naming, retention, smoke
+from include.lifecycle import batch_outputs, gate, labels, naming, pins, retention, smoke
 
 
 def test_names_are_deterministic_and_valid_ml_ids():
@@ -192,3 +192,65 @@ def test_config_defaults_fit_the_embedded_stack(monkeypatch):
     assert settings.variants == ("b64", "tfexample") and settings.runs_uri == "gs://other/runs"
     env = config.embedded_environment(settings)
     assert '"is_anonymous": true' in env["AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT"]
+
+
+def _three_runs() -> list[dict]:
+    """Run 1 promoted, run 2 rejected by the gate, run 3 promoted (two variants each), as ml/v1 lists them."""
+    return [
+        _version("v20260101T000000_b64", "2026-01-01T00:10:00Z", variant="b64", promoted_run="20260101t000000"),
+        _version("v20260101T000000_tfexample", "2026-01-01T00:10:01Z", variant="tfexample"),
+        _version("v20260102T000000_b64", "2026-01-02T00:10:00Z", variant="b64"),
+        _version("v20260102T000000_tfexample", "2026-01-02T00:10:01Z", variant="tfexample"),
+        _version("v20260103T000000_b64", "2026-01-03T00:10:00Z", default=True, variant="b64",
+                 promoted_from="v20260101t000000_b64", promoted_run="20260103t000000"),
+        _version("v20260103T000000_tfexample", "2026-01-03T00:10:01Z", variant="tfexample"),
+    ]
+
+
+def test_retention_keeps_the_rollback_target_of_the_default():
+    """Issue 8: keeping the 4 newest used to delete run 1's promoted version; rollback then chose run 2's reject."""
+    versions = _three_runs()
+    doomed = retention.beyond_newest(versions, keep=4, protect={"v20260103T000000_b64", "v20260103T000000_tfexample"})
+    assert doomed == ["v20260101T000000_tfexample"]
+    left = [v for v in versions if naming.short_name(v["name"]) not in doomed]
+    assert retention.previous_default(left, current_default="v20260103T000000_b64") == "v20260101T000000_b64"
+    assert retention.older_than(versions, days=1, now=datetime(2026, 2, 1, tzinfo=UTC)) == [
+        "v20260101T000000_tfexample", "v20260102T000000_b64", "v20260102T000000_tfexample",
+        "v20260103T000000_tfexample"]
+
+
+def test_rollback_trail_follows_promoted_from_and_stops_at_a_loop_or_a_gap():
+    versions = [*_three_runs(), _version("vX", "2026-01-04T00:00:00Z", promoted_from="v20260103t000000_b64")]
+    assert retention.rollback_trail(versions, current_default="v20260103T000000_b64") == [
+        "v20260103T000000_b64", "v20260101T000000_b64"]
+    looped = [_version("a", "2026-01-01T00:00:00Z", promoted_from="b"),
+              _version("b", "2026-01-02T00:00:00Z", default=True, promoted_from="a"),
+              _version("c", "2026-01-03T00:00:00Z", promoted_from="gone")]
+    assert retention.rollback_trail(looped, current_default="b") == ["b", "a"]
+    assert retention.rollback_trail(looped, current_default="c") == ["c"]
+    assert retention.protected(looped) == {"a", "b"}  # isDefault when models.get gave no default
+    assert retention.protected(looped, current_default="c", protect={"z"}) == {"c", "z"}
+    assert retention.beyond_newest(looped, keep=1) == []
+    assert retention.beyond_newest(looped, keep=1, current_default="c") == ["a"]  # b: still flagged isDefault
+
+
+def test_pinned_versions_come_from_unfinished_recent_batch_runs_and_active_jobs():
+    now = datetime(2026, 1, 10, 12, tzinfo=UTC)
+    hour = timedelta(hours=1)
+    base = "gs://b/batch/m"
+    objects = {
+        f"{base}/running/target.json": now - hour,
+        f"{base}/running/inputs/x.jsonl": now - hour,
+        f"{base}/done/target.json": now - hour,
+        f"{base}/done/outputs/summary.json": now - hour / 2,
+        f"{base}/stale/target.json": now - 72 * hour,
+        f"{base}/running/outputs/nested/target.json.bak": now,
+    }
+    assert pins.open_targets(objects, now=now, max_age=48 * hour) == [f"{base}/running/target.json"]
+    assert pins.open_targets(objects, now=now, max_age=100 * hour) == [f"{base}/running/target.json",
+                                                                          f"{base}/stale/target.json"]
+    jobs = [{"predictionInput": {"versionName": "projects/p/models/m/versions/v1"}},
+            {"predictionInput": {"versionName": "projects/p/models/other/versions/v2"}},
+            {"predictionInput": {"modelName": "projects/p/models/m"}},  # the default: protected anyway
+            {"trainingInput": {}}]
+    assert pins.versions_of_jobs(jobs, model="m") == {"v1"}

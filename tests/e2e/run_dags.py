@@ -7,17 +7,24 @@ model is read back (default version, versions and their labels), so the tests
 can check the state between runs.
 
     python tests/e2e/run_dags.py steps.json   # [{"dag_id", "conf", "logical_date", "expect"}, ...]
+
+`run_scenario()` is that call, for the tests: a fresh Airflow home, the settings, the subprocess.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 PREFIX = "E2E_STEP "
+RETRIES = 8  # googleapiclient retries 429/5xx: the fault test answers 20 % of ml/v1 requests so
 
 
 def _model_state(model_name: str) -> dict:
@@ -26,10 +33,11 @@ def _model_state(model_name: str) -> dict:
     api = devstack.ml_api(os.environ["ML_ENGINE_ENDPOINT"])
     name = f"projects/{os.environ['GOOGLE_CLOUD_PROJECT']}/models/{model_name}"
     try:
-        model = api.projects().models().get(name=name).execute()
+        model = api.projects().models().get(name=name).execute(num_retries=RETRIES)
     except Exception as error:  # no model yet
         return {"error": str(error)}
-    versions = api.projects().models().versions().list(parent=name).execute().get("versions", [])
+    versions = api.projects().models().versions().list(parent=name).execute(num_retries=RETRIES).get(
+        "versions", [])
     return {
         "default": (model.get("defaultVersion") or {}).get("name", "").rsplit("/", 1)[-1] or None,
         "versions": {v["name"].rsplit("/", 1)[-1]: {"state": v.get("state"), "labels": v.get("labels", {})}
@@ -85,6 +93,75 @@ def main(path: str) -> int:
         if state != step.get("expect", "success"):
             return 1
     return 0
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def settings_env(home: Path, **settings: str) -> dict[str, str]:
+    """The environment of a DAG run in `home` (SQLite Airflow home) with `settings` (ML_*, endpoints)."""
+    from include import config
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}",
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        **settings,
+    }
+    saved = dict(os.environ)
+    try:
+        os.environ.update(env)
+        env.update(config.embedded_environment(config.load()))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return env
+
+
+def migrate(env: dict[str, str], *, copy_from: Path | None = None) -> None:
+    """A migrated metadata DB in the env's home: `airflow db migrate`, or a copy of one already migrated."""
+    home = Path(env["AIRFLOW_HOME"])
+    if copy_from is not None:
+        shutil.copy(copy_from / "airflow.db", home / "airflow.db")
+        return
+    done = subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+@dataclass
+class Scenario:
+    returncode: int
+    reports: dict[str, dict]
+    log_path: Path
+
+    def failure(self) -> str:
+        return (f"scenario stopped (exit {self.returncode}) after {list(self.reports)}: "
+                f"{json.dumps(list(self.reports.values())[-1:], indent=1)[:4000]}\n"
+                f"log tail:\n{self.log_path.read_text()[-6000:]}")
+
+
+def run_scenario(steps: list[dict], env: dict[str, str], *, timeout: float = 900) -> Scenario:
+    """Run `steps` with this script in a fresh interpreter; the reports by step name (also in reports.json)."""
+    home = Path(env["AIRFLOW_HOME"])
+    steps_file = home / "steps.json"
+    steps_file.write_text(json.dumps(steps))
+    log_path = home / "run_dags.log"
+    with open(log_path, "w") as log:
+        result = subprocess.run([sys.executable, str(Path(__file__)), str(steps_file)], env=env, cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=log, text=True, timeout=timeout)
+    reports = {}
+    for line in result.stdout.splitlines():
+        if line.startswith(PREFIX):
+            report = json.loads(line[len(PREFIX):])
+            reports[report.get("name") or "import"] = report
+    (home / "reports.json").write_text(json.dumps(reports, indent=1))  # kept for a look after a failure
+    return Scenario(result.returncode, reports, log_path)
 
 
 if __name__ == "__main__":

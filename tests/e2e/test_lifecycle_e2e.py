@@ -9,27 +9,26 @@ One scenario, run once (real GCS emulator, real ml/v1 service, real training,
 4. maintenance set_default B, then 5. rollback: back to A (the promotion trail).
 6. lifecycle A again (same logical date, as a cleared run): converges on the same versions and default.
 7. batch with a low max_error_rate: the run fails at summarize, after writing its summary.
+8. lifecycle C (promoted by policy `always`, keep_versions 4): retention keeps A's b64 version, the
+   rollback target on C's `promoted_from` trail, though the 4 newest are C's and B's (issue 8).
+9. rollback: back to A, not to B, the candidate the gate rejected.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from include import config
+from tests.e2e.run_dags import migrate, run_scenario, settings_env
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL = "e2e_heatmap"
 BUCKET = "e2e-lifecycle"
-KEY_A, KEY_B = "20260101T000000", "20260102T000000"
-A_B64, B_B64 = f"v{KEY_A}_b64", f"v{KEY_B}_b64"
+KEY_A, KEY_B, KEY_C = "20260101T000000", "20260102T000000", "20260104T000000"
+A_B64, B_B64, C_B64 = f"v{KEY_A}_b64", f"v{KEY_B}_b64", f"v{KEY_C}_b64"
 BATCH_SAMPLES, BAD_SAMPLES = 8, 2
 
 
@@ -51,62 +50,32 @@ def _steps() -> list[dict]:
         {**step, "name": "batch_too_many_errors", "dag_id": "batch_prediction",
          "logical_date": "2026-01-03T06:00:00+00:00", "conf": {"bad_samples": BAD_SAMPLES, "max_error_rate": 0.05},
          "expect": "failed"},
+        {**step, "name": "lifecycle_c_keep_4", "dag_id": "model_lifecycle", "logical_date": "2026-01-04T00:00:00+00:00",
+         "conf": {"epochs": 1, "promotion_policy": "always", "keep_versions": 4}},
+        {**step, "name": "rollback_after_retention", "dag_id": "model_maintenance",
+         "logical_date": "2026-01-04T01:00:00+00:00", "conf": {"action": "rollback"}},
     ]
 
 
 @pytest.fixture(scope="module")
 def scenario(ml_service, gcs_emulator, tmp_path_factory) -> dict[str, dict]:
-    home = tmp_path_factory.mktemp("airflow_home")
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}",
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "ML_BUCKET": BUCKET,
-        "ML_MODEL_NAME": MODEL,
-        "ML_NUM_EXAMPLES": "96",
-        "ML_VARIANTS": "b64,tfexample",
-        "ML_SERVING_VARIANT": "b64",
-        "ML_SMOKE_INSTANCES": "2",
-        "ML_BATCH_SAMPLE_COUNT": str(BATCH_SAMPLES),
-        "ML_TASK_RETRIES": "0",
-        "ML_ENGINE_ENDPOINT": ml_service.url,
-        "STORAGE_EMULATOR_HOST": gcs_emulator,
-    }
-    env.update({k: v for k, v in config.embedded_environment(_settings(env)).items()})
-    migrate = subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, cwd=ROOT,
-                             capture_output=True, text=True, timeout=300)
-    assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-2000:]
-    steps_file = home / "steps.json"
-    steps_file.write_text(json.dumps(_steps()))
-    log_path = home / "run_dags.log"
-    with open(log_path, "w") as log:
-        result = subprocess.run([sys.executable, str(ROOT / "tests" / "e2e" / "run_dags.py"), str(steps_file)],
-                                env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, timeout=900)
-    reports = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("E2E_STEP "):
-            report = json.loads(line[len("E2E_STEP "):])
-            reports[report.get("name") or "import"] = report
-    (home / "reports.json").write_text(json.dumps(reports, indent=1))  # kept for a look after a failure
-    assert result.returncode == 0, (f"scenario stopped (exit {result.returncode}) after {list(reports)}: "
-                                    f"{json.dumps(list(reports.values())[-1:], indent=1)[:4000]}\n"
-                                    f"log tail:\n{log_path.read_text()[-6000:]}")
-    return reports
-
-
-def _settings(env: dict) -> config.Settings:
-    saved = dict(os.environ)
-    try:
-        os.environ.update(env)
-        return config.load()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    env = settings_env(
+        tmp_path_factory.mktemp("airflow_home"),
+        ML_BUCKET=BUCKET,
+        ML_MODEL_NAME=MODEL,
+        ML_NUM_EXAMPLES="96",
+        ML_VARIANTS="b64,tfexample",
+        ML_SERVING_VARIANT="b64",
+        ML_SMOKE_INSTANCES="2",
+        ML_BATCH_SAMPLE_COUNT=str(BATCH_SAMPLES),
+        ML_TASK_RETRIES="0",
+        ML_ENGINE_ENDPOINT=ml_service.url,
+        STORAGE_EMULATOR_HOST=gcs_emulator,
+    )
+    migrate(env)
+    result = run_scenario(_steps(), env)
+    assert result.returncode == 0, result.failure()
+    return result.reports
 
 
 def _metric(report: dict, version: str) -> float:
@@ -199,3 +168,17 @@ def test_rerun_of_a_run_converges(scenario):
     assert set(again["model"]["versions"]) == set(before["model"]["versions"])  # no duplicates, nothing lost
     assert again["decision"]["promote"] is True  # its own version is the default: no baseline to beat
     assert "own version" in again["decision"]["reason"]
+
+
+def test_retention_keeps_the_rollback_target(scenario):
+    run = scenario["lifecycle_c_keep_4"]
+    assert run["state"] == "success", run["tasks"]
+    assert run["tasks"]["retention"] == "success"
+    model = run["model"]
+    assert model["default"] == C_B64
+    assert model["versions"][C_B64]["labels"]["promoted_from"] == A_B64.lower()
+    # The 4 newest are C's and B's; A's tfexample goes, A's b64 (C's rollback target) stays.
+    assert set(model["versions"]) == {C_B64, f"v{KEY_C}_tfexample", B_B64, f"v{KEY_B}_tfexample", A_B64}
+    rollback = scenario["rollback_after_retention"]
+    assert rollback["state"] == "success"
+    assert rollback["model"]["default"] == A_B64  # not B_B64, which the gate rejected

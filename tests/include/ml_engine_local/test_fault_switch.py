@@ -1,0 +1,42 @@
+"""The service's test switch: rules with a probability that never run out (`times: -1`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+
+from googleapiclient.errors import HttpError
+
+PARENT = "projects/test-project"
+
+
+def _local(url: str, method: str, body: dict | None = None) -> dict:
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get("ML_ENGINE_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['ML_ENGINE_TOKEN']}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{url}_local/faults", data=data, headers=headers, method=method)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"{}")
+
+
+def test_probabilistic_unlimited_rule(ml_api, ml_service):
+    _local(ml_service.url, "POST", {"status": 429, "times": -1, "probability": 0.5, "method": "GET",
+                                    "path_regex": "/models$"})
+    try:
+        failed = 0
+        for _ in range(60):
+            try:
+                ml_api.projects().models().list(parent=PARENT).execute()
+            except HttpError as error:
+                assert error.resp.status == 429 and b"RESOURCE_EXHAUSTED" in error.content
+                failed += 1
+        ml_api.projects().jobs().list(parent=PARENT).execute()  # other paths are not touched
+        [rule] = _local(ml_service.url, "GET")["rules"]
+    finally:
+        _local(ml_service.url, "DELETE")
+    assert 10 <= failed <= 50  # 60 tries at 0.5: outside this is a 1-in-a-million draw
+    assert (rule["matched"], rule["injected"], rule["times"], rule["probability"]) == (60, failed, -1, 0.5)
+    assert _local(ml_service.url, "GET")["rules"] == []
+    ml_api.projects().models().list(parent=PARENT).execute()
