@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from include.ml_engine_local import batch, deploy, jobs, models, operations, pages
+from include.ml_engine_local import batch, deploy, jobs, models, operations, pages, training
 from include.ml_engine_local.context import Context
 from include.ml_engine_local.errors import ApiError, PredictionError, invalid_argument, unimplemented
 from include.ml_engine_local.runtime import BadModel, dumps, loads
@@ -205,6 +205,7 @@ def create_app(state_dir: Path) -> FastAPI:
         threading.Thread(target=_warm_tensorflow, daemon=True, name="tf-import").start()
         deploy.resume(ctx)
         batch.resume(ctx)
+        training.resume(ctx)
 
     @app.on_event("shutdown")
     def _stop() -> None:
@@ -232,6 +233,14 @@ def create_app(state_dir: Path) -> FastAPI:
     def _clear_faults() -> dict:
         faults.clear()
         return {}
+
+    @app.get("/_local/projects/{project}/jobs/{job}/logs")
+    async def _training_log(project: str, job: str, offset: int = 0, limit: int = training.LOG_READ_LIMIT):
+        """A training job's output lines from byte `offset` (README: Training jobs)."""
+        try:
+            return await run_in_threadpool(training.read_log, ctx, project, job, offset, limit)
+        except ApiError as error:
+            return JSONResponse(error.body(), status_code=error.code)
 
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PATCH", "DELETE", "PUT"])
     async def _v1(path: str, request: Request) -> Response:

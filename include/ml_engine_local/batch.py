@@ -353,6 +353,8 @@ def resume(ctx: Context) -> None:
     """After a restart: interrupted jobs run again from the start (outputs are overwritten)."""
     for job in ctx.store.list("job"):
         name = job["_name"]
+        if "trainingInput" in job:
+            continue  # training.resume's
         if job["state"] == "CANCELLING":
             revise(ctx, name, state="CANCELLED", endTime=now_rfc3339())
         elif job["state"] in ("QUEUED", "PREPARING", "RUNNING"):
