@@ -6,9 +6,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -20,73 +17,6 @@ from include import devstack
 from tests.conftest import ServiceHandle
 
 from .conftest import PARENT, PROJECT, unique, wait_job
-
-TINY_TRAINER = '''
-"""A trainer that does what the test asks: write its args and environment to --job-dir, fail, or tick."""
-import argparse, json, os, sys, time
-
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
-
-
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--job-dir", required=True)
-    parser.add_argument("--mode", default="ok")
-    parser.add_argument("--seconds", type=float, default=0)
-    parser.add_argument("--extra", action="append", default=[])
-    args = parser.parse_args()
-    print(f"tiny trainer pid={os.getpid()} mode={args.mode}", flush=True)
-    if args.mode == "fail":
-        raise ValueError("learning rate must be positive, got -1")
-    deadline = time.monotonic() + args.seconds
-    tick = 0
-    while time.monotonic() < deadline:
-        tick += 1
-        print(f"tick {tick}", flush=True)
-        time.sleep(0.2)
-    bucket, _, prefix = args.job_dir[5:].partition("/")
-    client = storage.Client(project="test-project", credentials=AnonymousCredentials())
-    result = {"argv": sys.argv[1:], "CLOUD_ML_JOB": json.loads(os.environ["CLOUD_ML_JOB"]),
-              "TF_CONFIG": json.loads(os.environ["TF_CONFIG"]),
-              "STORAGE_EMULATOR_HOST": os.environ.get("STORAGE_EMULATOR_HOST"),
-              "module_file": __file__}
-    client.bucket(bucket).blob(prefix.rstrip("/") + "/result.json").upload_from_string(json.dumps(result))
-    print("epoch 1/1 loss=0.5 done", flush=True)
-
-
-if __name__ == "__main__":
-    main()
-'''
-
-
-@pytest.fixture(scope="session")
-def tiny_package(bucket, tmp_path_factory) -> str:
-    """gs:// URI of an sdist of `tinytrainer`, built with setuptools' PEP 517 backend."""
-    root = tmp_path_factory.mktemp("tinytrainer")
-    (root / "tinytrainer").mkdir()
-    (root / "tinytrainer" / "__init__.py").write_text("")
-    (root / "tinytrainer" / "task.py").write_text(TINY_TRAINER)
-    (root / "pyproject.toml").write_text(textwrap.dedent("""
-        [build-system]
-        requires = ["setuptools>=61"]
-        build-backend = "setuptools.build_meta"
-
-        [project]
-        name = "tinytrainer"
-        version = "0.1"
-        dependencies = ["google-cloud-storage"]
-
-        [tool.setuptools]
-        packages = ["tinytrainer"]
-    """))
-    out = root / "dist"
-    subprocess.run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(out)!r})"],
-                   cwd=root, check=True, capture_output=True)
-    sdist = next(out.glob("tinytrainer-0.1.tar.gz"))
-    blob = bucket.blob(f"packages/{sdist.name}")
-    blob.upload_from_filename(str(sdist))
-    return f"gs://{bucket.name}/{blob.name}"
 
 
 def training_body(package: str, job_dir: str | None, args: list[str], **extra) -> dict:
@@ -123,9 +53,9 @@ def gone(pid: int) -> bool:
         return True
 
 
-def test_sdist_job_succeeds_with_args_env_and_logs(ml_api, ml_service, tiny_package, bucket, gcs_prefix):
+def test_sdist_job_succeeds_with_args_env_and_logs(ml_api, ml_service, tiny_trainer_package, bucket, gcs_prefix):
     job_dir = f"gs://{bucket.name}/{gcs_prefix}/job"
-    body = training_body(tiny_package, job_dir, ["--seconds", "0.5", "--extra", "a b", "--extra=c"],
+    body = training_body(tiny_trainer_package, job_dir, ["--seconds", "0.5", "--extra", "a b", "--extra=c"],
                          scaleTier="CUSTOM", masterType="n1-standard-4", runtimeVersion="2.11",
                          pythonVersion="3.7")
     created = ml_api.projects().jobs().create(parent=PARENT, body=body).execute()
@@ -151,8 +81,8 @@ def test_sdist_job_succeeds_with_args_env_and_logs(ml_api, ml_service, tiny_pack
     assert "epoch 1/1 loss=0.5 done" in page
 
 
-def test_failing_trainer_ends_failed_with_its_error(ml_api, tiny_package, bucket, gcs_prefix):
-    body = training_body(tiny_package, f"gs://{bucket.name}/{gcs_prefix}", ["--mode", "fail"])
+def test_failing_trainer_ends_failed_with_its_error(ml_api, tiny_trainer_package, bucket, gcs_prefix):
+    body = training_body(tiny_trainer_package, f"gs://{bucket.name}/{gcs_prefix}", ["--mode", "fail"])
     ml_api.projects().jobs().create(parent=PARENT, body=body).execute()
     job = wait_job(ml_api, body["jobId"])
     assert job["state"] == "FAILED"
@@ -167,8 +97,8 @@ def test_missing_package_fails_in_preparing(ml_api, bucket, gcs_prefix):
     assert job["state"] == "FAILED" and "does not exist" in job["errorMessage"]
 
 
-def test_cancel_mid_run_stops_the_process_group(ml_api, ml_service, tiny_package, bucket, gcs_prefix):
-    body = training_body(tiny_package, f"gs://{bucket.name}/{gcs_prefix}", ["--seconds", "300"])
+def test_cancel_mid_run_stops_the_process_group(ml_api, ml_service, tiny_trainer_package, bucket, gcs_prefix):
+    body = training_body(tiny_trainer_package, f"gs://{bucket.name}/{gcs_prefix}", ["--seconds", "300"])
     ml_api.projects().jobs().create(parent=PARENT, body=body).execute()
     pid = int(wait_log(ml_service.url, body["jobId"], r"tiny trainer pid=(\d+)").group(1))
     wait_log(ml_service.url, body["jobId"], r"tick 2")
@@ -209,8 +139,8 @@ def test_bad_training_requests(ml_api, change, status, text):
         ml_api.projects().jobs().get(name=f"{PARENT}/jobs/{body['jobId']}").execute()
 
 
-def test_job_id_reused_is_409(ml_api, tiny_package, bucket, gcs_prefix):
-    body = training_body(tiny_package, f"gs://{bucket.name}/{gcs_prefix}", [])
+def test_job_id_reused_is_409(ml_api, tiny_trainer_package, bucket, gcs_prefix):
+    body = training_body(tiny_trainer_package, f"gs://{bucket.name}/{gcs_prefix}", [])
     ml_api.projects().jobs().create(parent=PARENT, body=body).execute()
     body["trainingInput"]["args"] = ["--mode", "fail"]
     with pytest.raises(HttpError) as error:
@@ -229,10 +159,10 @@ def own_service(gcs_emulator, tmp_path):
     server.stop()
 
 
-def test_restart_mid_run_reattaches_or_fails_clearly(own_service, tiny_package, bucket, gcs_prefix):
+def test_restart_mid_run_reattaches_or_fails_clearly(own_service, tiny_trainer_package, bucket, gcs_prefix):
     api = own_service.build_api()
-    survivor = training_body(tiny_package, f"gs://{bucket.name}/{gcs_prefix}/a", ["--seconds", "15"])
-    orphan = training_body(tiny_package, f"gs://{bucket.name}/{gcs_prefix}/b", ["--seconds", "300"])
+    survivor = training_body(tiny_trainer_package, f"gs://{bucket.name}/{gcs_prefix}/a", ["--seconds", "15"])
+    orphan = training_body(tiny_trainer_package, f"gs://{bucket.name}/{gcs_prefix}/b", ["--seconds", "300"])
     for body in (survivor, orphan):
         api.projects().jobs().create(parent=PARENT, body=body).execute()
     wait_log(own_service.url, survivor["jobId"], r"tick 1")
