@@ -707,7 +707,7 @@ class MLEngineHook(GoogleBaseHook):
         job_id: str,
         timeout: float | None = 24 * 3600,
         poll_interval: float = 10,
-        max_poll_interval: float = 30,
+        max_poll_interval: float = 10,
         log_cursor: str | None = None,
         project_id: str = PROVIDE_PROJECT_ID,
     ) -> dict:

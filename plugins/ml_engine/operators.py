@@ -710,6 +710,9 @@ class MLEngineStartTrainingJobOperator(_MLEngineBaseOperator):
             "hyperparameters": self.hyperparameters,
         }
         training_input.update({key: value for key, value in optional.items() if value not in (None, "", [], {})})
+        for key in ("runtimeVersion", "pythonVersion", "scaleTier", "masterType"):
+            if key in training_input:  # native rendering makes "2.11" a float
+                training_input[key] = str(training_input[key])
         body: dict[str, Any] = {"jobId": normalize_job_id(self.job_id), "trainingInput": training_input}
         if self.labels:
             body["labels"] = self.labels

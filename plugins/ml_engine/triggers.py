@@ -195,6 +195,7 @@ class MLEngineTrainingJobTrigger(_MLEnginePollTrigger):
     """
 
     def __init__(self, *, project_id: str, job_id: str, log_cursor: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("max_poll_interval", 10)  # log lines arrive at most this late
         super().__init__(**kwargs)
         self.project_id = project_id
         self.job_id = job_id
@@ -234,7 +235,7 @@ class MLEngineTrainingJobTrigger(_MLEnginePollTrigger):
                         {"status": "success", "job": job, "log_cursor": self.log_cursor, "job_id": self.job_id}
                     )
                     return
-                interval = await self._sleep_or_time_out(start, min(interval, self.max_poll_interval))
+                interval = await self._sleep_or_time_out(start, interval)
         except Exception as err:
             self.log.exception("Polling training job %s failed", self.job_id)
             yield TriggerEvent({"status": "error", "message": f"Polling job {self.job_id} failed: {err}",

@@ -120,7 +120,7 @@ def test_deferrable_trigger_logs_lines_and_completes(ml_conn, hook, tiny_trainer
     assert path == "ml_engine.triggers.MLEngineTrainingJobTrigger"
     assert kwargs == {"project_id": "test-project", "job_id": ti.xcom["job_id"], "log_cursor": None,
                       "gcp_conn_id": "google_cloud_default", "impersonation_chain": None,
-                      "endpoint": ml_conn.url, "poll_interval": 0.2, "max_poll_interval": 60,
+                      "endpoint": ml_conn.url, "poll_interval": 0.2, "max_poll_interval": 10,
                       "timeout": 24 * 3600}
     capsys.readouterr()
     event = _first_event(MLEngineTrainingJobTrigger(**kwargs))
