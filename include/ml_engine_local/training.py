@@ -173,41 +173,53 @@ def _finish(ctx: Context, name: str, state: str, **fields) -> None:
 
 def run_job(ctx: Context, name: str) -> None:
     """QUEUED -> (a free slot) -> PREPARING (download, pip install) -> RUNNING -> the trainer's outcome."""
-    with SLOTS:
-        with ctx.store.transaction():
-            state = _state(ctx, name)
-            if state == "CANCELLING":
-                revise(ctx, name, state="CANCELLED", endTime=now_rfc3339())
-            if state != "QUEUED":
-                return
-            revise(ctx, name, state="PREPARING", startTime=now_rfc3339(), _runSince=time.time())
-        job = ctx.store.get(name)
-        directory = work_dir(ctx, name)
-        shutil.rmtree(directory / "packages", ignore_errors=True)
-        shutil.rmtree(directory / "site", ignore_errors=True)
-        (directory / "packages").mkdir(parents=True, exist_ok=True)
-        (directory / EXIT_NAME).unlink(missing_ok=True)
-        try:
-            files = _download_packages(ctx, name, job["trainingInput"]["packageUris"], directory / "packages")
-            _pip_install(ctx, name, files, directory / "site")
-            _check_stop(ctx, name)
-        except JobStopped:
-            if ctx.stopping.is_set() and _state(ctx, name) == "PREPARING":
-                return  # resumed (prepared again) at the next start
+    while not SLOTS.acquire(timeout=1.0):  # waiting QUEUED; a cancel or a shutdown ends the wait
+        if ctx.stopping.is_set():
+            return
+        if _state(ctx, name) == "CANCELLING":
             _finish(ctx, name, "CANCELLED")
             return
-        except (gcs.GcsError, PreparationFailed) as error:
-            _append_log(ctx, name, f"preparation failed: {error}")
-            _finish(ctx, name, "FAILED", errorMessage=str(error))
+    try:
+        _run_with_slot(ctx, name)
+    finally:
+        SLOTS.release()
+
+
+def _run_with_slot(ctx: Context, name: str) -> None:
+    with ctx.store.transaction():
+        state = _state(ctx, name)
+        if state == "CANCELLING":
+            revise(ctx, name, state="CANCELLED", endTime=now_rfc3339())
+        if state != "QUEUED":
             return
-        process = _start_trainer(ctx, name, job, directory)
-        started = _process_start_time(process.pid)
-        with ctx.store.transaction():  # a cancel that came meanwhile stays CANCELLING (the watch acts on it)
-            running = {"state": "RUNNING"} if _state(ctx, name) == "PREPARING" else {}
-            revise(ctx, name, _pid=process.pid, _pidStarted=started, **running)
-        log.info("training job %s RUNNING: python -m %s (pid %s)", name, job["trainingInput"]["pythonModule"],
-                 process.pid)
-        _watch(ctx, name, process.pid, process, started=started)
+        revise(ctx, name, state="PREPARING", startTime=now_rfc3339(), _runSince=time.time())
+    job = ctx.store.get(name)
+    directory = work_dir(ctx, name)
+    shutil.rmtree(directory / "packages", ignore_errors=True)
+    shutil.rmtree(directory / "site", ignore_errors=True)
+    (directory / "packages").mkdir(parents=True, exist_ok=True)
+    (directory / EXIT_NAME).unlink(missing_ok=True)
+    try:
+        files = _download_packages(ctx, name, job["trainingInput"]["packageUris"], directory / "packages")
+        _pip_install(ctx, name, files, directory / "site")
+        _check_stop(ctx, name)
+    except JobStopped:
+        if ctx.stopping.is_set():
+            return  # still PREPARING: prepared again at the next start
+        _finish(ctx, name, "CANCELLED")
+        return
+    except (gcs.GcsError, PreparationFailed) as error:
+        _append_log(ctx, name, f"preparation failed: {error}")
+        _finish(ctx, name, "FAILED", errorMessage=str(error))
+        return
+    process = _start_trainer(ctx, name, job, directory)
+    started = _process_start_time(process.pid)
+    with ctx.store.transaction():  # a cancel that came meanwhile stays CANCELLING (the watch acts on it)
+        running = {"state": "RUNNING"} if _state(ctx, name) == "PREPARING" else {}
+        revise(ctx, name, _pid=process.pid, _pidStarted=started, **running)
+    log.info("training job %s RUNNING: python -m %s (pid %s)", name, job["trainingInput"]["pythonModule"],
+             process.pid)
+    _watch(ctx, name, process.pid, process, started=started)
 
 
 class PreparationFailed(Exception):

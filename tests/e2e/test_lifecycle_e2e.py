@@ -3,11 +3,14 @@
 One scenario, run once (real GCS emulator, real ml/v1 service, real training,
 `dag.test()` in a fresh interpreter against a SQLite Airflow home):
 
-1. lifecycle A (4 epochs): data generated, 2 variants deployed, smoke-tested, A promoted.
+1. lifecycle A (4 epochs, training_backend ml_engine): data generated, the trainer packaged and run as an
+   ml/v1 training job whose log lines stream into the task log, 2 variants deployed, smoke-tested, A promoted.
 2. batch on the default, with 2 unreadable lines: results, errors_stats, counts, summary.json.
-3. lifecycle B (1 epoch, worse): deployed and smoke-tested, NOT promoted; the default stays A.
+3. lifecycle B (1 epoch, worse, training_backend in_task): trained in the task, deployed and smoke-tested,
+   NOT promoted; the default stays A.
 4. maintenance set_default B, then 5. rollback: back to A (the promotion trail).
-6. lifecycle A again (same logical date, as a cleared run): converges on the same versions and default.
+6. lifecycle A again (same logical date, as a cleared run): reuses the package and the training job,
+   converges on the same versions and default.
 7. batch with a low max_error_rate: the run fails at summarize, after writing its summary.
 """
 
@@ -41,7 +44,7 @@ def _steps() -> list[dict]:
         {**step, "name": "batch_a", "dag_id": "batch_prediction", "logical_date": "2026-01-01T06:00:00+00:00",
          "conf": {"bad_samples": BAD_SAMPLES, "max_error_rate": 0.5}},
         {**step, "name": "lifecycle_b_worse", "dag_id": "model_lifecycle",
-         "logical_date": "2026-01-02T00:00:00+00:00", "conf": {"epochs": 1}},
+         "logical_date": "2026-01-02T00:00:00+00:00", "conf": {"epochs": 1, "training_backend": "in_task"}},
         {**step, "name": "set_default_b", "dag_id": "model_maintenance", "logical_date": "2026-01-03T00:00:00+00:00",
          "conf": {"action": "set_default", "version": B_B64}},
         {**step, "name": "rollback", "dag_id": "model_maintenance", "logical_date": "2026-01-03T01:00:00+00:00",
@@ -93,6 +96,8 @@ def scenario(ml_service, gcs_emulator, tmp_path_factory) -> dict[str, dict]:
             report = json.loads(line[len("E2E_STEP "):])
             reports[report.get("name") or "import"] = report
     (home / "reports.json").write_text(json.dumps(reports, indent=1))  # kept for a look after a failure
+    (home / "run_dags.stdout").write_text(result.stdout)
+    reports["stdout"] = result.stdout  # the task logs of dag.test()
     assert result.returncode == 0, (f"scenario stopped (exit {result.returncode}) after {list(reports)}: "
                                     f"{json.dumps(list(reports.values())[-1:], indent=1)[:4000]}\n"
                                     f"log tail:\n{log_path.read_text()[-6000:]}")
@@ -158,11 +163,33 @@ def test_batch_prediction_outputs_and_counts(scenario, gcs_client):
     assert all(len(line["heatmap"]) == len(line["heatmap"][0]) for line in lines)
 
 
+JOB_A = f"{MODEL}_train_{KEY_A}"
+
+
+def test_training_job_logs_stream_into_the_task_log(scenario):
+    tasks = scenario["lifecycle_a"]["tasks"]
+    assert tasks["package_trainer"] == tasks["train_job"] == tasks["train"] == "success"
+    lines = scenario["stdout"].splitlines()
+    epochs = [i for i, line in enumerate(lines) if f"[{JOB_A}] " in line and "Epoch " in line]
+    assert len(epochs) >= 4, "the trainer's epochs are not in the task log"
+    assert "val_iou=" in lines[epochs[-1]]
+    succeeded = next(i for i, line in enumerate(lines) if f"Training job {JOB_A}: state SUCCEEDED" in line)
+    running = [i for i, line in enumerate(lines) if f"Training job {JOB_A}: state RUNNING" in line]
+    assert running and epochs[0] < succeeded  # printed while the job ran, before its end was seen
+    assert any(f"[{JOB_A}] [ml_engine_local] running python -m trainer.task --data-uri" in line for line in lines)
+    # the cleared run of A reused the staged package and the finished job: no second training
+    assert scenario["lifecycle_a_again"]["tasks"]["train_job"] == "success"
+    assert any(f"Job {JOB_A} already exists (state SUCCEEDED); reusing it" in line for line in lines)
+    assert not any(f"{JOB_A}_r2" in line for line in lines)
+    assert sum("Trainer package for these sources already staged" in line for line in lines) >= 1
+
+
 def test_worse_second_run_is_not_promoted(scenario):
     first, run = scenario["lifecycle_a"], scenario["lifecycle_b_worse"]
     tasks = run["tasks"]
     assert run["state"] == "success"
     assert tasks["prepare_data"] == "skipped"  # data already there
+    assert tasks["package_trainer"] == tasks["train_job"] == "skipped"  # training_backend in_task
     assert tasks["train"] == "success"
     assert tasks["smoke_test[0]"] == tasks["smoke_test[1]"] == "success"
     assert tasks["not_promoted"] == "success"
