@@ -106,7 +106,7 @@ def test_on_kill_cancels_the_running_job(ml_conn, hook, tiny_trainer_package, bu
 
 def test_deferrable_trigger_logs_lines_and_completes(ml_conn, hook, tiny_trainer_package, bucket, gcs_prefix,
                                                      capsys):
-    from airflow.exceptions import TaskDeferred
+    from airflow.providers.common.compat.sdk import TaskDeferred
     from ml_engine.triggers import MLEngineTrainingJobTrigger
 
     op = _operator(tiny_trainer_package, f"gs://{bucket.name}/{gcs_prefix}/job", ["--seconds", "1"],
