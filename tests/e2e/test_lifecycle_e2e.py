@@ -37,6 +37,8 @@ BATCH_SAMPLES, BAD_SAMPLES = 8, 2
 
 
 def _steps() -> list[dict]:
+    # dag.test() runs share one DAG object in one process, and a param set by an earlier conf was seen to
+    # stick (lifecycle_a_again ran in_task): each conf names the params it relies on.
     step = {"model_name": MODEL}
     return [
         {**step, "name": "lifecycle_a", "dag_id": "model_lifecycle", "logical_date": "2026-01-01T00:00:00+00:00",
@@ -50,7 +52,7 @@ def _steps() -> list[dict]:
         {**step, "name": "rollback", "dag_id": "model_maintenance", "logical_date": "2026-01-03T01:00:00+00:00",
          "conf": {"action": "rollback"}},
         {**step, "name": "lifecycle_a_again", "dag_id": "model_lifecycle",
-         "logical_date": "2026-01-01T00:00:00+00:00", "conf": {"epochs": 4}},
+         "logical_date": "2026-01-01T00:00:00+00:00", "conf": {"epochs": 4, "training_backend": "ml_engine"}},
         {**step, "name": "batch_too_many_errors", "dag_id": "batch_prediction",
          "logical_date": "2026-01-03T06:00:00+00:00", "conf": {"bad_samples": BAD_SAMPLES, "max_error_rate": 0.05},
          "expect": "failed"},
