@@ -134,3 +134,38 @@ def test_deferrable_trigger_logs_lines_and_completes(ml_conn, hook, tiny_trainer
     failed = dict(event, job={**event["job"], "state": "FAILED", "errorMessage": "boom"})
     with pytest.raises(AirflowException, match="ended FAILED: boom"):
         op.execute_complete({"ti": ti}, failed)
+
+
+def test_logs_on_google_come_from_cloud_logging(ml_conn, monkeypatch):
+    """No GCP here: Cloud Logging's client is the one stand-in; the query and the cursor are what is checked."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import logging as cloud_logging
+    from ml_engine.hooks import MLEngineHook
+
+    queries = []
+
+    class FakeClient:
+        def __init__(self, *, project, credentials):
+            self.project = project
+
+        def list_entries(self, *, filter_, order_by, page_size):
+            queries.append((self.project, filter_, order_by))
+            return [SimpleNamespace(payload="Epoch 1/2 loss=0.5", timestamp=datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC)),
+                    SimpleNamespace(payload={"message": "Epoch 2/2 loss=0.4\n"},
+                                    timestamp=datetime(2026, 1, 1, 0, 0, 2, tzinfo=UTC))]
+
+    monkeypatch.setattr(cloud_logging, "Client", FakeClient)
+    hook = MLEngineHook(endpoint="https://us-central1-ml.googleapis.com/")
+    monkeypatch.setattr(hook, "get_credentials_and_project_id", lambda: (AnonymousCredentials(), "gcp-project"))
+    lines, cursor = hook.read_training_logs(project_id="gcp-project", job_id="train_1")
+    assert lines == ["Epoch 1/2 loss=0.5", "Epoch 2/2 loss=0.4"]
+    assert cursor == "2026-01-01T00:00:02+00:00"
+    hook.read_training_logs(project_id="gcp-project", job_id="train_1", cursor=cursor)
+    assert queries == [
+        ("gcp-project", 'resource.type="ml_job" AND resource.labels.job_id="train_1"', cloud_logging.ASCENDING),
+        ("gcp-project", 'resource.type="ml_job" AND resource.labels.job_id="train_1" '
+                        'AND timestamp>"2026-01-01T00:00:02+00:00"', cloud_logging.ASCENDING),
+    ]
