@@ -7,7 +7,13 @@ to promote, the promotion policy and a minimum metric).
 
 1. **plan**: derive every name from the run (`v<run key>_<variant>`, GCS prefixes), validate params.
 2. **prepare_data**: generate the toy dataset at `data_uri`; *skipped* when data is already there.
-3. **train**: `include.trainer.task.train` -> `model.keras` + `metrics.json` in the run's job dir.
+3. Training, by the `training_backend` param:
+   - `ml_engine` (default): **package_trainer** builds `include/trainer` into an sdist and stages it
+     under a hash of its sources (built once per code change), then **train_job** runs it as an
+     ml/v1 training job (`python -m trainer.task --data-uri ... --epochs N --job-dir <run>/train`),
+     streaming the trainer's log into the task log; **train** reads the job's `metrics.json`.
+   - `in_task`: the two are skipped and **train** calls `include.trainer.task.train` itself.
+   Either way `model.keras` + `metrics.json` land in the run's job dir.
 4. **export_variants**: SavedModel per serving variant (`instances`, `b64`, `url`, `tfexample`),
    each verified against the Keras model before it leaves the task.
 5. **upload**: smoke-test instance files and the run manifest to GCS; the version specs to deploy.
@@ -36,6 +42,7 @@ from ml_engine.operators import (
     MLEngineCreateModelOperator,
     MLEngineCreateVersionOperator,
     MLEngineSetDefaultVersionOperator,
+    MLEngineStartTrainingJobOperator,
 )
 
 from include import assets, config
@@ -46,6 +53,9 @@ PROMOTION = assets.promotion_asset()
 ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,127}$"
 # Instances per online request in the smoke test: a 32x32 image as JSON floats is ~32 KB.
 SMOKE_REQUEST_SIZE = 8
+TRAINING_BACKENDS = ("ml_engine", "in_task")
+TRAINER_MODULE = "trainer.task"  # include/trainer as the package `trainer` (include/trainer/pyproject.toml)
+PACKAGES_URI = f"{CFG.bucket_uri}/packages"
 
 
 def _gcs_usage(uri: str) -> tuple[int, int]:
@@ -96,6 +106,10 @@ def _smoke_target(deployment: dict) -> dict:
                             description="A candidate below this is never promoted."),
         "num_examples": Param(CFG.num_examples, type="integer", minimum=2, title="Generated dataset size",
                               description="Used only when data_uri holds no data yet."),
+        "training_backend": Param("ml_engine", type="string", enum=list(TRAINING_BACKENDS), title="Training backend",
+                                  description="ml_engine: an ml/v1 training job runs the packaged trainer "
+                                              "(logs streamed into train_job's log); in_task: train inside "
+                                              "the Airflow task."),
         "data_uri": Param(CFG.data_uri, type="string", pattern=r"^gs://", title="Training data (gs://)"),
         "keep_versions": Param(CFG.keep_versions, type="integer", minimum=1, title="Versions to keep"),
         "smoke_instances": Param(CFG.smoke_instances, type="integer", minimum=1, maximum=64,
@@ -129,6 +143,7 @@ def model_lifecycle():
             "versions": versions,
             "data_uri": params["data_uri"].rstrip("/"),
             "job_dir": f"{run_uri}/train",
+            "training_job_id": naming.training_job_id(model, key),
             "export_uri": f"{run_uri}/export",
             "smoke_uri": f"{run_uri}/smoke",
             "manifest_uri": f"{run_uri}/manifest.json",
@@ -153,16 +168,30 @@ def model_lifecycle():
                                         image_size=CFG.image_size)
         return {k: summary[k] for k in ("num_examples", "train_examples", "eval_examples", "image_size")}
 
+    @task(trigger_rule=TriggerRule.NONE_FAILED)
+    def package_trainer(params: dict) -> str:
+        """Stage the trainer sdist for the training job (named by a hash of its sources); skipped when in_task."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if params["training_backend"] != "ml_engine":
+            raise AirflowSkipException(f"training_backend is {params['training_backend']}: no training job")
+        from include.lifecycle import packaging, storage
+
+        storage.ensure_bucket(PACKAGES_URI)
+        return packaging.ensure_package(PACKAGES_URI)
+
     @task(trigger_rule=TriggerRule.NONE_FAILED, execution_timeout=timedelta(hours=6))
     def train(plan: dict, params: dict) -> dict:
-        """Train into the run's job dir; a finished job (metrics.json present) is reused, not redone."""
+        """The training's metrics.json; with training_backend in_task, train here first (unless already done)."""
         from include.lifecycle import storage
 
         metrics_uri = f"{plan['job_dir']}/metrics.json"
         if storage.exists(metrics_uri):
             metrics = storage.read_json(metrics_uri)
-            log.info("Training of this run already finished (%s); reusing it: %s", metrics_uri, metrics)
+            log.info("Training of this run finished (%s): %s", metrics_uri, metrics)
             return metrics
+        if params["training_backend"] != "in_task":
+            raise FileNotFoundError(f"The training job succeeded but wrote no {metrics_uri}")
         from include.trainer import task as trainer
 
         metrics = trainer.train(plan["data_uri"], plan["job_dir"], epochs=params["epochs"])
@@ -325,8 +354,26 @@ def model_lifecycle():
 
     planned = plan()
     prepared = prepare_data(planned)
+    package = package_trainer()
+    plan_value = "ti.xcom_pull(task_ids='plan')"
+    train_job = MLEngineStartTrainingJobOperator(
+        task_id="train_job",
+        job_id=f"{{{{ {plan_value}['training_job_id'] }}}}",
+        region=CFG.region,
+        package_uris=["{{ ti.xcom_pull(task_ids='package_trainer') }}"],
+        training_python_module=TRAINER_MODULE,
+        training_args=["--data-uri", f"{{{{ {plan_value}['data_uri'] }}}}", "--epochs", "{{ params.epochs }}"],
+        job_dir=f"{{{{ {plan_value}['job_dir'] }}}}",
+        scale_tier="BASIC",
+        runtime_version=config.RUNTIME_VERSION,
+        python_version=config.PYTHON_VERSION,
+        labels={"dag": "model_lifecycle", "model": "{{ params.model_name | lower }}"},
+        gcp_conn_id=CFG.gcp_conn_id,
+        poll_interval=2,
+        execution_timeout=timedelta(hours=6),
+    )
     metrics = train(planned)
-    prepared >> metrics
+    planned >> prepared >> package >> train_job >> metrics
     exported = export_variants(planned, metrics)
     uploaded = upload(planned, metrics, exported)
     model = MLEngineCreateModelOperator(

@@ -121,3 +121,14 @@ def ml_service(gcs_emulator, tmp_path_factory) -> ServiceHandle:
 def ml_api(ml_service):
     """googleapiclient's ml/v1 resource, unchanged, pointed at the local service."""
     return ml_service.build_api()
+
+
+@pytest.fixture(scope="session")
+def tiny_trainer_package(bucket, tmp_path_factory) -> str:
+    """gs:// URI of a tiny trainer sdist (module `tinytrainer.task`, see tests/trainer_packages.py)."""
+    from tests.trainer_packages import build_tiny_sdist
+
+    sdist = build_tiny_sdist(tmp_path_factory.mktemp("tinytrainer"))
+    blob = bucket.blob(f"packages/{uuid.uuid4().hex[:8]}/{sdist.name}")
+    blob.upload_from_filename(str(sdist))
+    return f"gs://{bucket.name}/{blob.name}"

@@ -38,6 +38,11 @@ def job_id(dag_id: str, run_id: str) -> str:
     return ml_id(f"{dag_id}_{run_id}", prefix="job")
 
 
+def training_job_id(model: str, key: str) -> str:
+    """`heatmap_train_20260101T000000`: one training job per model per run."""
+    return ml_id(f"{model}_train_{key}", prefix="job")
+
+
 def label_value(raw: str) -> str:
     """ml/v1 label values: lowercase letters, digits, '_' and '-', at most 63 characters."""
     return _LABEL_INVALID.sub("_", str(raw).lower())[:MAX_LABEL_LENGTH]

@@ -31,6 +31,7 @@ from include.ml_engine_local import (
     operations,
     pages,
     recovery,
+    training,
     validation,
 )
 from include.ml_engine_local.context import Context
@@ -266,6 +267,7 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
         recovery.recover(ctx)
         deploy.resume(ctx)
         batch.resume(ctx)
+        training.resume(ctx)
 
     @app.on_event("shutdown")
     def _stop() -> None:
@@ -328,6 +330,14 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
             faults.clear()
             ctx.crash.clear()
             return {}
+
+    @app.get("/_local/projects/{project}/jobs/{job}/logs")
+    async def _training_log(project: str, job: str, offset: int = 0, limit: int = training.LOG_READ_LIMIT):
+        """A training job's output lines from byte `offset` (README: Training jobs)."""
+        try:
+            return await run_in_threadpool(training.read_log, ctx, project, job, offset, limit)
+        except ApiError as error:
+            return JSONResponse(error.body(), status_code=error.code)
 
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PATCH", "DELETE", "PUT"])
     async def _v1(path: str, request: Request) -> Response:

@@ -450,6 +450,8 @@ def resume(ctx: Context) -> None:
     """After a restart: interrupted jobs run again from the start (their earlier shards are deleted first)."""
     for job in ctx.store.list("job"):
         name = job["_name"]
+        if "trainingInput" in job:
+            continue  # training.resume's
         if transition(ctx, name, ("CANCELLING",), state="CANCELLED", endTime=now_rfc3339()) is not None:
             continue
         if transition(ctx, name, ("QUEUED", "PREPARING", "RUNNING"), state="QUEUED") is not None:

@@ -1,18 +1,17 @@
-"""projects.jobs: batch prediction jobs (training jobs answer 501)."""
+"""projects.jobs: batch prediction jobs and training jobs (see training.py)."""
 
 from __future__ import annotations
 
 import logging
 import re
 
-from include.ml_engine_local import batch, models, validation
+from include.ml_engine_local import batch, models, training, validation
 from include.ml_engine_local.context import Context, new_etag, now_rfc3339, public, revise
 from include.ml_engine_local.errors import (
     already_exists,
     failed_precondition,
     invalid_argument,
     not_found,
-    unimplemented,
 )
 from include.ml_engine_local.names import check_name, job_name
 
@@ -63,8 +62,8 @@ def _validate_source(ctx: Context, project: str, prediction_input: dict) -> None
 def _validate_prediction_input(ctx: Context, project: str, given: object) -> dict:
     """Check predictionInput field by field; it is stored exactly as sent (defaults apply at run time)."""
     if not isinstance(given, dict):
-        raise invalid_argument("Field: job.prediction_input Error: predictionInput is required "
-                               "(training jobs are not supported).", "job.prediction_input")
+        raise invalid_argument("Field: job.prediction_input Error: predictionInput or trainingInput is required.",
+                               "job.prediction_input")
     validation.unknown_keys(given, PREDICTION_INPUT_FIELDS, "job.prediction_input")
     _validate_source(ctx, project, given)
     if given.get("dataFormat") not in DATA_FORMATS:
@@ -101,12 +100,13 @@ def create_job(ctx: Context, project: str, body: object) -> dict:
         raise invalid_argument("The request body must be a JSON object.")
     job_id = check_name("Job", body.get("jobId"), "job.job_id")
     if "trainingInput" in body:
-        raise unimplemented("Training jobs (trainingInput)")
-    prediction_input = _validate_prediction_input(ctx, project, body.get("predictionInput"))
+        kind, job_input = "trainingInput", training.validate_training_input(body["trainingInput"])
+    else:
+        kind, job_input = "predictionInput", _validate_prediction_input(ctx, project, body.get("predictionInput"))
     name = job_name(project, job_id)
     job = {
         "jobId": job_id,
-        "predictionInput": prediction_input,
+        kind: job_input,
         "createTime": now_rfc3339(),
         "state": "QUEUED",
         "etag": new_etag(),
@@ -119,8 +119,13 @@ def create_job(ctx: Context, project: str, body: object) -> dict:
             raise already_exists("job.job_id")
         ctx.store.insert(name, "job", f"projects/{project}", job)
     job = public(job)
-    log.info("job %s QUEUED: %s over %s", name, prediction_input.get("versionName") or
-             prediction_input.get("modelName") or prediction_input.get("uri"), prediction_input["inputPaths"])
+    if kind == "trainingInput":
+        log.info("job %s QUEUED: training python -m %s from %s", name, job_input["pythonModule"],
+                 job_input["packageUris"])
+        training.submit(ctx, name)
+        return job
+    log.info("job %s QUEUED: %s over %s", name, job_input.get("versionName") or
+             job_input.get("modelName") or job_input.get("uri"), job_input["inputPaths"])
     batch.submit(ctx, name)
     return job
 

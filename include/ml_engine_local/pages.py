@@ -11,7 +11,7 @@ import html
 import json
 from pathlib import Path
 
-from include.ml_engine_local import jobs, models, operations
+from include.ml_engine_local import jobs, models, operations, training
 from include.ml_engine_local.context import Context
 from include.ml_engine_local.errors import ApiError, PredictionError
 from include.ml_engine_local.runtime import dumps, loads
@@ -48,7 +48,7 @@ def index(ctx: Context) -> str:
     ]
     return _page("Models, versions and jobs",
                  "<h2>Versions</h2><table><tr><th>model</th><th>version</th><th>state</th><th>created</th></tr>"
-                 + "".join(rows) + "</table><h2>Batch prediction jobs</h2><table><tr><th>job</th><th>state</th>"
+                 + "".join(rows) + "</table><h2>Jobs</h2><table><tr><th>job</th><th>state</th>"
                  "<th>created</th></tr>" + "".join(job_rows[:200]) + "</table>")
 
 
@@ -102,6 +102,17 @@ def _predict_upload(ctx: Context, version_name: str, form) -> str:
     return f"<h2>Prediction</h2>{picture}<pre>{_esc(json.dumps(shown, indent=2))}</pre>"
 
 
+def _training_log(ctx: Context, job: dict, project: str, lines: int = 500) -> str:
+    """The trainer's last lines; the page reloads itself every 3 s while the job is active."""
+    tail = training.tail_lines(training.log_path(ctx, f"projects/{project}/jobs/{job['jobId']}"), lines)
+    active = job["state"] not in ("SUCCEEDED", "FAILED", "CANCELLED")
+    refresh = "<meta http-equiv='refresh' content='3'>" if active else ""
+    endpoint = f"/_local/projects/{_esc(project)}/jobs/{_esc(job['jobId'])}/logs?offset=0"
+    return (f"{refresh}<h2>Training log</h2><p>Last {lines} lines{' (refreshing)' if active else ''}; "
+            f"all of it: <a href='{endpoint}'>{endpoint}</a></p><pre id='training-log'>{_esc(chr(10).join(tail))}"
+            "</pre>")
+
+
 def render(ctx: Context, path: str, form, csrf: str = "") -> tuple[int, str]:
     """Route a `/ui/...` page; resource paths are the ml/v1 names; `csrf` goes into the upload form."""
     parts = path.strip("/").split("/")
@@ -110,7 +121,8 @@ def render(ctx: Context, path: str, form, csrf: str = "") -> tuple[int, str]:
             return 200, _version_page(ctx, parts[1], parts[3], parts[5], form, csrf)
         if len(parts) == 4 and parts[2] == "jobs":
             job = jobs.get_job(ctx, parts[1], parts[3])
-            return 200, _page(f"Job {parts[3]}", f"<pre>{_esc(json.dumps(job, indent=2))}</pre>")
+            return 200, _page(f"Job {parts[3]}", f"<pre>{_esc(json.dumps(job, indent=2))}</pre>"
+                              + (_training_log(ctx, job, parts[1]) if "trainingInput" in job else ""))
         if len(parts) == 4 and parts[2] == "operations":
             operation = operations.get(ctx, path.strip("/"))
             return 200, _page(f"Operation {parts[3]}", f"<pre>{_esc(json.dumps(operation, indent=2))}</pre>")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from include.trainer import features, gcs, synthetic
+from . import features, gcs, synthetic
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from include.trainer import features, gcs, instances, synthetic, task
-from include.trainer.serving import INSTANCES, URL, VARIANTS, HeatmapServer, image_size_of
+from . import features, gcs, instances, synthetic, task
+from .serving import INSTANCES, URL, VARIANTS, HeatmapServer, image_size_of
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from include.trainer.paths import safe_join
+from .paths import safe_join
 
 log = logging.getLogger(__name__)
 

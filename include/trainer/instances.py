@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from include.trainer import data, features, gcs
-from include.trainer.serving import B64, INSTANCES, TFEXAMPLE, URL, VARIANTS
+from . import data, features, gcs
+from .serving import B64, INSTANCES, TFEXAMPLE, URL, VARIANTS
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from include.trainer import features
+from . import features
 
 INSTANCES = "instances"
 B64 = "b64"

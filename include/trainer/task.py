@@ -1,8 +1,11 @@
 """Train the heatmap model from TFRecords on GCS and write the model and its metrics back to GCS.
 
-Usable from an Airflow task (`train(...)`) or a shell, as in Google's cloudml samples:
+Usable from an Airflow task (`train(...)`), a shell, or an ml/v1 training job, as in Google's cloudml samples:
 
     python -m include.trainer.task --data-uri gs://bucket/data --job-dir gs://bucket/jobs/run1 --epochs 8
+    python -m trainer.task ...      # the same, installed as the `trainer` package (include/trainer/pyproject.toml)
+
+Any failure ends the process with a non-zero exit status (a training job then ends FAILED).
 
 Outputs in the job dir: `model.keras`, `history.json` (per-epoch values) and
 `metrics.json` (written last, so its presence means the job finished).
@@ -20,9 +23,9 @@ from pathlib import Path
 
 import keras
 
-from include.trainer import data, features, gcs
-from include.trainer.callbacks import EpochLogger
-from include.trainer.model import build_model, compile_model
+from . import data, features, gcs
+from .callbacks import EpochLogger
+from .model import build_model, compile_model
 
 log = logging.getLogger(__name__)
 

@@ -667,6 +667,116 @@ class MLEngineHook(GoogleBaseHook):
             max_poll_interval=max_poll_interval,
         )
 
+    # -- training jobs ------------------------------------------------------------------------
+
+    @GoogleBaseHook.fallback_to_default_project_id
+    def create_training_job(self, *, job: dict, project_id: str = PROVIDE_PROJECT_ID) -> dict:
+        """
+        Submit a training job ({"jobId", "trainingInput", "labels"}), idempotently.
+
+        A 409 reuses the existing job only when its trainingInput matches; one that
+        ended FAILED or CANCELLED is retried under the next id of its chain (see create_job).
+        """
+        if not isinstance(job.get("trainingInput"), dict):
+            raise ValueError("a training job needs 'trainingInput'")
+        return self.create_job(project_id=project_id, job=job)
+
+    @GoogleBaseHook.fallback_to_default_project_id
+    def read_training_logs(
+        self, *, job_id: str, cursor: str | None = None, project_id: str = PROVIDE_PROJECT_ID
+    ) -> tuple[list[str], str | None]:
+        """
+        Log lines of a training job written after ``cursor``, and the cursor to pass next time.
+
+        Local service: ``GET /_local/projects/P/jobs/J/logs?offset=N`` (the cursor is a byte
+        offset). Google: Cloud Logging entries with ``resource.type="ml_job"`` and the job's
+        ``resource.labels.job_id`` (the cursor is the last entry's timestamp).
+        """
+        if self.is_local:
+            return self._read_local_logs(job_id=job_id, cursor=cursor, project_id=project_id)
+        return self._read_cloud_logs(job_id=job_id, cursor=cursor, project_id=project_id)
+
+    def _read_local_logs(self, *, job_id: str, cursor: str | None, project_id: str) -> tuple[list[str], str | None]:
+        import json
+
+        url = f"{self.endpoint}_local/projects/{project_id}/jobs/{job_id}/logs?offset={int(cursor or 0)}"
+        headers = {"Accept": "application/json"}
+        if token := os.environ.get("ML_ENGINE_TOKEN"):
+            headers["Authorization"] = f"Bearer {token}"
+        # The ml/v1 client's own authorized HTTP object: the same credentials as every API call.
+        response, content = self.get_conn()._http.request(url, "GET", headers=headers)
+        if int(response.status) != 200:
+            raise AirflowException(f"Reading the log of job {job_id} answered HTTP {response.status}: {content!r:.300}")
+        answer = json.loads(content)
+        return answer.get("lines", []), answer.get("nextOffset", cursor)
+
+    def _read_cloud_logs(self, *, job_id: str, cursor: str | None, project_id: str) -> tuple[list[str], str | None]:
+        try:
+            from google.cloud import logging as cloud_logging
+        except ImportError:  # pragma: no cover - google-cloud-logging is in requirements.txt
+            self.log.warning("google-cloud-logging is not installed: no training logs from Cloud Logging")
+            return [], cursor
+        credentials, _ = self.get_credentials_and_project_id()
+        client = cloud_logging.Client(project=project_id, credentials=credentials)
+        query = f'resource.type="ml_job" AND resource.labels.job_id="{job_id}"'
+        if cursor:
+            query += f' AND timestamp>"{cursor}"'
+        lines, last = [], cursor
+        for entry in client.list_entries(filter_=query, order_by=cloud_logging.ASCENDING, page_size=1000):
+            payload = entry.payload
+            text = payload.get("message", payload) if isinstance(payload, dict) else payload
+            lines.append(str(text).rstrip("\n"))
+            last = entry.timestamp.isoformat() if entry.timestamp else last
+        return lines, last
+
+    @GoogleBaseHook.fallback_to_default_project_id
+    def wait_for_training_job(
+        self,
+        *,
+        job_id: str,
+        timeout: float | None = 24 * 3600,
+        poll_interval: float = 10,
+        max_poll_interval: float = 10,
+        log_cursor: str | None = None,
+        project_id: str = PROVIDE_PROJECT_ID,
+    ) -> dict:
+        """Poll a training job until it ends, writing every new trainer log line to this task's log."""
+        cursor = [log_cursor]
+
+        def fetch() -> dict:
+            job = self.get_job(project_id=project_id, job_id=job_id)
+            cursor[0] = self.log_training_lines(job_id=job_id, cursor=cursor[0], project_id=project_id)
+            return job
+
+        job = self._poll(
+            what=f"Training job {job_id}",
+            fetch=fetch,
+            is_done=lambda j: j.get("state") in JOB_TERMINAL_STATES,
+            describe=describe_job,
+            timeout=timeout,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+        )
+        self.log_training_lines(job_id=job_id, cursor=cursor[0], project_id=project_id)
+        return job
+
+    @GoogleBaseHook.fallback_to_default_project_id
+    def log_training_lines(
+        self, *, job_id: str, cursor: str | None = None, project_id: str = PROVIDE_PROJECT_ID
+    ) -> str | None:
+        """Write the job's log lines after ``cursor`` to this task's log; return the new cursor.
+
+        A failure to read logs is reported and skipped: logs must never fail the task.
+        """
+        try:
+            lines, cursor = self.read_training_logs(project_id=project_id, job_id=job_id, cursor=cursor)
+        except Exception as err:
+            self.log.warning("Could not read the log of training job %s: %s", job_id, err)
+            return cursor
+        for line in lines:
+            self.log.info("[%s] %s", job_id, line)
+        return cursor
+
     # -- online prediction --------------------------------------------------------------------
 
     @GoogleBaseHook.fallback_to_default_project_id
@@ -707,6 +817,12 @@ class MLEngineAsyncHook(GoogleBaseAsyncHook):
     async def get_job(self, *, project_id: str, job_id: str) -> dict:
         hook: MLEngineHook = await self.get_sync_hook()
         return await sync_to_async(hook.get_job)(project_id=project_id, job_id=job_id)
+
+    async def read_training_logs(
+        self, *, project_id: str, job_id: str, cursor: str | None
+    ) -> tuple[list[str], str | None]:
+        hook: MLEngineHook = await self.get_sync_hook()
+        return await sync_to_async(hook.read_training_logs)(project_id=project_id, job_id=job_id, cursor=cursor)
 
     async def get_version(self, *, project_id: str, model_name: str, version_name: str) -> dict | None:
         hook: MLEngineHook = await self.get_sync_hook()

@@ -72,7 +72,7 @@ class MLEngineVersionLink(_MLEngineLink):
 
 
 class MLEngineJobLink(_MLEngineLink):
-    """Link to the batch prediction job started by the task."""
+    """Link to the job (batch prediction or training) started by the task."""
 
     name = "ML Engine Job"
     key = "ml_engine_job_link"

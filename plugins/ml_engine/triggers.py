@@ -171,3 +171,75 @@ class MLEngineJobTrigger(_MLEnginePollTrigger):
             yield TriggerEvent({"status": "error", "message": f"Polling job {self.job_id} failed: {err}"})
             return
         yield TriggerEvent({"status": "error", "message": f"Job {self.job_id} not finished within {self.timeout} s"})
+
+
+class MLEngineTrainingJobTrigger(_MLEnginePollTrigger):
+    """
+    Wait until an ml/v1 training job ends, writing the trainer's new log lines to the trigger log.
+
+    Airflow shows a deferred task's trigger log inside the task log, so a user
+    watching the task sees epochs as they happen. The event carries the log
+    cursor, and the resumed task prints whatever came after it. Yields
+    {"status": "success", "job": {...}, "log_cursor": ...} on any terminal state,
+    {"status": "error", "message": ..., "log_cursor": ...} on a failure to poll or a timeout.
+
+    :param project_id: Project of the job.
+    :param job_id: Short job id.
+    :param log_cursor: Where the log was read up to (None: from its start).
+    :param gcp_conn_id: The connection ID to use connecting to Google Cloud.
+    :param impersonation_chain: Optional service account to impersonate.
+    :param endpoint: ml/v1 base URL (None: from the connection/environment).
+    :param poll_interval: First interval between polls, in seconds; grows by 1.5x.
+    :param max_poll_interval: Longest interval between polls, in seconds.
+    :param timeout: Seconds after which the wait fails (None: no limit).
+    """
+
+    def __init__(self, *, project_id: str, job_id: str, log_cursor: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("max_poll_interval", 10)  # log lines arrive at most this late
+        super().__init__(**kwargs)
+        self.project_id = project_id
+        self.job_id = job_id
+        self.log_cursor = log_cursor
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "ml_engine.triggers.MLEngineTrainingJobTrigger",
+            {"project_id": self.project_id, "job_id": self.job_id, "log_cursor": self.log_cursor,
+             **self._common_kwargs()},
+        )
+
+    async def _log_new_lines(self, hook: MLEngineAsyncHook) -> None:
+        try:
+            lines, self.log_cursor = await hook.read_training_logs(
+                project_id=self.project_id, job_id=self.job_id, cursor=self.log_cursor
+            )
+        except Exception as err:  # logs never fail the wait
+            self.log.warning("Could not read the log of training job %s: %s", self.job_id, err)
+            return
+        for line in lines:
+            self.log.info("[%s] %s", self.job_id, line)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = self._get_async_hook()
+        start = time.monotonic()
+        interval: float | None = self.poll_interval
+        try:
+            while interval is not None:
+                job = await hook.get_job(project_id=self.project_id, job_id=self.job_id)
+                await self._log_new_lines(hook)
+                self.log.info("Training job %s: %s (%.0f s elapsed)", self.job_id, describe_job(job),
+                              time.monotonic() - start)
+                if job.get("state") in JOB_TERMINAL_STATES:
+                    await self._log_new_lines(hook)
+                    yield TriggerEvent(
+                        {"status": "success", "job": job, "log_cursor": self.log_cursor, "job_id": self.job_id}
+                    )
+                    return
+                interval = await self._sleep_or_time_out(start, interval)
+        except Exception as err:
+            self.log.exception("Polling training job %s failed", self.job_id)
+            yield TriggerEvent({"status": "error", "message": f"Polling job {self.job_id} failed: {err}",
+                                "log_cursor": self.log_cursor, "job_id": self.job_id})
+            return
+        yield TriggerEvent({"status": "error", "message": f"Job {self.job_id} not finished within {self.timeout} s",
+                            "log_cursor": self.log_cursor, "job_id": self.job_id})

@@ -25,8 +25,8 @@ def _downstream(dag, task_id: str) -> set[str]:
 
 def test_model_lifecycle_order(dags):
     dag = dags["model_lifecycle"]
-    chain = ["plan", "prepare_data", "train", "export_variants", "upload", "create_model", "create_version",
-             "smoke_test", "gate"]
+    chain = ["plan", "prepare_data", "package_trainer", "train_job", "train", "export_variants", "upload",
+             "create_model", "create_version", "smoke_test", "gate"]
     for upstream, downstream in itertools.pairwise(chain):
         assert downstream in _downstream(dag, upstream), f"{upstream} >> {downstream} missing"
     assert _downstream(dag, "gate") == {"set_default", "not_promoted"}
@@ -37,7 +37,9 @@ def test_model_lifecycle_order(dags):
 
 def test_model_lifecycle_trigger_rules_and_mapping(dags):
     dag = dags["model_lifecycle"]
-    assert dag.get_task("train").trigger_rule == "none_failed"  # prepare_data may be skipped
+    assert dag.get_task("package_trainer").trigger_rule == "none_failed"  # prepare_data may be skipped
+    assert dag.get_task("train_job").trigger_rule == "all_success"  # skipped with package_trainer (in_task)
+    assert dag.get_task("train").trigger_rule == "none_failed"  # runs after the job, or alone when in_task
     assert dag.get_task("retention").trigger_rule == "none_failed"  # runs after either gate outcome
     assert dag.get_task("record_promotion").trigger_rule == "all_success"  # only after a real promotion
     for mapped in ("create_version", "smoke_test"):
@@ -51,7 +53,10 @@ def test_model_lifecycle_schedule_params_and_asset(dags):
     dag = dags["model_lifecycle"]
     assert dag.schedule == config.load().retrain_schedule == "@weekly"
     params = dag.params.dump()
-    assert {"model_name", "epochs", "variants", "serving_variant", "promotion_policy", "min_metric"} <= set(params)
+    assert {"model_name", "epochs", "variants", "serving_variant", "promotion_policy", "min_metric",
+            "training_backend"} <= set(params)
+    assert params["training_backend"] == "ml_engine"
+    assert dag.params.get_param("training_backend").schema["enum"] == ["ml_engine", "in_task"]
     assert dag.params.get_param("promotion_policy").schema["enum"] == list(config.PROMOTION_POLICIES)
     assert dag.params.get_param("serving_variant").schema["enum"] == list(config.VARIANTS)
     outlets = dag.get_task("record_promotion").outlets

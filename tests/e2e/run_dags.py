@@ -139,6 +139,7 @@ class Scenario:
     returncode: int
     reports: dict[str, dict]
     log_path: Path
+    stdout: str = ""  # the task logs of dag.test()
 
     def failure(self) -> str:
         return (f"scenario stopped (exit {self.returncode}) after {list(self.reports)}: "
@@ -161,7 +162,7 @@ def run_scenario(steps: list[dict], env: dict[str, str], *, timeout: float = 900
             report = json.loads(line[len(PREFIX):])
             reports[report.get("name") or "import"] = report
     (home / "reports.json").write_text(json.dumps(reports, indent=1))  # kept for a look after a failure
-    return Scenario(result.returncode, reports, log_path)
+    return Scenario(result.returncode, reports, log_path, result.stdout)
 
 
 if __name__ == "__main__":

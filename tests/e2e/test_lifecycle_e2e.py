@@ -3,11 +3,14 @@
 One scenario, run once (real GCS emulator, real ml/v1 service, real training,
 `dag.test()` in a fresh interpreter against a SQLite Airflow home):
 
-1. lifecycle A (4 epochs): data generated, 2 variants deployed, smoke-tested, A promoted.
+1. lifecycle A (4 epochs, training_backend ml_engine): data generated, the trainer packaged and run as an
+   ml/v1 training job whose log lines stream into the task log, 2 variants deployed, smoke-tested, A promoted.
 2. batch on the default, with 2 unreadable lines: results, errors_stats, counts, summary.json.
-3. lifecycle B (1 epoch, worse): deployed and smoke-tested, NOT promoted; the default stays A.
+3. lifecycle B (1 epoch, worse, training_backend in_task): trained in the task, deployed and smoke-tested,
+   NOT promoted; the default stays A.
 4. maintenance set_default B, then 5. rollback: back to A (the promotion trail).
-6. lifecycle A again (same logical date, as a cleared run): converges on the same versions and default.
+6. lifecycle A again (same logical date, as a cleared run): reuses the package and the training job,
+   converges on the same versions and default.
 7. batch with a low max_error_rate: the run fails at summarize, after writing its summary.
 8. lifecycle C (promoted by policy `always`, keep_versions 4): retention keeps A's b64 version, the
    rollback target on C's `promoted_from` trail, though the 4 newest are C's and B's (issue 8).
@@ -33,6 +36,8 @@ BATCH_SAMPLES, BAD_SAMPLES = 8, 2
 
 
 def _steps() -> list[dict]:
+    # dag.test() runs share one DAG object in one process, and a param set by an earlier conf was seen to
+    # stick (lifecycle_a_again ran in_task): each conf names the params it relies on.
     step = {"model_name": MODEL}
     return [
         {**step, "name": "lifecycle_a", "dag_id": "model_lifecycle", "logical_date": "2026-01-01T00:00:00+00:00",
@@ -40,13 +45,13 @@ def _steps() -> list[dict]:
         {**step, "name": "batch_a", "dag_id": "batch_prediction", "logical_date": "2026-01-01T06:00:00+00:00",
          "conf": {"bad_samples": BAD_SAMPLES, "max_error_rate": 0.5}},
         {**step, "name": "lifecycle_b_worse", "dag_id": "model_lifecycle",
-         "logical_date": "2026-01-02T00:00:00+00:00", "conf": {"epochs": 1}},
+         "logical_date": "2026-01-02T00:00:00+00:00", "conf": {"epochs": 1, "training_backend": "in_task"}},
         {**step, "name": "set_default_b", "dag_id": "model_maintenance", "logical_date": "2026-01-03T00:00:00+00:00",
          "conf": {"action": "set_default", "version": B_B64}},
         {**step, "name": "rollback", "dag_id": "model_maintenance", "logical_date": "2026-01-03T01:00:00+00:00",
          "conf": {"action": "rollback"}},
         {**step, "name": "lifecycle_a_again", "dag_id": "model_lifecycle",
-         "logical_date": "2026-01-01T00:00:00+00:00", "conf": {"epochs": 4}},
+         "logical_date": "2026-01-01T00:00:00+00:00", "conf": {"epochs": 4, "training_backend": "ml_engine"}},
         {**step, "name": "batch_too_many_errors", "dag_id": "batch_prediction",
          "logical_date": "2026-01-03T06:00:00+00:00", "conf": {"bad_samples": BAD_SAMPLES, "max_error_rate": 0.05},
          "expect": "failed"},
@@ -75,7 +80,7 @@ def scenario(ml_service, gcs_emulator, tmp_path_factory) -> dict[str, dict]:
     migrate(env)
     result = run_scenario(_steps(), env)
     assert result.returncode == 0, result.failure()
-    return result.reports
+    return {**result.reports, "stdout": result.stdout}
 
 
 def _metric(report: dict, version: str) -> float:
@@ -127,11 +132,33 @@ def test_batch_prediction_outputs_and_counts(scenario, gcs_client):
     assert all(len(line["heatmap"]) == len(line["heatmap"][0]) for line in lines)
 
 
+JOB_A = f"{MODEL}_train_{KEY_A}"
+
+
+def test_training_job_logs_stream_into_the_task_log(scenario):
+    tasks = scenario["lifecycle_a"]["tasks"]
+    assert tasks["package_trainer"] == tasks["train_job"] == tasks["train"] == "success"
+    lines = scenario["stdout"].splitlines()
+    epochs = [i for i, line in enumerate(lines) if f"[{JOB_A}] " in line and "Epoch " in line]
+    assert len(epochs) >= 4, "the trainer's epochs are not in the task log"
+    assert "val_iou=" in lines[epochs[-1]]
+    succeeded = next(i for i, line in enumerate(lines) if f"Training job {JOB_A}: state SUCCEEDED" in line)
+    running = [i for i, line in enumerate(lines) if f"Training job {JOB_A}: state RUNNING" in line]
+    assert running and epochs[0] < succeeded  # printed while the job ran, before its end was seen
+    assert any(f"[{JOB_A}] [ml_engine_local] running python -m trainer.task --data-uri" in line for line in lines)
+    # the cleared run of A reused the staged package and the finished job: no second training
+    assert scenario["lifecycle_a_again"]["tasks"]["train_job"] == "success"
+    assert any(f"Job {JOB_A} already exists (state SUCCEEDED); reusing it" in line for line in lines)
+    assert not any(f"{JOB_A}_r2" in line for line in lines)
+    assert sum("Trainer package for these sources already staged" in line for line in lines) >= 1
+
+
 def test_worse_second_run_is_not_promoted(scenario):
     first, run = scenario["lifecycle_a"], scenario["lifecycle_b_worse"]
     tasks = run["tasks"]
     assert run["state"] == "success"
     assert tasks["prepare_data"] == "skipped"  # data already there
+    assert tasks["package_trainer"] == tasks["train_job"] == "skipped"  # training_backend in_task
     assert tasks["train"] == "success"
     assert tasks["smoke_test[0]"] == tasks["smoke_test[1]"] == "success"
     assert tasks["not_promoted"] == "success"

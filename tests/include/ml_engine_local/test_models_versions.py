@@ -217,8 +217,8 @@ def test_unimplemented_methods_answer_501(ml_api, deploy):
         ml_api.projects().explain(name=model, body={}).execute()
     assert excinfo.value.resp.status == 501
     with pytest.raises(HttpError) as excinfo:
-        ml_api.projects().jobs().create(parent=PARENT, body={"jobId": unique("train"),
-                                                             "trainingInput": {}}).execute()
+        ml_api.projects().jobs().create(parent=PARENT, body={"jobId": unique("train"), "trainingInput": {
+            "hyperparameters": {"goal": "MAXIMIZE", "maxTrials": 2}}}).execute()  # tuning; training works
     assert excinfo.value.resp.status == 501
 
 

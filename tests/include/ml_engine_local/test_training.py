@@ -1,0 +1,184 @@
+"""Training jobs through googleapiclient: a tiny sdist built here, installed and run by the real service."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from googleapiclient.errors import HttpError
+
+from include import devstack
+from tests.conftest import ServiceHandle
+
+from .conftest import PARENT, PROJECT, unique, wait_job
+
+
+def training_body(package: str, job_dir: str | None, args: list[str], **extra) -> dict:
+    training_input = {"packageUris": [package], "pythonModule": "tinytrainer.task", "args": args,
+                      "region": "us-central1", **extra}
+    if job_dir:
+        training_input["jobDir"] = job_dir
+    return {"jobId": unique("train"), "trainingInput": training_input}
+
+
+def read_log(service_url: str, job_id: str, offset: int = 0) -> dict:
+    """GET /_local/projects/P/jobs/J/logs (with the bearer token when the service requires one)."""
+    request = urllib.request.Request(f"{service_url}_local/projects/{PROJECT}/jobs/{job_id}/logs?offset={offset}")
+    if os.environ.get("ML_ENGINE_TOKEN"):
+        request.add_header("Authorization", f"Bearer {os.environ['ML_ENGINE_TOKEN']}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def wait_log(service_url: str, job_id: str, pattern: str, timeout: float = 60) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = "\n".join(read_log(service_url, job_id)["lines"])
+        if match := re.search(pattern, text):
+            return match
+        time.sleep(0.2)
+    raise TimeoutError(f"{pattern!r} not in the log of {job_id}")
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_sdist_job_succeeds_with_args_env_and_logs(ml_api, ml_service, tiny_trainer_package, bucket, gcs_prefix):
+    job_dir = f"gs://{bucket.name}/{gcs_prefix}/job"
+    body = training_body(tiny_trainer_package, job_dir, ["--seconds", "0.5", "--extra", "a b", "--extra=c"],
+                         scaleTier="CUSTOM", masterType="n1-standard-4", runtimeVersion="2.11",
+                         pythonVersion="3.7")
+    created = ml_api.projects().jobs().create(parent=PARENT, body=body).execute()
+    assert created["state"] == "QUEUED" and created["trainingInput"]["scaleTier"] == "CUSTOM"
+    job = wait_job(ml_api, body["jobId"])
+    assert job["state"] == "SUCCEEDED", job
+    assert job["trainingOutput"]["consumedMLUnits"] >= 0
+    assert job["startTime"] <= job["endTime"]
+    result = json.loads(bucket.blob(f"{gcs_prefix}/job/result.json").download_as_text())
+    assert result["argv"] == ["--seconds", "0.5", "--extra", "a b", "--extra=c", "--job-dir", job_dir]
+    assert result["CLOUD_ML_JOB"]["python_module"] == "tinytrainer.task"
+    assert result["CLOUD_ML_JOB"]["job_dir"] == job_dir and result["CLOUD_ML_JOB"]["scale_tier"] == "CUSTOM"
+    assert result["TF_CONFIG"]["cluster"] == {"master": ["127.0.0.1:2222"]}
+    assert result["TF_CONFIG"]["task"]["type"] == "master" and result["TF_CONFIG"]["environment"] == "cloud"
+    assert result["STORAGE_EMULATOR_HOST"] == os.environ["STORAGE_EMULATOR_HOST"]
+    assert "/training/" in result["module_file"]  # ran from the job's own install, not the project tree
+    log = read_log(ml_service.url, body["jobId"])
+    assert log["done"] and log["state"] == "SUCCEEDED"
+    assert "tick 1" in log["lines"] and "epoch 1/1 loss=0.5 done" in log["lines"]
+    offset = int(log["nextOffset"])
+    assert read_log(ml_service.url, body["jobId"], offset)["lines"] == []
+    page = urllib.request.urlopen(f"{ml_service.url}ui/{PARENT}/jobs/{body['jobId']}", timeout=10).read().decode()
+    assert "epoch 1/1 loss=0.5 done" in page
+
+
+def test_failing_trainer_ends_failed_with_its_error(ml_api, tiny_trainer_package, bucket, gcs_prefix):
+    body = training_body(tiny_trainer_package, f"gs://{bucket.name}/{gcs_prefix}", ["--mode", "fail"])
+    ml_api.projects().jobs().create(parent=PARENT, body=body).execute()
+    job = wait_job(ml_api, body["jobId"])
+    assert job["state"] == "FAILED"
+    assert job["errorMessage"] == ("The replica master 0 exited with a non-zero status of 1. "
+                                   "ValueError: learning rate must be positive, got -1")
+
+
+def test_missing_package_fails_in_preparing(ml_api, bucket, gcs_prefix):
+    body = training_body(f"gs://{bucket.name}/{gcs_prefix}/nope-0.1.tar.gz", None, [])
+    ml_api.projects().jobs().create(parent=PARENT, body=body).execute()
+    job = wait_job(ml_api, body["jobId"])
+    assert job["state"] == "FAILED" and "does not exist" in job["errorMessage"]
+
+
+def test_cancel_mid_run_stops_the_process_group(ml_api, ml_service, tiny_trainer_package, bucket, gcs_prefix):
+    body = training_body(tiny_trainer_package, f"gs://{bucket.name}/{gcs_prefix}", ["--seconds", "300"])
+    ml_api.projects().jobs().create(parent=PARENT, body=body).execute()
+    pid = int(wait_log(ml_service.url, body["jobId"], r"tiny trainer pid=(\d+)").group(1))
+    wait_log(ml_service.url, body["jobId"], r"tick 2")
+    ml_api.projects().jobs().cancel(name=f"{PARENT}/jobs/{body['jobId']}", body={}).execute()
+    job = wait_job(ml_api, body["jobId"], timeout=30)
+    assert job["state"] == "CANCELLED"
+    assert gone(pid)
+    with pytest.raises(HttpError) as error:
+        ml_api.projects().jobs().cancel(name=f"{PARENT}/jobs/{body['jobId']}", body={}).execute()
+    assert error.value.status_code == 400
+
+
+@pytest.mark.parametrize(("change", "status", "text"), [
+    ({"pythonModule": None}, 400, "pythonModule is required"),
+    ({"pythonModule": "not a module"}, 400, "pythonModule is required"),
+    ({"packageUris": []}, 400, "at least one gs:// package"),
+    ({"packageUris": ["/tmp/trainer-0.1.tar.gz"]}, 400, "is not a gs:// URI"),
+    ({"packageUris": ["gs://b/../x.sh"]}, 400, "must name a Python package file"),
+    ({"packageUris": [f"gs://b/p{i}.tar.gz" for i in range(101)]}, 400, "at most 100"),
+    ({"args": "--epochs 3"}, 400, "args must be a list of strings"),
+    ({"args": ["--epochs", 3]}, 400, "args must be a list of strings"),
+    ({"region": None}, 400, "region is required"),
+    ({"jobDir": "/local/dir"}, 400, "jobDir must be a gs:// path"),
+    ({"scaleTier": "HUGE"}, 400, "scaleTier must be one of"),
+    ({"scaleTier": "CUSTOM"}, 400, "masterType is required"),
+    ({"masterConfig": {"imageUri": "gcr.io/p/trainer:1"}}, 400, "container engine"),
+    ({"hyperparameters": {"goal": "MAXIMIZE", "maxTrials": 4}}, 501, "Hyperparameter tuning"),
+])
+def test_bad_training_requests(ml_api, change, status, text):
+    body = training_body("gs://b/trainer-0.1.tar.gz", "gs://b/job", [])
+    body["trainingInput"].update(change)
+    body["trainingInput"] = {k: v for k, v in body["trainingInput"].items() if v is not None}
+    with pytest.raises(HttpError) as error:
+        ml_api.projects().jobs().create(parent=PARENT, body=body).execute()
+    assert error.value.status_code == status
+    assert text in json.loads(error.value.content)["error"]["message"]
+    with pytest.raises(HttpError):  # nothing was stored
+        ml_api.projects().jobs().get(name=f"{PARENT}/jobs/{body['jobId']}").execute()
+
+
+def test_job_id_reused_is_409(ml_api, tiny_trainer_package, bucket, gcs_prefix):
+    body = training_body(tiny_trainer_package, f"gs://{bucket.name}/{gcs_prefix}", [])
+    ml_api.projects().jobs().create(parent=PARENT, body=body).execute()
+    body["trainingInput"]["args"] = ["--mode", "fail"]
+    with pytest.raises(HttpError) as error:
+        ml_api.projects().jobs().create(parent=PARENT, body=body).execute()
+    assert error.value.status_code == 409
+    assert wait_job(ml_api, body["jobId"])["state"] == "SUCCEEDED"
+
+
+@pytest.fixture
+def own_service(gcs_emulator, tmp_path):
+    """A service of this test's own, so killing it disturbs no other test."""
+    port = devstack.free_port()
+    server = devstack.ml_service(port=port, state_dir=tmp_path / "state", gcs_host=gcs_emulator,
+                                 log_path=tmp_path / "service.log").start(timeout=120)
+    yield ServiceHandle(server=server, port=port)
+    server.stop()
+
+
+def test_restart_mid_run_reattaches_or_fails_clearly(own_service, tiny_trainer_package, bucket, gcs_prefix):
+    api = own_service.build_api()
+    survivor = training_body(tiny_trainer_package, f"gs://{bucket.name}/{gcs_prefix}/a", ["--seconds", "15"])
+    orphan = training_body(tiny_trainer_package, f"gs://{bucket.name}/{gcs_prefix}/b", ["--seconds", "300"])
+    for body in (survivor, orphan):
+        api.projects().jobs().create(parent=PARENT, body=body).execute()
+    wait_log(own_service.url, survivor["jobId"], r"tick 1")
+    orphan_pid = int(wait_log(own_service.url, orphan["jobId"], r"tiny trainer pid=(\d+)").group(1))
+
+    own_service.server.stop(sig=signal.SIGKILL)
+    os.killpg(os.getpgid(orphan_pid), signal.SIGKILL)  # this trainer dies with the service
+    own_service.server.start(timeout=120)
+    api = own_service.build_api()
+
+    assert [job["state"] for job in api.projects().jobs().list(parent=PARENT).execute()["jobs"]
+            ].count("RUNNING") <= 1  # only the re-attached one
+    job = wait_job(api, orphan["jobId"], timeout=30)
+    assert job["state"] == "FAILED" and "exit status is unknown" in job["errorMessage"], job
+    job = wait_job(api, survivor["jobId"], timeout=60)
+    assert job["state"] == "SUCCEEDED", job
+    lines = read_log(own_service.url, survivor["jobId"])["lines"]
+    assert any("re-attached" in line for line in lines) and "epoch 1/1 loss=0.5 done" in lines
+    assert bucket.blob(f"{gcs_prefix}/a/result.json").exists()
