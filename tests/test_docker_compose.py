@@ -118,7 +118,8 @@ def test_env_vars_refer_to_real_settings(services):
     from airflow.configuration import conf, retrieve_configuration_description
 
     options = retrieve_configuration_description()
-    config_source = (ROOT / "include" / "config.py").read_text()
+    # ML_* settings are read by include/config.py, or by the plugin's hook (ML_ENGINE_TOKEN_FILE)
+    config_source = (ROOT / "include" / "config.py").read_text() + (ROOT / "plugins/ml_engine/hooks.py").read_text()
     for name, service in services.items():
         for key, value in _env(service).items():
             if key.startswith("AIRFLOW__"):
@@ -129,7 +130,7 @@ def test_env_vars_refer_to_real_settings(services):
                 known = CELERY_OPTIONS if section == "celery" else set(options.get(section, {}).get("options", {}))
                 assert option in known, f"{name}: {key} is no Airflow option"
             elif key.startswith("ML_"):
-                assert f'"{key}"' in config_source, f"{name}: {key} is not read by include/config.py"
+                assert f'"{key}"' in config_source, f"{name}: {key} is read by neither config nor hook"
             elif key.startswith("AIRFLOW_CONN_"):
                 _check_connection(value, services)
             else:
@@ -269,11 +270,22 @@ def _run_init(services: dict, root: Path, **given: str) -> tuple[str, dict[str, 
     return done.stdout, secrets, passwords
 
 
+def test_ml_engine_requires_the_generated_token(services):
+    ml_engine, common = services["ml-engine"], services["airflow-scheduler"]
+    command = ml_engine["command"]
+    token_file = command[command.index("--token-file") + 1]
+    assert token_file == f"{SECRETS_DIR}/ml_engine_token"
+    assert f"airflow-secrets:{SECRETS_DIR}:ro" in ml_engine["volumes"]
+    assert ml_engine["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+    assert "ml-engine" not in services["airflow-init"]["depends_on"]  # no cycle: init writes the token first
+    assert _env(common)["ML_ENGINE_TOKEN_FILE"] == token_file
+
+
 def test_init_generates_secrets_once_and_prints_the_admin_password(services, tmp_path):
     from cryptography.fernet import Fernet
 
     out, secrets, passwords = _run_init(services, tmp_path)
-    assert set(secrets) == {"fernet_key", "jwt_secret", "api_secret_key"}
+    assert set(secrets) == {"fernet_key", "jwt_secret", "api_secret_key", "ml_engine_token"}
     Fernet(secrets["fernet_key"])  # a valid key, no trailing newline
     assert all(len(value) >= 40 and "\n" not in value for value in secrets.values())
     assert passwords["admin"] != "admin" and len(passwords["admin"]) >= 40

@@ -38,6 +38,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import google.oauth2.credentials
@@ -63,6 +64,7 @@ REGION_EXTRA = "ml_engine_region"
 ENDPOINT_ENV = "ML_ENGINE_ENDPOINT"
 TOKEN_EXTRA = "ml_engine_token"
 TOKEN_ENV = "ML_ENGINE_TOKEN"
+TOKEN_FILE_ENV = "ML_ENGINE_TOKEN_FILE"  # a file holding the token (docker-compose: a shared secrets volume)
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Fields that make two versions "the same deployment" for an idempotent create.
@@ -175,8 +177,11 @@ class MLEngineHook(GoogleBaseHook):
 
     @property
     def local_token(self) -> str | None:
-        """The local service's bearer token: connection extra ``ml_engine_token``, else ML_ENGINE_TOKEN."""
+        """The local service's bearer token: connection extra ``ml_engine_token``, else ML_ENGINE_TOKEN,
+        else the contents of the file named by ML_ENGINE_TOKEN_FILE."""
         token = self._get_field(TOKEN_EXTRA) or os.environ.get(TOKEN_ENV)
+        if not token and os.environ.get(TOKEN_FILE_ENV):
+            token = Path(os.environ[TOKEN_FILE_ENV]).read_text()
         return token.strip() if isinstance(token, str) and token.strip() else None
 
     def get_credentials_and_project_id(self):

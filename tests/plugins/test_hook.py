@@ -42,7 +42,7 @@ def test_get_conn_uses_endpoint_and_the_service_token(hook):
     assert hook.project_id == TEST_PROJECT
 
 
-def test_token_from_the_connection_extra_else_the_environment(ml_conn, monkeypatch):
+def test_token_from_the_connection_extra_else_the_environment(ml_conn, monkeypatch, tmp_path):
     """The local service's token travels as an OAuth bearer token; without one the hook is anonymous (401)."""
     from google.auth.credentials import AnonymousCredentials
     from ml_engine.hooks import MLEngineHook
@@ -60,6 +60,10 @@ def test_token_from_the_connection_extra_else_the_environment(ml_conn, monkeypat
             hook.list_models()
         assert excinfo.value.resp.status == 401
     assert isinstance(connection("no_token").get_credentials(), AnonymousCredentials)
+    token_file = tmp_path / "ml_engine_token"  # docker-compose's way: a file in a shared secrets volume
+    token_file.write_text(ml_conn.token + "\n")
+    monkeypatch.setenv("ML_ENGINE_TOKEN_FILE", str(token_file))
+    assert isinstance(connection("file_token").list_models(), list)
     monkeypatch.setenv("ML_ENGINE_TOKEN", ml_conn.token)
     assert isinstance(connection("env_token").list_models(), list)
 
