@@ -6,7 +6,8 @@ serving variants), same instances, same batch size:
 - batch: a batch prediction job (JSON lines read from GCS, results written to
   GCS) in instances/s, as a ratio of calling the loaded signature in-process;
 - online: one-instance predict latency p50/p95 over a kept-alive HTTP
-  connection, against the raw signature call on the same instance.
+  connection, against the raw signature call on the same instance, the two
+  alternating call by call.
 
 Rounds alternate service and raw runs so machine noise hits both alike;
 medians are reported. The service's peak RSS is sampled during every job, and
@@ -219,9 +220,9 @@ def bench_variant(variant: str, args, api, bucket, ml_server, workdir: Path) -> 
         http_predict()
         raw_predict()
     raw_ms, http_ms = [], []
-    for _ in range(args.rounds):
-        raw_ms += _latencies(raw_predict, args.online_requests // args.rounds)
-        http_ms += _latencies(http_predict, args.online_requests // args.rounds)
+    for _ in range(args.online_requests):  # call by call, so load spikes on a shared machine hit both alike
+        raw_ms += _latencies(raw_predict, 1)
+        http_ms += _latencies(http_predict, 1)
     connection.close()
     return {
         "variant": variant,

@@ -16,7 +16,7 @@ import gc
 import logging
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,17 @@ class Signature:
 
     function: Any
     inputs: dict[str, Any]  # alias -> tf.TensorSpec
+    flat_order: list[str] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.flat_order = _flat_order(self.function, self.inputs)
+
+    def call(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """The concrete function on tensors already checked against the specs (see `_flat_order`)."""
+        if self.flat_order is None:
+            return self.function(**feeds)
+        return self.function._call_flat([feeds[alias] for alias in self.flat_order],
+                                        self.function.captured_inputs)
 
     @property
     def stages_files(self) -> bool:
@@ -48,6 +59,26 @@ class Signature:
 
     def __call__(self, instances: list, staging_dir: Path | None = None) -> list[dict]:
         return predict(self, instances, staging_dir)
+
+
+def _flat_order(function: Any, inputs: dict[str, Any]) -> list[str] | None:
+    """Aliases in the order of the graph's input placeholders, when they can be told apart.
+
+    Calling `_call_flat` skips the structured-signature layer (argument binding,
+    nest flattening, spec checks: about a tenth of a one-instance prediction).
+    `prepare` has already checked dtype and shape against the specs. Where the
+    placeholders do not map one to one onto the aliases (or the TensorFlow
+    version lacks the method) the ordinary call is used.
+    """
+    try:
+        names = [tensor.name.split(":")[0] for tensor in function.inputs[: len(inputs)]]
+        by_name = {spec.name: alias for alias, spec in inputs.items()}
+        if not callable(getattr(function, "_call_flat", None)) or sorted(names) != sorted(by_name) \
+                or len(function.inputs) != len(inputs) + len(function.captured_inputs):
+            return None
+        return [by_name[name] for name in names]
+    except (AttributeError, TypeError):
+        return None
 
 
 class LoadedModel:
@@ -290,7 +321,7 @@ def run(signature: Signature, batch: PreparedBatch) -> list[dict]:
     import tensorflow as tf
 
     try:
-        outputs = signature.function(**batch.feeds)
+        outputs = signature.call(batch.feeds)
     except (tf.errors.OpError, ValueError, TypeError) as error:
         raise PredictionError(f"Prediction failed: {_tf_message(error)}") from None
     finally:
