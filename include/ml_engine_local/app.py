@@ -166,7 +166,7 @@ def _check_path_ids(params: dict[str, str]) -> None:
     """Ids in the URL follow the same rules as in bodies (no `..`, no names the service never creates)."""
     validation.project(params["project"])
     for key, (kind, field) in _PATH_IDS.items():
-        if key in params:
+        if params.get(key) is not None:  # the predict route's optional version is None
             check_name(kind, params[key], field)
     if ".." in params.get("operation", ""):
         raise invalid_argument("Invalid operation name.")

@@ -28,6 +28,8 @@ from include.ml_engine_local.errors import PredictionError
 
 log = logging.getLogger(__name__)
 DEFAULT_SIGNATURE = "serving_default"
+#: Deepest nesting handed to TensorFlow's list converter when the input's rank is unknown (it aborts past 254).
+MAX_CONVERTER_RANK = 32
 
 
 class BadModel(Exception):
@@ -184,19 +186,32 @@ def _columns(instances: list, inputs: dict[str, Any]) -> dict[str, list]:
     return columns
 
 
-def _float_tensor(values: list, dtype: Any) -> Any:
+def _nesting_depth(values: list) -> int:
+    """How deep the first elements nest: the rank TensorFlow's converter will infer."""
+    depth, first = 0, values
+    while isinstance(first, list) and depth <= MAX_CONVERTER_RANK:
+        depth, first = depth + 1, first[0] if first else None
+    return depth
+
+
+def _float_tensor(values: list, spec: Any) -> Any:
     """Nested lists of numbers -> a float tensor in TensorFlow's C++ converter, or None.
 
     About 5x faster than `np.asarray` on nested lists (it skips numpy's per-item
     Python protocol), which is most of the cost of a JSON `instances` request.
     Only for float dtypes, where both agree on every value they accept; anything
     TensorFlow refuses (None, numeric strings, ragged lists) goes the numpy way,
-    so results and error messages stay what they were.
+    so results and error messages stay what they were. So does a value nested
+    deeper than the input's rank: the converter aborts the whole process (a failed
+    CHECK, "Too many dimensions in tensor") past 254 levels.
     """
     import tensorflow as tf
 
+    rank = spec.shape.rank
+    if _nesting_depth(values) > (rank if rank is not None else MAX_CONVERTER_RANK):
+        return None
     try:
-        return tf.constant(values, dtype=dtype)
+        return tf.constant(values, dtype=spec.dtype)
     except (ValueError, TypeError):
         return None
 
@@ -215,7 +230,7 @@ def _tensor(alias: str, values: list, spec: Any) -> Any:
             array[i] = value
         if spec.shape.rank not in (None, 1):
             raise PredictionError(f"Input '{alias}' of rank {spec.shape.rank} is not supported.")
-    elif spec.dtype.is_floating and (array := _float_tensor(values, spec.dtype)) is not None:
+    elif spec.dtype.is_floating and (array := _float_tensor(values, spec)) is not None:
         pass
     else:
         try:
