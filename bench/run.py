@@ -6,10 +6,17 @@ serving variants), same instances, same batch size:
 - batch: a batch prediction job (JSON lines read from GCS, results written to
   GCS) in instances/s, as a ratio of calling the loaded signature in-process;
 - online: one-instance predict latency p50/p95 over a kept-alive HTTP
-  connection, against the raw signature call on the same instance.
+  connection, against the raw signature call on the same instance, the two
+  alternating call by call.
 
 Rounds alternate service and raw runs so machine noise hits both alike;
-medians are reported. Goals (issue 2): batch >= 0.7x raw, online p50 overhead <= 5 ms.
+medians are reported. The service's peak RSS is sampled during every job, and
+once more on a large input (`--memory-instances`) to show memory stays flat.
+Each DAG file's parse time is measured as Airflow's dag-processor pays it.
+Results go to the terminal and to `$STATE_DIR/bench/latest.json`.
+
+Goals (issue 12): batch ratio >= 0.9 (b64) / 0.7 (instances); online p50
+overhead <= 1 ms and p95 <= 2x raw p95.
 """
 
 from __future__ import annotations
@@ -22,14 +29,19 @@ import os
 import statistics
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from bench.dag_parse import parse_times
+from bench.rss import PeakSampler, hwm_mb
 from include import devstack
 
 PROJECT = "bench-project"
 BUCKET = "bench-bucket"
+ENGINE = "local"
+GOALS = {"b64": 0.9, "instances": 0.7}
 
 
 def _images(count: int, size: int, seed: int = 0) -> np.ndarray:
@@ -79,19 +91,22 @@ def _rfc3339_seconds(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-def _job_seconds(api, model: str, input_uri: str, output_uri: str, batch_size: int, tag: str) -> float:
+def _job_seconds(api, model: str, input_uri: str, output_uri: str, batch_size: int, tag: str,
+                 sampler: PeakSampler) -> float:
     """Wall time of a batch job from its createTime to its endTime (the service's own clock, so the
-    poll interval does not blur it); the job reads its input from and writes its outputs to GCS."""
+    poll interval does not blur it); the job reads its input from and writes its outputs to GCS.
+    `sampler` records the service's peak RSS meanwhile."""
     job_id = f"bench_{tag}_{int(time.time() * 1000)}"
     started = time.perf_counter()
-    api.projects().jobs().create(parent=f"projects/{PROJECT}", body={"jobId": job_id, "predictionInput": {
-        "modelName": f"projects/{PROJECT}/models/{model}", "dataFormat": "JSON", "inputPaths": [input_uri],
-        "outputPath": output_uri, "region": "us-central1", "batchSize": batch_size}}).execute()
-    while True:
-        job = api.projects().jobs().get(name=f"projects/{PROJECT}/jobs/{job_id}").execute()
-        if job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
-            break
-        time.sleep(0.25)  # timing comes from the job itself; poll like a client, not in a busy loop
+    with sampler.sampling():
+        api.projects().jobs().create(parent=f"projects/{PROJECT}", body={"jobId": job_id, "predictionInput": {
+            "modelName": f"projects/{PROJECT}/models/{model}", "dataFormat": "JSON", "inputPaths": [input_uri],
+            "outputPath": output_uri, "region": "us-central1", "batchSize": batch_size}}).execute()
+        while True:
+            job = api.projects().jobs().get(name=f"projects/{PROJECT}/jobs/{job_id}").execute()
+            if job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                break
+            time.sleep(0.25)  # timing comes from the job itself; poll like a client, not in a busy loop
     if job["state"] != "SUCCEEDED" or job["predictionOutput"]["errorCount"] != "0":
         raise RuntimeError(f"benchmark job did not succeed cleanly: {job}")
     if time.perf_counter() - started < _rfc3339_seconds(job["endTime"]) - _rfc3339_seconds(job["createTime"]):
@@ -125,7 +140,19 @@ def _deploy(api, bucket, model: str, directory: Path) -> None:
         time.sleep(0.2)
 
 
-def bench_variant(variant: str, args, api, bucket, ml_port: int, workdir: Path) -> dict:
+def _upload_lines(bucket, name: str, instances: list[dict], total: int) -> str:
+    """`total` JSON lines cycling through `instances` (unique keys), streamed to GCS."""
+    lines = [json.dumps({k: v for k, v in i.items() if k != "key"})[:-1].encode() for i in instances]
+    path = Path(tempfile.mkdtemp(prefix="bench-input-")) / "input.json"
+    with path.open("wb") as out:
+        for n in range(total):
+            out.write(lines[n % len(lines)] + b', "key": "k%d"}\n' % n)
+    bucket.blob(name).upload_from_filename(str(path))
+    path.unlink()
+    return f"gs://{BUCKET}/{name}"
+
+
+def bench_variant(variant: str, args, api, bucket, ml_server, workdir: Path) -> dict:
     import tensorflow as tf
 
     directory = _export(variant, args.image_size, workdir / variant)
@@ -138,18 +165,28 @@ def bench_variant(variant: str, args, api, bucket, ml_port: int, workdir: Path) 
 
     _raw_batch_seconds(signature, variant, instances[: args.batch_size * 2], args.batch_size)  # warm up
     raw, service = [], []
+    sampler = PeakSampler(ml_server.process.pid)
     for round_number in range(args.rounds):
         raw.append(_raw_batch_seconds(signature, variant, instances, args.batch_size))
         service.append(_job_seconds(api, model, input_uri, f"gs://{BUCKET}/out/{variant}/{round_number}",
-                                    args.batch_size, variant))
+                                    args.batch_size, variant, sampler))
     raw_rate = args.instances / statistics.median(raw)
     service_rate = args.instances / statistics.median(service)
+    memory = {"peak_rss_mb": sampler.peak_mb, "rss_before_jobs_mb": sampler.start_mb}
+    if args.memory_instances:
+        large = PeakSampler(ml_server.process.pid)
+        large_uri = _upload_lines(bucket, f"inputs/{variant}_large.json", instances, args.memory_instances)
+        seconds = _job_seconds(api, model, large_uri, f"gs://{BUCKET}/out/{variant}/large", args.batch_size,
+                               variant, large)
+        bucket.blob(f"inputs/{variant}_large.json").delete()
+        memory.update(large_instances=args.memory_instances, large_peak_rss_mb=large.peak_mb,
+                      large_batch_service_per_s=args.memory_instances / seconds)
 
     one = instances[:1]
     raw_feeds = _raw_inputs(variant, one)
     body = json.dumps({"instances": one}).encode()
     headers = {"Content-Type": "application/json", **devstack.auth_headers()}
-    connection = http.client.HTTPConnection("127.0.0.1", ml_port)
+    connection = http.client.HTTPConnection("127.0.0.1", args.ml_port)
     path = f"/v1/projects/{PROJECT}/models/{model}:predict"
 
     def http_predict() -> None:
@@ -166,12 +203,13 @@ def bench_variant(variant: str, args, api, bucket, ml_port: int, workdir: Path) 
         http_predict()
         raw_predict()
     raw_ms, http_ms = [], []
-    for _ in range(args.rounds):
-        raw_ms += _latencies(raw_predict, args.online_requests // args.rounds)
-        http_ms += _latencies(http_predict, args.online_requests // args.rounds)
+    for _ in range(args.online_requests):  # call by call, so load spikes on a shared machine hit both alike
+        raw_ms += _latencies(raw_predict, 1)
+        http_ms += _latencies(http_predict, 1)
     connection.close()
     return {
         "variant": variant,
+        "engine": ENGINE,
         "batch_raw_per_s": raw_rate,
         "batch_service_per_s": service_rate,
         "batch_ratio": service_rate / raw_rate,
@@ -181,7 +219,31 @@ def bench_variant(variant: str, args, api, bucket, ml_port: int, workdir: Path) 
         "online_service_p95_ms": _percentile(http_ms, 95),
         "online_p50_ratio": _percentile(http_ms, 50) / _percentile(raw_ms, 50),
         "online_p50_overhead_ms": _percentile(http_ms, 50) - _percentile(raw_ms, 50),
+        "online_p95_ratio": _percentile(http_ms, 95) / _percentile(raw_ms, 95),
+        **memory,
     }
+
+
+def _print_table(results: list[dict], parse: list[dict]) -> None:
+    print()
+    print(f"{'variant':<10} {'raw TF/s':>9} {'job/s':>8} {'ratio':>6} | {'raw p50':>8} {'raw p95':>8} "
+          f"{'svc p50':>8} {'svc p95':>8} {'p50 +ms':>8} | {'peak RSS MB':>11} {'large':>13}")
+    for r in results:
+        large = (f"{r['large_peak_rss_mb']:>6.0f} @{r['large_instances'] // 1000}k"
+                 if "large_peak_rss_mb" in r else "-")
+        print(f"{r['variant']:<10} {r['batch_raw_per_s']:>9.0f} {r['batch_service_per_s']:>8.0f} "
+              f"{r['batch_ratio']:>6.2f} | {r['online_raw_p50_ms']:>8.2f} {r['online_raw_p95_ms']:>8.2f} "
+              f"{r['online_service_p50_ms']:>8.2f} {r['online_service_p95_ms']:>8.2f} "
+              f"{r['online_p50_overhead_ms']:>8.2f} | {r['peak_rss_mb']:>11.0f} {large:>13}")
+    print("\ngoals: batch ratio >= " + ", ".join(f"{v} {g:.2f}" for v, g in GOALS.items())
+          + " (job createTime->endTime, GCS in and out included); online p50 overhead <= 1 ms, "
+          "p95 <= 2x raw p95; peak RSS flat with input size")
+    if parse:
+        print("\nDAG parse (fresh interpreter per file, DagBag only):")
+        for row in parse:
+            detail = (f"cpu {row['cpu_s']:.2f} s, wall {row['wall_s']:.2f} s, {row['dags']} DAG(s), "
+                      f"{row['import_errors']} import error(s)") if "error" not in row else row["error"]
+            print(f"  {row['file']:<24} {detail}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -192,39 +254,55 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--online-requests", type=int, default=300)
     parser.add_argument("--variants", default="b64,instances")
+    parser.add_argument("--memory-instances", type=int, default=50_000,
+                        help="one more job per variant on this many instances, for peak RSS (0: skip)")
+    parser.add_argument("--no-dag-parse", dest="dag_parse", action="store_false", help="skip DAG parse timing")
+    parser.add_argument("--output", type=Path,
+                        default=Path(os.environ.get("STATE_DIR", ".state")) / "bench" / "latest.json")
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
-    gcs_port, ml_port = devstack.free_port(), devstack.free_port()
+    gcs_port, args.ml_port = devstack.free_port(), devstack.free_port()
     gcs_host = f"http://127.0.0.1:{gcs_port}"
     os.environ["STORAGE_EMULATOR_HOST"] = gcs_host
     gcs_server = devstack.gcs_emulator(port=gcs_port, data_dir=None, log_path=workdir / "gcs.log").start()
     token_file = devstack.service_token_file(workdir)
     os.environ["ML_ENGINE_TOKEN"] = token_file.read_text().strip()
-    ml_server = devstack.ml_service(port=ml_port, state_dir=workdir / "state", gcs_host=gcs_host,
+    ml_server = devstack.ml_service(port=args.ml_port, state_dir=workdir / "state", gcs_host=gcs_host,
                                     log_path=workdir / "ml.log", token_file=token_file).start(timeout=120)
     try:
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage
 
         bucket = storage.Client(project=PROJECT, credentials=AnonymousCredentials()).create_bucket(BUCKET)
-        api = devstack.ml_api(f"http://127.0.0.1:{ml_port}/")
+        api = devstack.ml_api(f"http://127.0.0.1:{args.ml_port}/")
         print(f"bench: {args.instances} instances, batch size {args.batch_size}, {args.image_size}px images, "
-              f"{args.rounds} alternating rounds, {os.cpu_count()} CPUs")
-        results = [bench_variant(v, args, api, bucket, ml_port, workdir) for v in args.variants.split(",")]
+              f"{args.rounds} alternating rounds, {os.cpu_count()} CPUs, engine {ENGINE}")
+        results = [bench_variant(v, args, api, bucket, ml_server, workdir) for v in args.variants.split(",")]
+        service_hwm_mb = hwm_mb(ml_server.process.pid)
     finally:
         ml_server.stop()
         gcs_server.stop()
-    print()
-    print(f"{'variant':<10} {'raw TF/s':>9} {'job/s':>8} {'ratio':>6} | {'raw p50':>8} {'raw p95':>8} "
-          f"{'svc p50':>8} {'svc p95':>8} {'p50 +ms':>8}")
-    for r in results:
-        print(f"{r['variant']:<10} {r['batch_raw_per_s']:>9.0f} {r['batch_service_per_s']:>8.0f} "
-              f"{r['batch_ratio']:>6.2f} | {r['online_raw_p50_ms']:>8.2f} {r['online_raw_p95_ms']:>8.2f} "
-              f"{r['online_service_p50_ms']:>8.2f} {r['online_service_p95_ms']:>8.2f} "
-              f"{r['online_p50_overhead_ms']:>8.2f}")
-    print("\ngoals: batch ratio >= 0.70 (job createTime->endTime, GCS in and out included); "
-          "online p50 overhead <= 5 ms")
+    parse = parse_times() if args.dag_parse else []
+    _print_table(results, parse)
+    report = {
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "load_average": list(os.getloadavg()),
+        "instances": args.instances,
+        "memory_instances": args.memory_instances,
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "rounds": args.rounds,
+        "online_requests": args.online_requests,
+        "engine": ENGINE,
+        "service_lifetime_peak_rss_mb": service_hwm_mb,
+        "variants": {r["variant"]: r for r in results},
+        "dag_parse": parse,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nresults: {args.output}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 ml/v1 paths end in custom verbs (`...:predict`, `...:setDefault`) that path
 templates handle badly, so every `/v1/...` request goes through one small
-regex routing table below, which mirrors the discovery document.
+regex routing table below, which mirrors the discovery document. Online
+prediction, the one latency-bound call, has its own route in front of it
+(`_predict_endpoint`): same answers, less machinery.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request as StarletteRequest
 
 from include.ml_engine_local import (
     batch,
@@ -37,13 +40,17 @@ from include.ml_engine_local import (
 from include.ml_engine_local.context import Context
 from include.ml_engine_local.errors import ApiError, PredictionError, invalid_argument, unimplemented
 from include.ml_engine_local.names import check_name
+from include.ml_engine_local.request_log import RequestLog
 from include.ml_engine_local.runtime import BadModel, dumps, loads
-from include.ml_engine_local.security import PROTECTED_PREFIXES, Guard, check_json_body
+from include.ml_engine_local.security import CallerCheck, Guard, check_json_body
 
 log = logging.getLogger("ml_engine_local")
 
 PREDICT_LIMIT_BYTES = 1_572_864  # ml/v1's online prediction payload limit (1.5 MB)
 BODY_LIMIT_BYTES = 10 * 1024 * 1024
+# Online requests up to this size run on the event loop when their model is loaded: a thread
+# hop costs more than such a prediction's Python part, and a wake-up on a busy machine far more.
+INLINE_PREDICT_BYTES = 64 * 1024
 _STATUS_NAMES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 409: "ALREADY_EXISTS", 429: "RESOURCE_EXHAUSTED",
                  500: "INTERNAL", 501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
                  504: "DEADLINE_EXCEEDED"}
@@ -83,6 +90,12 @@ def _page(items: list[dict], key: str, call: Call) -> dict:
 
 
 def _predict(ctx: Context, call: Call) -> dict:
+    return _predict_call(ctx, call)
+
+
+def _predict_call(ctx: Context, call: Call, *, inline: bool = False) -> dict | None:
+    """Answer one predict call. `inline` (on the event loop): None instead of anything that
+    could block, i.e. a model not loaded yet or inputs to stage from GCS."""
     if len(call.raw) > PREDICT_LIMIT_BYTES:
         raise invalid_argument(f"Request payload size exceeds the limit: {PREDICT_LIMIT_BYTES} bytes.")
     body = call.json()
@@ -90,9 +103,15 @@ def _predict(ctx: Context, call: Call) -> dict:
         raise invalid_argument('The request body must be a JSON object with "instances".')
     version = models.resolve_for_prediction(ctx, call.params["name"])
     try:
-        loaded = ctx.models.get(version["name"], Path(version["_path"]))
+        if inline:
+            if (loaded := ctx.models.peek(version["name"])) is None:
+                return None
+        else:
+            loaded = ctx.models.get(version["name"], Path(version["_path"]))
         signature = loaded.signature(body.get("signature_name") or body.get("signatureName"))
-        return {"predictions": signature(body["instances"], ctx.scratch_dir)}
+        if signature.stages_files and inline:
+            return None
+        return {"predictions": signature(body["instances"], ctx.scratch_dir if signature.stages_files else None)}
     except PredictionError as error:
         return {"error": str(error)}
     except BadModel as error:
@@ -147,28 +166,45 @@ def _check_path_ids(params: dict[str, str]) -> None:
     """Ids in the URL follow the same rules as in bodies (no `..`, no names the service never creates)."""
     validation.project(params["project"])
     for key, (kind, field) in _PATH_IDS.items():
-        if key in params:
+        if params.get(key) is not None:  # the predict route's optional version is None
             check_name(kind, params[key], field)
     if ".." in params.get("operation", ""):
         raise invalid_argument("Invalid operation name.")
 
 
-def dispatch(ctx: Context, method: str, path: str, query: dict[str, str], raw: bytes) -> tuple[int, object]:
-    """Route one /v1 request; ApiError becomes Google's error body."""
+PREDICT_PATH = re.compile(f"(?P<name>projects/{P}/models/{M}(/versions/{V})?):predict$")
+
+
+def _route(ctx: Context, method: str, path: str, query: dict[str, str], raw: bytes) -> object:
+    for route_method, pattern, handler in COMPILED:
+        if route_method == method and (match := pattern.match(path)):
+            params = match.groupdict()
+            _check_path_ids(params)
+            return handler(ctx, Call(params, query, raw))
+    if UNIMPLEMENTED.match(path):
+        raise unimplemented(f"{method} v1/{path}")
+    raise ApiError(404, "NOT_FOUND", f"Method not found: {method} v1/{path}")
+
+
+def _answer(method: str, path: str, handler: Callable[..., object], *args) -> tuple[int, object]:
+    """Run a handler; ApiError becomes Google's error body, and so does a bug of ours (logged)."""
     try:
-        for route_method, pattern, handler in COMPILED:
-            if route_method == method and (match := pattern.match(path)):
-                params = match.groupdict()
-                _check_path_ids(params)
-                return 200, handler(ctx, Call(params, query, raw))
-        if UNIMPLEMENTED.match(path):
-            raise unimplemented(f"{method} v1/{path}")
-        raise ApiError(404, "NOT_FOUND", f"Method not found: {method} v1/{path}")
+        return 200, handler(*args)
     except ApiError as error:
         return error.code, error.body()
     except Exception as error:  # a bug of ours: still answered in Google's shape, and logged with its trace
         log.exception("%s v1/%s failed", method, path)
         return 500, ApiError(500, "INTERNAL", f"Internal error: {error.__class__.__name__}: {error}").body()
+
+
+def _predict_inline(ctx: Context, call: Call) -> dict | None:
+    _check_path_ids(call.params)
+    return _predict_call(ctx, call, inline=True)
+
+
+def dispatch(ctx: Context, method: str, path: str, query: dict[str, str], raw: bytes) -> tuple[int, object]:
+    """Route one /v1 request; ApiError becomes Google's error body."""
+    return _answer(method, path, _route, ctx, method, path, query, raw)
 
 
 class FaultInjector:
@@ -274,30 +310,8 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
         recovery.release_attempts(ctx)  # a graceful stop is not a crash: it costs no attempt
         ctx.shutdown()
 
-    @app.middleware("http")
-    async def _check_caller(request: Request, call_next):
-        """Host and Origin on everything but /healthz; the bearer token on /v1 and /_local."""
-        path = request.url.path
-        if path != "/healthz":
-            host = request.headers.get("host")
-            protected = path.startswith(PROTECTED_PREFIXES)
-            error = guard.check_host(host)
-            if error is None and (protected or request.method != "GET"):
-                error = guard.check_origin(request.headers.get("origin"), host)
-            if error is None and protected:
-                error = guard.check_token(request.headers.get("authorization"))
-            if error is not None:
-                return _error_response(error)
-        return await call_next(request)
-
-    @app.middleware("http")
-    async def _log_requests(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        if request.url.path != "/healthz":
-            log.info("%s %s %d %.1fms", request.method, request.url.path, response.status_code,
-                     (time.perf_counter() - started) * 1000)
-        return response
+    app.add_middleware(CallerCheck, guard=guard)  # added last, so it runs first
+    app.add_middleware(RequestLog)
 
     @app.get("/healthz")
     def _health() -> dict:
@@ -338,6 +352,31 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
             return await run_in_threadpool(training.read_log, ctx, project, job, offset, limit)
         except ApiError as error:
             return JSONResponse(error.body(), status_code=error.code)
+
+    async def _predict_endpoint(request: StarletteRequest) -> Response:
+        """`...:predict`, a plain Starlette route (no FastAPI parameter solving); small requests for a
+        loaded model are answered on the event loop, the rest like any /v1 call in a worker thread."""
+        path = request.url.path[len("/v1/"):]
+        if (status := faults.take("POST", request.url.path)) is not None:
+            error = ApiError(status, _STATUS_NAMES.get(status, "UNKNOWN"), f"Injected fault {status}.")
+            return JSONResponse(error.body(), status_code=status)
+        try:
+            raw = await _read_body(request, PREDICT_LIMIT_BYTES)
+        except ApiError as error:
+            return _error_response(error)
+        if error := check_json_body("POST", request.headers.get("content-type"), raw):
+            return _error_response(error)
+        query = dict(request.query_params)
+        answer = None
+        if len(raw) <= INLINE_PREDICT_BYTES and (match := PREDICT_PATH.match(path)):
+            answer = _answer("POST", path, _predict_inline, ctx, Call(match.groupdict(), query, raw))
+        if answer is None or answer[1] is None:
+            answer = await run_in_threadpool(dispatch, ctx, "POST", path, query, raw)
+        return Response(dumps(answer[1]), status_code=answer[0], media_type="application/json")
+
+    for template in ("/v1/projects/{project}/models/{model}:predict",
+                     "/v1/projects/{project}/models/{model}/versions/{version}:predict"):
+        app.add_route(template, _predict_endpoint, methods=["POST"])
 
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PATCH", "DELETE", "PUT"])
     async def _v1(path: str, request: Request) -> Response:

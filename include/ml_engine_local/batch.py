@@ -229,15 +229,22 @@ def _skip(stream, count: int, piece: int = 1024 * 1024) -> None:
         count -= read
 
 
+FIRST_READ_BYTES = 256 * 1024
+
+
 def _lines(stream, max_bytes: int = MAX_LINE_BYTES, chunk_size: int = 4 * 1024 * 1024) -> Iterator[bytes | None]:
     """Lines of a stream read in large chunks (the GCS reader's own readline is byte-slow).
 
-    A line longer than `max_bytes` comes out as None: its bytes are dropped as
-    they arrive, so memory stays under `max_bytes` + one chunk.
+    Reads start at FIRST_READ_BYTES and double up to `chunk_size`: the first batch
+    reaches TensorFlow after one small request instead of a full chunk. A line longer
+    than `max_bytes` comes out as None: its bytes are dropped as they arrive, so
+    memory stays under `max_bytes` + one chunk.
     """
     pending = b""
     too_long = False
-    while chunk := stream.read(chunk_size):
+    size = min(FIRST_READ_BYTES, chunk_size)
+    while chunk := stream.read(size):
+        size = min(size * 2, chunk_size)
         *ended, rest = chunk.split(b"\n")
         for part in ended:
             if too_long:
@@ -258,8 +265,9 @@ def _lines(stream, max_bytes: int = MAX_LINE_BYTES, chunk_size: int = 4 * 1024 *
 
 def _instances(uri: str, data_format: str) -> Iterator[tuple[object, str | None]]:
     """(instance, None) for each good input and (None, error) for each bad one."""
-    with gcs.open_read(uri) as raw:
-        if data_format in ("JSON", "TEXT"):
+    text = data_format in ("JSON", "TEXT")
+    with gcs.open_read(uri, chunk_size=FIRST_READ_BYTES if text else 4 * 1024 * 1024) as raw:
+        if text:
             for number, line in enumerate(_lines(raw), start=1):
                 if line is None:
                     yield None, f"Input line {number} is longer than the limit of {MAX_LINE_BYTES} bytes."
@@ -417,9 +425,8 @@ def _run_shard(ctx: Context, name: str, signature: Signature, uri: str, predicti
                 results.close()
     finally:
         stop_reading.set()
-    with gcs.open_write(f"{output}/prediction.errors_stats-{suffix}") as stats:
-        for message, count in errors.most_common():
-            stats.write(repr((message, count)) + "\n")
+    gcs.write_small(f"{output}/prediction.errors_stats-{suffix}",
+                    "".join(repr((message, count)) + "\n" for message, count in errors.most_common()))
 
 
 def _predict_shard(ctx: Context, name: str, signature: Signature, batches: Iterator[InputBatch], results: WriteBehind,

@@ -164,11 +164,11 @@ def download_file(uri: str, target: Path) -> None:
         raise _translate(uri, error) from error
 
 
-def open_read(uri: str) -> IO[bytes]:
-    """A streaming binary reader (chunks of a few MB, memory bounded)."""
+def open_read(uri: str, *, chunk_size: int = 4 * 1024 * 1024) -> IO[bytes]:
+    """A streaming binary reader, memory bounded: each read fetches max(asked, chunk_size) bytes."""
     bucket, path = split_uri(uri)
     try:
-        return client().bucket(bucket).blob(path).open("rb", chunk_size=4 * 1024 * 1024)
+        return client().bucket(bucket).blob(path).open("rb", chunk_size=chunk_size)
     except gexc.GoogleAPIError as error:
         raise _translate(uri, error) from error
 
@@ -178,6 +178,15 @@ def open_write(uri: str, *, binary: bool = False) -> IO:
     bucket, path = split_uri(uri)
     try:
         return client().bucket(bucket).blob(path).open("wb" if binary else "w", chunk_size=4 * 1024 * 1024)
+    except gexc.GoogleAPIError as error:
+        raise _translate(uri, error) from error
+
+
+def write_small(uri: str, data: bytes | str) -> None:
+    """Write a small object in one request (a streaming writer costs two round trips)."""
+    bucket, path = split_uri(uri)
+    try:
+        client().bucket(bucket).blob(path).upload_from_string(data)
     except gexc.GoogleAPIError as error:
         raise _translate(uri, error) from error
 

@@ -16,7 +16,7 @@ import gc
 import logging
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ from include.ml_engine_local.errors import PredictionError
 
 log = logging.getLogger(__name__)
 DEFAULT_SIGNATURE = "serving_default"
+#: Deepest nesting handed to TensorFlow's list converter when the input's rank is unknown (it aborts past 254).
+MAX_CONVERTER_RANK = 32
 
 
 class BadModel(Exception):
@@ -40,9 +42,45 @@ class Signature:
 
     function: Any
     inputs: dict[str, Any]  # alias -> tf.TensorSpec
+    flat_order: list[str] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.flat_order = _flat_order(self.function, self.inputs)
+
+    def call(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """The concrete function on tensors already checked against the specs (see `_flat_order`)."""
+        if self.flat_order is None:
+            return self.function(**feeds)
+        return self.function._call_flat([feeds[alias] for alias in self.flat_order],
+                                        self.function.captured_inputs)
+
+    @property
+    def stages_files(self) -> bool:
+        """Whether calls read gs:// objects first (string inputs whose alias ends in `_url`)."""
+        return any(alias.endswith("_url") and spec.dtype.name == "string" for alias, spec in self.inputs.items())
 
     def __call__(self, instances: list, staging_dir: Path | None = None) -> list[dict]:
         return predict(self, instances, staging_dir)
+
+
+def _flat_order(function: Any, inputs: dict[str, Any]) -> list[str] | None:
+    """Aliases in the order of the graph's input placeholders, when they can be told apart.
+
+    Calling `_call_flat` skips the structured-signature layer (argument binding,
+    nest flattening, spec checks: about a tenth of a one-instance prediction).
+    `prepare` has already checked dtype and shape against the specs. Where the
+    placeholders do not map one to one onto the aliases (or the TensorFlow
+    version lacks the method) the ordinary call is used.
+    """
+    try:
+        names = [tensor.name.split(":")[0] for tensor in function.inputs[: len(inputs)]]
+        by_name = {spec.name: alias for alias, spec in inputs.items()}
+        if not callable(getattr(function, "_call_flat", None)) or sorted(names) != sorted(by_name) \
+                or len(function.inputs) != len(inputs) + len(function.captured_inputs):
+            return None
+        return [by_name[name] for name in names]
+    except (AttributeError, TypeError):
+        return None
 
 
 class LoadedModel:
@@ -80,6 +118,10 @@ class ModelCache:
         self._models: dict[str, LoadedModel] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+
+    def peek(self, key: str) -> LoadedModel | None:
+        """The model if it is loaded already (never loads: safe on the event loop)."""
+        return self._models.get(key)
 
     def get(self, key: str, path: Path) -> LoadedModel:
         model = self._models.get(key)
@@ -144,8 +186,38 @@ def _columns(instances: list, inputs: dict[str, Any]) -> dict[str, list]:
     return columns
 
 
-def _tensor(alias: str, values: list, spec: Any) -> np.ndarray:
-    """One input column as an array of the spec's dtype and a compatible shape."""
+def _nesting_depth(values: list) -> int:
+    """How deep the first elements nest: the rank TensorFlow's converter will infer."""
+    depth, first = 0, values
+    while isinstance(first, list) and depth <= MAX_CONVERTER_RANK:
+        depth, first = depth + 1, first[0] if first else None
+    return depth
+
+
+def _float_tensor(values: list, spec: Any) -> Any:
+    """Nested lists of numbers -> a float tensor in TensorFlow's C++ converter, or None.
+
+    About 5x faster than `np.asarray` on nested lists (it skips numpy's per-item
+    Python protocol), which is most of the cost of a JSON `instances` request.
+    Only for float dtypes, where both agree on every value they accept; anything
+    TensorFlow refuses (None, numeric strings, ragged lists) goes the numpy way,
+    so results and error messages stay what they were. So does a value nested
+    deeper than the input's rank: the converter aborts the whole process (a failed
+    CHECK, "Too many dimensions in tensor") past 254 levels.
+    """
+    import tensorflow as tf
+
+    rank = spec.shape.rank
+    if _nesting_depth(values) > (rank if rank is not None else MAX_CONVERTER_RANK):
+        return None
+    try:
+        return tf.constant(values, dtype=spec.dtype)
+    except (ValueError, TypeError):
+        return None
+
+
+def _tensor(alias: str, values: list, spec: Any) -> Any:
+    """One input column as an array (or eager tensor) of the spec's dtype and a compatible shape."""
     if spec.dtype.name == "string":
         array = np.empty(len(values), dtype=object)
         for i, value in enumerate(values):
@@ -158,6 +230,8 @@ def _tensor(alias: str, values: list, spec: Any) -> np.ndarray:
             array[i] = value
         if spec.shape.rank not in (None, 1):
             raise PredictionError(f"Input '{alias}' of rank {spec.shape.rank} is not supported.")
+    elif spec.dtype.is_floating and (array := _float_tensor(values, spec)) is not None:
+        pass
     else:
         try:
             array = np.asarray(values, dtype=spec.dtype.as_numpy_dtype)
@@ -248,7 +322,8 @@ def prepare(signature: Signature, instances: list, staging_dir: Path | None = No
                 if batch.staging is None:
                     batch.staging = tempfile.TemporaryDirectory(dir=staging_dir)
                 values = _stage_urls(alias, values, Path(batch.staging.name))
-            batch.feeds[alias] = tf.constant(_tensor(alias, values, spec), dtype=spec.dtype)
+            array = _tensor(alias, values, spec)
+            batch.feeds[alias] = array if isinstance(array, tf.Tensor) else tf.constant(array, dtype=spec.dtype)
     except RecursionError:  # a deeply nested value: the instance's fault, not the service's
         batch.cleanup()
         raise PredictionError("An instance is nested too deeply to be read as a tensor.") from None
@@ -266,7 +341,7 @@ def run(signature: Signature, batch: PreparedBatch) -> list[dict]:
     import tensorflow as tf
 
     try:
-        outputs = signature.function(**batch.feeds)
+        outputs = signature.call(batch.feeds)
     except (tf.errors.OpError, ValueError, TypeError) as error:
         raise PredictionError(f"Prediction failed: {_tf_message(error)}") from None
     finally:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from starlette.responses import JSONResponse
+
 from include.ml_engine_local.errors import ApiError
 
 log = logging.getLogger("ml_engine_local")
@@ -144,3 +146,33 @@ def check_json_body(method: str, content_type: str | None, body: bytes) -> ApiEr
         return ApiError(400, "INVALID_ARGUMENT",
                         f"Content-Type '{content_type or ''}' is not supported; send application/json.")
     return None
+
+
+class CallerCheck:
+    """The Guard's checks for every HTTP request, as a pure ASGI middleware (no per-call task group).
+
+    Host and Origin on everything but /healthz (Origin on /v1, /_local and every non-GET);
+    the bearer token on /v1 and /_local.
+    """
+
+    def __init__(self, app, guard: Guard):
+        self.app, self.guard = app, guard
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/healthz":
+            error = self._check(scope)
+            if error is not None:
+                await JSONResponse(error.body(), status_code=error.code)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _check(self, scope) -> ApiError | None:
+        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
+        host = headers.get("host")
+        protected = scope["path"].startswith(PROTECTED_PREFIXES)
+        error = self.guard.check_host(host)
+        if error is None and (protected or scope["method"] != "GET"):
+            error = self.guard.check_origin(headers.get("origin"), host)
+        if error is None and protected:
+            error = self.guard.check_token(headers.get("authorization"))
+        return error
