@@ -173,8 +173,9 @@ def test_task_logs_tell_the_story(stack, lifecycle_run):
     train_job = log_of("train_job")  # the ml/v1 training job's own output, streamed into the task log
     assert "_train_" in train_job and "Epoch 1/1" in train_job and "val_iou=" in train_job
     assert "state SUCCEEDED" in train_job
-    # An error line means an error: TensorFlow's start-up banner is not one.
-    assert "[error]" not in train_job and "absl::InitializeLog" not in train_job, train_job
+    # An error line means an error: TensorFlow's start-up banner, printed by the trainer process, is not one
+    # (the job's output is streamed at INFO, banner included, as the job's own log has it).
+    assert "[error]" not in train_job, train_job
     assert "Training of this run finished (gs://ui-bucket/runs/heatmap/" in log_of("train")
     exported = log_of("export_variants")
     assert "Variant b64 matches Keras" in exported
