@@ -43,6 +43,9 @@ DEFAULT_TRIGGER_LOG_PORT = 8794
 ADMIN_USER = "admin"
 DEFAULT_ADMIN_PASSWORD = "admin"  # local only; documented in README ("Airflow UI")
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+#: How long SQLite waits for another process's write lock. Python's default (5 s) made a trigger from the UI
+#: or the REST API fail with a 500 while a running task wrote to the database.
+SQLITE_CONNECT_ARGS = {"timeout": 60}
 PROJECT_DAGS = ("model_lifecycle", "batch_prediction", "model_maintenance")
 #: Stack settings the caller's environment may change (e.g. AIRFLOW__CORE__PARALLELISM=8 make airflow).
 TUNABLE = frozenset({
@@ -127,6 +130,9 @@ class AirflowStack:
         }
         for key, value in defaults.items():  # the stack owns folders, ports, auth and executor
             env[key] = os.environ.get(key, value) if key in TUNABLE else value
+        if env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite"):
+            for key in ("SQL_ALCHEMY_CONNECT_ARGS", "SQL_ALCHEMY_CONNECT_ARGS_ASYNC"):
+                env[f"AIRFLOW__DATABASE__{key}"] = "include.airflow_stack.SQLITE_CONNECT_ARGS"
         if self.local_services:
             env["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{self.gcs_port}"
             env["ML_ENGINE_ENDPOINT"] = f"http://127.0.0.1:{self.ml_port}/"
