@@ -33,7 +33,7 @@ run: install  ## set up, start the local stack, run model_lifecycle then batch_p
 	@bash scripts/run.sh
 
 services: install  ## start the GCS emulator and the ml/v1 service in the background
-	$(PY) -m include.devstack start
+	$(PY) -m tools.devstack start
 
 browser:  ## Debian's chromium for the browser test (apt-get, as root or on CI, when /usr/bin/chromium is missing)
 	@if [[ ! -x /usr/bin/chromium ]]; then \
@@ -45,10 +45,10 @@ browser:  ## Debian's chromium for the browser test (apt-get, as root or on CI, 
 	fi
 
 airflow: install  ## Airflow 3 (api-server, scheduler, dag-processor, triggerer) + services; UI http://localhost:$(AIRFLOW_PORT) (admin/admin)
-	$(PY) -m include.airflow_stack start --port $(AIRFLOW_PORT)
+	$(PY) -m tools.airflow_stack start --port $(AIRFLOW_PORT)
 
 stop:  ## stop everything `make services` / `make airflow` started
-	@if [[ -x $(PY) ]]; then $(PY) -m include.airflow_stack stop && $(PY) -m include.devstack stop; fi
+	@if [[ -x $(PY) ]]; then $(PY) -m tools.airflow_stack stop && $(PY) -m tools.devstack stop; fi
 
 bench: install  ## benchmarks: service vs raw TensorFlow, side by side
 	$(PY) -m bench.run $(BENCH_ARGS)

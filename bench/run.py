@@ -36,7 +36,7 @@ import numpy as np
 
 from bench.dag_parse import parse_times
 from bench.rss import PeakSampler, hwm_mb
-from include import devstack
+from tools import devstack
 
 PROJECT = "bench-project"
 BUCKET = "bench-bucket"

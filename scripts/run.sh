@@ -32,7 +32,7 @@ mkdir -p "$AIRFLOW_HOME"
 started_services=0
 cleanup() {
   if [[ $started_services == 1 ]]; then
-    "$PY" -m include.devstack stop --state-dir "$STATE_DIR" >/dev/null && say "services stopped"
+    "$PY" -m tools.devstack stop --state-dir "$STATE_DIR" >/dev/null && say "services stopped"
   fi
 }
 trap cleanup EXIT
@@ -41,11 +41,11 @@ if curl -sf "http://127.0.0.1:$ML_PORT/healthz" >/dev/null 2>&1; then
   say "services already running on :$GCS_PORT / :$ML_PORT (left running)"
 else
   say "starting the GCS emulator (:$GCS_PORT) and the ml/v1 service (:$ML_PORT)"
-  "$PY" -m include.devstack start --state-dir "$STATE_DIR" --gcs-port "$GCS_PORT" --ml-port "$ML_PORT" \
+  "$PY" -m tools.devstack start --state-dir "$STATE_DIR" --gcs-port "$GCS_PORT" --ml-port "$ML_PORT" \
     > "$LOG_DIR/devstack.log" 2>&1 || { cat "$LOG_DIR/devstack.log"; exit 1; }
   started_services=1
 fi
-# The service's bearer token (made by `include.devstack start`, 0600, reused): the hook sends it,
+# The service's bearer token (made by `tools.devstack start`, 0600, reused): the hook sends it,
 # and include.config puts it into the Airflow connection.
 export ML_ENGINE_TOKEN=$(cat "$STATE_DIR/ml_engine_token" 2>/dev/null)
 eval "$("$PY" -m include.config --exports)"
@@ -74,7 +74,7 @@ if [[ $STATE_model_lifecycle == success ]]; then
 fi
 
 echo
-"$PY" -m include.run_summary --lifecycle "$STATE_model_lifecycle" --batch "$STATE_batch_prediction" \
+"$PY" -m tools.run_summary --lifecycle "$STATE_model_lifecycle" --batch "$STATE_batch_prediction" \
   --seconds "$(elapsed)"
 echo "Logs: $LOG_DIR/  Airflow home: $AIRFLOW_HOME"
 [[ $STATE_model_lifecycle == success && $STATE_batch_prediction == success ]]

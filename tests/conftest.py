@@ -26,7 +26,7 @@ if "airflow" not in sys.modules:
     os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from include import devstack  # noqa: E402
+from tools import devstack  # noqa: E402
 
 TEST_PROJECT = "test-project"
 TEST_BUCKET = "test-bucket"

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from include import devstack
 from tests.conftest import ServiceHandle
+from tools import devstack
 
 LIFE_TIMEOUT_S = 240
 

@@ -28,7 +28,7 @@ RETRIES = 8  # googleapiclient retries 429/5xx: the fault test answers 20 % of m
 
 
 def _model_state(model_name: str) -> dict:
-    from include import devstack
+    from tools import devstack
 
     api = devstack.ml_api(os.environ["ML_ENGINE_ENDPOINT"])
     name = f"projects/{os.environ['GOOGLE_CLOUD_PROJECT']}/models/{model_name}"

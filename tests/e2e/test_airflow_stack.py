@@ -20,8 +20,8 @@ import urllib.parse
 
 import pytest
 
-from include import devstack
-from include.airflow_stack import AirflowStack
+from tools import devstack
+from tools.airflow_stack import AirflowStack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from include.airflow_stack import ADMIN_USER
 from tests.e2e.test_airflow_stack import start_stack, task_states, wait_run
+from tools.airflow_stack import ADMIN_USER
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

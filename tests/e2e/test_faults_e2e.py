@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from include import config
-from include.devstack import LocalProcess, free_port
 from tests.e2e.run_dags import ROOT, migrate, run_scenario, settings_env
+from tools.devstack import LocalProcess, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ import re
 import pytest
 from googleapiclient.errors import HttpError
 
-from include import devstack
 from include.ml_engine_local.security import INVALID_CREDENTIALS, MISSING_CREDENTIALS, Guard
+from tools import devstack
 
 from .conftest import PARENT, unique
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from googleapiclient.errors import HttpError
 
-from include import devstack
 from tests.conftest import ServiceHandle
+from tools import devstack
 
 from .conftest import PARENT, PROJECT, unique, wait_job
 

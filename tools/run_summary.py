@@ -5,7 +5,7 @@ labels, default) and GCS (run manifest, gate decision, batch summary) — with
 the same googleapiclient client Google's docs use, so the summary shows what a
 user of the API would see, not what the DAGs believe they did.
 
-    python -m include.run_summary [--lifecycle STATE] [--batch STATE] [--seconds N]
+    python -m tools.run_summary [--lifecycle STATE] [--batch STATE] [--seconds N]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from include.lifecycle.naming import short_name
 
 
 def _ml_api(settings: config.Settings):
-    from include import devstack
+    from tools import devstack
 
     return devstack.ml_api(settings.ml_engine_endpoint)
 

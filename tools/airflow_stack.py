@@ -1,7 +1,7 @@
 """Start and stop Airflow 3 on this machine with the project's DAGs and plugins: `make airflow` / `make stop`.
 
 One place for the local Airflow stack: the CLI below (pid files and logs under
-the state dir, like `include.devstack` for the GCS emulator and the ml/v1
+the state dir, like `tools.devstack` for the GCS emulator and the ml/v1
 service) and the `AirflowStack` class the end-to-end tests start on free ports,
 so what the tests run is what users run.
 
@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from include import devstack
+from tools import devstack
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = devstack.PROJECT_ROOT
@@ -132,7 +132,7 @@ class AirflowStack:
             env[key] = os.environ.get(key, value) if key in TUNABLE else value
         if env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite"):
             for key in ("SQL_ALCHEMY_CONNECT_ARGS", "SQL_ALCHEMY_CONNECT_ARGS_ASYNC"):
-                env[f"AIRFLOW__DATABASE__{key}"] = "include.airflow_stack.SQLITE_CONNECT_ARGS"
+                env[f"AIRFLOW__DATABASE__{key}"] = "tools.airflow_stack.SQLITE_CONNECT_ARGS"
         if self.local_services:
             env["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{self.gcs_port}"
             env["ML_ENGINE_ENDPOINT"] = f"http://127.0.0.1:{self.ml_port}/"
