@@ -20,13 +20,11 @@ rollback in `model_maintenance`) changes the default version (the promotion Asse
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
-import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 from ml_engine.operators import MLEngineStartBatchPredictionJobOperator
 
-from include import assets, config
+from include import assets, config, dag_defaults
 
 log = logging.getLogger(__name__)
 CFG = config.load()
@@ -34,32 +32,19 @@ PROMOTION = assets.promotion_asset()
 DATA_FORMATS = ["AUTO", "JSON", "TEXT", "TF_RECORD", "TF_RECORD_GZIP"]
 
 
-def _promotion_event(triggering_asset_events) -> dict:
-    """The `extra` of the newest promotion event that triggered this run ({} for other runs)."""
-    try:
-        events = [event for asset_events in (triggering_asset_events or {}).values() for event in asset_events]
-        newest = max(events, key=lambda event: event.timestamp, default=None)
-        return dict(getattr(newest, "extra", None) or {})
-    except (AttributeError, TypeError) as error:  # an Airflow without the accessor: use the params
-        log.warning("Cannot read the triggering asset events (%s); using the params", error)
-        return {}
-
-
 @dag(
     dag_id="batch_prediction",
     schedule=AssetOrTimeSchedule(
         timetable=CronTriggerTimetable(CFG.batch_schedule, timezone="UTC"), assets=[PROMOTION]
     ),
-    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    start_date=dag_defaults.START_DATE,
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
     tags=["ml", "ml_engine", "batch-prediction"],
-    default_args={"owner": "ml-platform", "retries": CFG.task_retries,
-                  "retry_delay": timedelta(seconds=CFG.retry_delay_seconds)},
+    default_args=dag_defaults.default_args(CFG),
     params={
-        "model_name": Param(CFG.model_name, type="string", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,127}$",
-                            title="Model name"),
+        "model_name": dag_defaults.model_name_param(CFG.model_name),
         "version": Param("", type="string", title="Version (blank: the default version)"),
         "input_uris": Param(list(CFG.batch_input_uris), type="array", items={"type": "string"},
                             title="Input files (gs://, wildcards allowed)",
@@ -76,45 +61,29 @@ def _promotion_event(triggering_asset_events) -> dict:
 def batch_prediction():
     @task(multiple_outputs=True)
     def resolve_target(params: dict, dag_run=None, triggering_asset_events=None) -> dict:
-        """The version to use (the default unless named), its variant, and this run's job id and prefixes."""
+        """The version to use (the default unless named), its variant, and this run's job id and prefixes.
+
+        The target is recorded in GCS first, so a cleared or retried run keeps the version it chose.
+        """
         from ml_engine.hooks import MLEngineHook
 
-        from include.lifecycle import naming, storage
+        from include.lifecycle import batch_target, naming, storage
 
-        promoted = _promotion_event(triggering_asset_events)  # the event names the model it promoted
-        model_name = promoted.get("model") or params["model_name"]
+        promoted = batch_target.promotion_event(triggering_asset_events)  # names the model it promoted
+        model = promoted.get("model") or params["model_name"]
         job_id = naming.job_id(dag_run.dag_id, dag_run.run_id)
-        prefix = f"{CFG.batch_uri}/{model_name}/{job_id}"
-        if storage.exists(f"{prefix}/target.json"):  # a cleared or retried run keeps the version it chose first
-            target = storage.read_json(f"{prefix}/target.json")
-            log.info("Re-run of %s: keeping the target chosen first: %s", job_id, target)
-            return target
-        hook = MLEngineHook(gcp_conn_id=CFG.gcp_conn_id)
-        model = hook.get_model(model_name=model_name)
-        version_id = params["version"].strip() or promoted.get("version") or naming.short_name(
-            ((model or {}).get("defaultVersion") or {}).get("name", ""))
-        if not version_id:
-            message = (f"Model {model_name} does not exist" if model is None else
-                       f"Model {model_name} has no default version") + ": run model_lifecycle first"
-            if dag_run.run_type == "scheduled":  # a fresh deployment's first daily run: nothing to predict with yet
-                from airflow.sdk.exceptions import AirflowSkipException
+        prefix = f"{CFG.batch_uri}/{model}/{job_id}"
+        try:
+            target = storage.first_choice(f"{prefix}/target.json", lambda: batch_target.resolve(
+                MLEngineHook(gcp_conn_id=CFG.gcp_conn_id), model=model, job_id=job_id, prefix=prefix,
+                wanted=params["version"].strip() or promoted.get("version"), default_variant=CFG.serving_variant))
+        except batch_target.NothingToPredict as error:
+            if dag_run.run_type != "scheduled":
+                raise
+            from airflow.sdk.exceptions import AirflowSkipException  # a fresh deployment's first daily run
 
-                raise AirflowSkipException(message)
-            raise ValueError(message)
-        version = hook.get_version(model_name=model_name, version_name=version_id)
-        if version is None or version.get("state") != "READY":
-            raise ValueError(f"Version {version_id} of {model_name} is not READY: {version}")
-        target = {
-            "model": model_name,
-            "version": version_id,
-            "variant": (version.get("labels") or {}).get("variant", CFG.serving_variant),
-            "job_id": job_id,
-            "inputs_uri": f"{prefix}/inputs",
-            "output_path": f"{prefix}/outputs",
-        }
-        storage.ensure_bucket(prefix)
-        storage.write_json(f"{prefix}/target.json", target)
-        log.info("Batch prediction %s on %s/%s (%s variant) -> %s", job_id, model_name, version_id,
+            raise AirflowSkipException(str(error)) from error
+        log.info("Batch prediction %s on %s/%s (%s variant) -> %s", job_id, model, target["version"],
                  target["variant"], target["output_path"])
         return target
 
@@ -172,8 +141,9 @@ def batch_prediction():
         labels={"dag": "batch_prediction"},
         max_error_rate=None,  # judged by summarize, after the summary is written
         gcp_conn_id=CFG.gcp_conn_id,
-        poll_interval=2,
-        wait_timeout=6 * 3600,
+        deferrable=True,  # the wait (up to BATCH_TIMEOUT) holds no worker slot
+        poll_interval=config.BATCH_POLL_SECONDS,
+        wait_timeout=config.BATCH_TIMEOUT.total_seconds(),
     )
     summarize(target, job.output)
 

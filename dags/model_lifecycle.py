@@ -17,7 +17,8 @@ to promote, the promotion policy and a minimum metric).
 4. **export_variants**: SavedModel per serving variant (`instances`, `b64`, `url`, `tfexample`),
    each verified against the Keras model before it leaves the task.
 5. **upload**: smoke-test instance files and the run manifest to GCS; the version specs to deploy.
-6. **create_model** (idempotent) -> **create_version** (one mapped task per variant, waits for READY).
+6. **create_model** (idempotent) -> **create_version** (one mapped task per variant, waits for READY
+   in the triggerer; the training job and the batch job wait there too).
 7. **smoke_test**: real online predictions against each new version (count, keys, heatmap shape).
 8. **gate**: the candidate's `val_iou` against the current default's (from its
    `val_iou_x10000` label) by the promotion policy. A rejected candidate goes to
@@ -26,6 +27,7 @@ to promote, the promotion policy and a minimum metric).
    replaced, emits the promotion Asset that triggers `batch_prediction`).
 10. **retention**: keep the `keep_versions` newest versions; never the default, the versions on its
     `promoted_from` trail (rollback targets), versions unfinished batch runs pinned, or this run's.
+    **delete_version** deletes the rest, one mapped task per version.
 
 Every task is idempotent: names come from the run, creates reuse what matches,
 so clearing any task converges. Data moves through GCS; XCom holds only small JSON.
@@ -34,7 +36,6 @@ so clearing any task converges. Data moves through GCS; XCom holds only small JS
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Param, TriggerRule, dag, task
@@ -45,27 +46,20 @@ from ml_engine.operators import (
     MLEngineStartTrainingJobOperator,
 )
 
-from include import assets, config
+from include import assets, config, dag_defaults
 
 log = logging.getLogger(__name__)
 CFG = config.load()
 PROMOTION = assets.promotion_asset()
-ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,127}$"
-# Instances per online request in the smoke test: a 32x32 image as JSON floats is ~32 KB.
-SMOKE_REQUEST_SIZE = 8
 TRAINING_BACKENDS = ("ml_engine", "in_task")
 TRAINER_MODULE = "trainer.task"  # include/trainer as the package `trainer` (include/trainer/pyproject.toml)
 PACKAGES_URI = f"{CFG.bucket_uri}/packages"
 
 
-def _gcs_usage(uri: str) -> tuple[int, int]:
-    """Objects and bytes at `uri` (one object, or everything under it as a prefix), for the task logs."""
-    from include.trainer import gcs
+def _hook():
+    from ml_engine.hooks import MLEngineHook
 
-    bucket, path = gcs.parse_uri(uri)
-    blobs = [b for b in gcs.client().list_blobs(bucket, prefix=path) if b.name == path or
-             b.name.startswith(path.rstrip("/") + "/")]
-    return len(blobs), sum(b.size or 0 for b in blobs)
+    return MLEngineHook(gcp_conn_id=CFG.gcp_conn_id)
 
 
 def _version_spec(deployment: dict) -> dict:
@@ -79,16 +73,15 @@ def _smoke_target(deployment: dict) -> dict:
 @dag(
     dag_id="model_lifecycle",
     schedule=CFG.retrain_schedule,
-    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    start_date=dag_defaults.START_DATE,
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
     tags=["ml", "ml_engine", "training", "deployment"],
-    default_args={"owner": "ml-platform", "retries": CFG.task_retries,
-                  "retry_delay": timedelta(seconds=CFG.retry_delay_seconds)},
+    default_args=dag_defaults.default_args(CFG),
     params={
-        "model_name": Param(CFG.model_name, type="string", pattern=ID_PATTERN, title="Model name",
-                            description="ml/v1 model to deploy into (created when missing)."),
+        "model_name": dag_defaults.model_name_param(
+            CFG.model_name, "ml/v1 model to deploy into (created when missing)."),
         "epochs": Param(CFG.epochs, type="integer", minimum=1, maximum=500, title="Epochs"),
         "variants": Param(list(CFG.variants), type="array", title="Variants to deploy",
                           items={"type": "string", "enum": list(config.VARIANTS)},
@@ -118,38 +111,15 @@ def _smoke_target(deployment: dict) -> dict:
     render_template_as_native_obj=True,
 )
 def model_lifecycle():
-    @task
+    @task(multiple_outputs=True)
     def plan(params: dict, dag_run=None) -> dict:
         """Every name of this run, derived from the run only, so a re-run lands on the same ones."""
-        from include.lifecycle import naming
+        from include.lifecycle import naming, planning
 
-        variants = list(dict.fromkeys(params["variants"]))
-        unknown = sorted(set(variants) - set(config.VARIANTS))
-        if unknown or not variants:
-            raise ValueError(f"variants must be a non-empty subset of {config.VARIANTS}, got {params['variants']}")
-        serving = params["serving_variant"]
-        if serving not in variants:
-            raise ValueError(f"serving_variant {serving!r} is not among the variants to deploy {variants}")
         key = naming.run_key(dag_run.logical_date or dag_run.run_after)
-        model = params["model_name"]
-        run_uri = f"{CFG.runs_uri}/{model}/{key}"
-        versions = {variant: naming.version_id(key, variant) for variant in variants}
-        result = {
-            "key": key,
-            "model": model,
-            "variants": variants,
-            "serving_variant": serving,
-            "serving_version": versions[serving],
-            "versions": versions,
-            "data_uri": params["data_uri"].rstrip("/"),
-            "job_dir": f"{run_uri}/train",
-            "training_job_id": naming.training_job_id(model, key),
-            "export_uri": f"{run_uri}/export",
-            "smoke_uri": f"{run_uri}/smoke",
-            "manifest_uri": f"{run_uri}/manifest.json",
-            "gate_uri": f"{run_uri}/gate.json",
-        }
-        log.info("Run %s of model %s: versions %s, artifacts under %s", key, model, versions, run_uri)
+        result = planning.run_plan(params, key=key, runs_uri=CFG.runs_uri)
+        log.info("Run %s of model %s: versions %s, artifacts under %s/%s/%s", key, result["model"],
+                 result["versions"], CFG.runs_uri, result["model"], key)
         return result
 
     @task
@@ -180,7 +150,7 @@ def model_lifecycle():
         storage.ensure_bucket(PACKAGES_URI)
         return packaging.ensure_package(PACKAGES_URI)
 
-    @task(trigger_rule=TriggerRule.NONE_FAILED, execution_timeout=timedelta(hours=6))
+    @task(trigger_rule=TriggerRule.NONE_FAILED, execution_timeout=config.TRAINING_TIMEOUT)
     def train(plan: dict, params: dict) -> dict:
         """The training's metrics.json; with training_backend in_task, train here first (unless already done)."""
         from include.lifecycle import storage
@@ -195,11 +165,11 @@ def model_lifecycle():
         from include.trainer import task as trainer
 
         metrics = trainer.train(plan["data_uri"], plan["job_dir"], epochs=params["epochs"])
-        files, size = _gcs_usage(plan["job_dir"])
+        files, size = storage.usage(plan["job_dir"])
         log.info("Uploaded the trained model: %s files, %s bytes -> %s", files, size, plan["job_dir"])
         return metrics
 
-    @task(execution_timeout=timedelta(hours=1))
+    @task(execution_timeout=config.EXPORT_TIMEOUT)
     def export_variants(plan: dict, metrics: dict) -> dict:
         """One SavedModel per serving variant under the run's export prefix, each verified before upload."""
         from include.lifecycle import storage
@@ -214,82 +184,43 @@ def model_lifecycle():
 
         exported = export.export_variants(plan["job_dir"], plan["export_uri"], variants=plan["variants"])
         for variant, uri in exported.items():
-            files, size = _gcs_usage(uri)
-            log.info("Uploaded %s variant: %s files, %s bytes -> %s", variant, files, size, uri)
+            log.info("Uploaded %s variant: %s files, %s bytes -> %s", variant, *storage.usage(uri), uri)
         return exported
 
     @task
     def upload(plan: dict, metrics: dict, exported: dict, params: dict, dag_run=None) -> list[dict]:
         """Smoke-test instance files and the run manifest to GCS; per variant, the version spec and smoke target."""
-        from include.lifecycle import labels, samples, storage
+        from include.lifecycle import deployment, storage
 
-        image_size = int(metrics.get("image_size", CFG.image_size))
-        smoke = []
-        specs = []
-        for variant in plan["variants"]:
-            written = samples.write_smoke_instances(f"{plan['smoke_uri']}/{variant}.jsonl", variant=variant,
-                                                    count=params["smoke_instances"], image_size=image_size)
-            smoke.append({"variant": variant, "version": plan["versions"][variant],
-                          "instances_uri": written["uri"], "keys": written["keys"]})
-            specs.append({
-                "name": plan["versions"][variant],
-                "deploymentUri": exported[variant],
-                "runtimeVersion": config.RUNTIME_VERSION,
-                "pythonVersion": config.PYTHON_VERSION,
-                "framework": "TENSORFLOW",
-                "description": f"{variant} serving variant of run {plan['key']} ({dag_run.run_id})",
-                "labels": labels.version_labels(metric=metrics[config.METRIC], variant=variant, key=plan["key"],
-                                                dag_id=dag_run.dag_id),
-            })
-        storage.write_json(plan["manifest_uri"], {"plan": plan, "metrics": metrics, "exported": exported,
-                                                  "versions": specs, "smoke": smoke, "run_id": dag_run.run_id})
-        for uri in [target["instances_uri"] for target in smoke] + [plan["manifest_uri"]]:
-            log.info("Uploaded %s (%s bytes)", uri, _gcs_usage(uri)[1])
-        return [{"spec": spec, "smoke": target} for spec, target in zip(specs, smoke, strict=True)]
+        deployments = deployment.stage(plan, metrics, exported, smoke_instances=params["smoke_instances"],
+                                       run_id=dag_run.run_id, dag_id=dag_run.dag_id)
+        for uri in [d["smoke"]["instances_uri"] for d in deployments] + [plan["manifest_uri"]]:
+            log.info("Uploaded %s (%s bytes)", uri, storage.usage(uri)[1])
+        return deployments
 
     @task(map_index_template="{{ variant }}")
     def smoke_test(target: dict, plan: dict) -> dict:
         """Real online predictions against one new version: count, keys and heatmap shape must hold."""
         from airflow.sdk import get_current_context
-        from ml_engine.hooks import MLEngineHook
 
         from include.lifecycle import smoke, storage
 
         get_current_context()["variant"] = target["variant"]
         instances = storage.read_jsonl(target["instances_uri"])
-        hook = MLEngineHook(gcp_conn_id=CFG.gcp_conn_id)
-        predictions = []
-        for start in range(0, len(instances), SMOKE_REQUEST_SIZE):  # stay under ml/v1's 1.5 MB per request
-            chunk = instances[start:start + SMOKE_REQUEST_SIZE]
-            predictions += hook.predict(model_name=plan["model"], version_name=target["version"],
-                                        instances=chunk)["predictions"]
-        report = smoke.check_predictions(instances, predictions, keys=target["keys"])
+        report = smoke.run(_hook(), model=plan["model"], version=target["version"], instances=instances,
+                           keys=target["keys"])
         log.info("Smoke test of %s (%s) passed: %s", target["version"], target["variant"], report)
         return {"variant": target["variant"], "version": target["version"], **report}
 
     @task.branch
     def gate(plan: dict, metrics: dict, params: dict, ti=None) -> str:
         """Promote only a candidate that beats the current default by the policy; else say why."""
-        from ml_engine.hooks import MLEngineHook
-
         from include.lifecycle import gate as gating
-        from include.lifecycle import labels, naming, storage
+        from include.lifecycle import storage
 
-        hook = MLEngineHook(gcp_conn_id=CFG.gcp_conn_id)
-        model = hook.get_model(model_name=plan["model"]) or {}
-        default_name = (model.get("defaultVersion") or {}).get("name")
-        current_version = naming.short_name(default_name) if default_name else None
-        current_metric = None
-        own_default = None
-        if current_version in plan["versions"].values():
-            # ml/v1 makes a model's first READY version its default: that is not a baseline.
-            own_default, current_version = current_version, None
-        elif current_version:
-            version = hook.get_version(model_name=plan["model"], version_name=current_version) or {}
-            current_metric = labels.decode_metric(version.get("labels"))
-        decision = gating.decide(candidate=float(metrics[config.METRIC]), current=current_metric,
-                                 current_version=current_version, policy=params["promotion_policy"],
-                                 min_metric=float(params["min_metric"]), own_default=own_default)
+        decision = gating.judge(_hook(), model=plan["model"], own_versions=set(plan["versions"].values()),
+                                candidate=float(metrics[config.METRIC]), policy=params["promotion_policy"],
+                                min_metric=float(params["min_metric"]))
         ti.xcom_push(key="decision", value=decision.to_dict())
         storage.write_json(plan["gate_uri"], decision.to_dict())
         log.info("Gate (%s): %s -> %s", decision.policy, decision.reason,
@@ -305,77 +236,58 @@ def model_lifecycle():
                     decision["reason"], decision["current_version"], sorted(plan["versions"].values()))
         return decision
 
-    set_default = MLEngineSetDefaultVersionOperator(
-        task_id="set_default",
-        model_name="{{ params.model_name }}",
-        version_name="{{ ti.xcom_pull(task_ids='plan')['serving_version'] }}",
-        gcp_conn_id=CFG.gcp_conn_id,
-    )
-
     @task(outlets=[PROMOTION])
     def record_promotion(plan: dict, metrics: dict, ti=None, outlet_events=None) -> dict:
         """Label the new default with the version it replaced (rollback trail) and emit the promotion Asset."""
-        from ml_engine.hooks import MLEngineHook
-
         from include.lifecycle import promotion
 
-        decision = ti.xcom_pull(task_ids="gate", key="decision")
-        hook = MLEngineHook(gcp_conn_id=CFG.gcp_conn_id)
-        promotion.label_promoted(hook, model=plan["model"], version=plan["serving_version"],
-                                 previous=decision["current_version"], key=plan["key"])
-        event = {"model": plan["model"], "version": plan["serving_version"],
-                 "variant": plan["serving_variant"], config.METRIC: metrics[config.METRIC],
-                 "previous": decision["current_version"], "run_key": plan["key"]}
+        previous = ti.xcom_pull(task_ids="gate", key="decision")["current_version"]
+        promotion.label_promoted(_hook(), model=plan["model"], version=plan["serving_version"],
+                                 previous=previous, key=plan["key"])
+        event = {"model": plan["model"], "version": plan["serving_version"], "variant": plan["serving_variant"],
+                 config.METRIC: metrics[config.METRIC], "previous": previous, "run_key": plan["key"]}
         outlet_events[PROMOTION].extra = event
-        log.info("Promoted %s/%s (replacing %s)", plan["model"], plan["serving_version"], decision["current_version"])
+        log.info("Promoted %s/%s (replacing %s)", plan["model"], plan["serving_version"], previous)
         return event
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def retention(plan: dict, params: dict) -> list[str]:
-        """Delete versions beyond the `keep_versions` newest; never the default, its rollback trail,
+        """Versions beyond the `keep_versions` newest, to delete; never the default, its rollback trail,
         a version a batch run has pinned, or this run's."""
-        from ml_engine.hooks import MLEngineHook
-
-        from include.lifecycle import naming, pins
         from include.lifecycle import retention as keep
 
-        hook = MLEngineHook(gcp_conn_id=CFG.gcp_conn_id)
-        default = naming.short_name(((hook.get_model(model_name=plan["model"]) or {}).get("defaultVersion")
-                                     or {}).get("name", "")) or None
-        versions = hook.list_versions(model_name=plan["model"])
-        pinned = pins.pinned_versions(hook, model=plan["model"], batch_uri=CFG.batch_uri, now=pendulum.now("UTC"),
-                                      max_age=timedelta(hours=CFG.batch_pin_hours))
-        doomed = keep.beyond_newest(versions, keep=params["keep_versions"], current_default=default,
-                                    protect=set(plan["versions"].values()) | pinned)
-        for name in doomed:
-            hook.delete_version(model_name=plan["model"], version_name=name)
-        log.info("Retention kept %s of %s versions; deleted %s", len(versions) - len(doomed), len(versions), doomed)
+        found = keep.survey(_hook(), model=plan["model"], batch_uri=CFG.batch_uri, now=pendulum.now("UTC"),
+                            pin_max_age=CFG.batch_pin_age)
+        doomed = keep.beyond_newest(found.versions, keep=params["keep_versions"], current_default=found.default,
+                                    protect=set(plan["versions"].values()) | found.pinned)
+        log.info("Retention keeps %s of %s versions; deleting %s", len(found.versions) - len(doomed),
+                 len(found.versions), doomed)
         return doomed
 
     planned = plan()
-    prepared = prepare_data(planned)
     package = package_trainer()
-    plan_value = "ti.xcom_pull(task_ids='plan')"
     train_job = MLEngineStartTrainingJobOperator(
         task_id="train_job",
-        job_id=f"{{{{ {plan_value}['training_job_id'] }}}}",
+        job_id=planned["training_job_id"],
         region=CFG.region,
-        package_uris=["{{ ti.xcom_pull(task_ids='package_trainer') }}"],
+        package_uris=[package],
         training_python_module=TRAINER_MODULE,
-        training_args=["--data-uri", f"{{{{ {plan_value}['data_uri'] }}}}", "--epochs", "{{ params.epochs }}"],
-        job_dir=f"{{{{ {plan_value}['job_dir'] }}}}",
+        training_args=["--data-uri", planned["data_uri"], "--epochs", "{{ params.epochs }}"],
+        job_dir=planned["job_dir"],
         scale_tier="BASIC",
         runtime_version=config.RUNTIME_VERSION,
         python_version=config.PYTHON_VERSION,
         labels={"dag": "model_lifecycle", "model": "{{ params.model_name | lower }}"},
         gcp_conn_id=CFG.gcp_conn_id,
-        poll_interval=2,
-        execution_timeout=timedelta(hours=6),
+        deferrable=True,
+        poll_interval=config.TRAINING_POLL_SECONDS,
+        wait_timeout=config.TRAINING_TIMEOUT.total_seconds(),
+        execution_timeout=config.TRAINING_TIMEOUT,
     )
     metrics = train(planned)
-    planned >> prepared >> package >> train_job >> metrics
-    exported = export_variants(planned, metrics)
-    uploaded = upload(planned, metrics, exported)
+    prepare_data(planned) >> package  # data first: the training job reads it
+    train_job >> metrics  # the job writes metrics.json; train reads it (or trains in_task)
+    uploaded = upload(planned, metrics, export_variants(planned, metrics))
     model = MLEngineCreateModelOperator(
         task_id="create_model",
         model={"name": "{{ params.model_name }}", "regions": [CFG.region],
@@ -386,18 +298,27 @@ def model_lifecycle():
         task_id="create_version",
         model_name="{{ params.model_name }}",
         gcp_conn_id=CFG.gcp_conn_id,
-        wait_timeout=1800,
-        poll_interval=1,
+        deferrable=True,
+        poll_interval=config.VERSION_POLL_SECONDS,
+        wait_timeout=config.VERSION_TIMEOUT.total_seconds(),
         map_index_template="{{ task.version['name'] }}",
     ).expand(version=uploaded.map(_version_spec))
     smoked = smoke_test.partial(plan=planned).expand(target=uploaded.map(_smoke_target))
     decided = gate(planned, metrics)
+    set_default = MLEngineSetDefaultVersionOperator(
+        task_id="set_default",
+        model_name="{{ params.model_name }}",
+        version_name=planned["serving_version"],
+        gcp_conn_id=CFG.gcp_conn_id,
+    )
     promoted = record_promotion(planned, metrics)
     rejected = not_promoted(planned)
 
     uploaded >> model >> versions >> smoked >> decided >> [set_default, rejected]
     set_default >> promoted
-    [promoted, rejected] >> retention(planned)
+    doomed = retention(planned)
+    [promoted, rejected] >> doomed
+    dag_defaults.delete_versions(doomed, settings=CFG)
 
 
 model_lifecycle()

@@ -45,6 +45,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+
+from include.trainer.variants import VARIANTS
 
 DEFAULT_PROJECT = "local-project"
 DEFAULT_BUCKET = "ml-lifecycle"
@@ -53,8 +56,7 @@ DEFAULT_ML_ENGINE_ENDPOINT = "http://127.0.0.1:8780/"
 DEFAULT_STORAGE_EMULATOR_HOST = "http://127.0.0.1:9023"
 DEFAULT_MODEL_NAME = "heatmap"
 
-#: Serving variants the trainer exports; what each expects per instance.
-VARIANTS = ("b64", "instances", "url", "tfexample")
+#: What each serving variant (VARIANTS, owned by the trainer) expects per instance.
 VARIANT_INPUTS = {
     "instances": "image (nested JSON list) + key",
     "b64": 'image_bytes ({"b64": JPEG}) + key',
@@ -69,6 +71,17 @@ METRIC_LABEL = "val_iou_x10000"
 #: Runtime fields of created versions (ml/v1's last TF runtime; the local service accepts any).
 RUNTIME_VERSION = "2.11"
 PYTHON_VERSION = "3.7"
+#: ml/v1's id rule (models, versions, jobs): the Params that name one validate against it.
+ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,127}$"
+#: Waits on ml/v1 (first poll interval in seconds, it grows; and the time limit). The long ones defer.
+VERSION_POLL_SECONDS = 1
+VERSION_TIMEOUT = timedelta(minutes=30)
+TRAINING_POLL_SECONDS = 2
+TRAINING_TIMEOUT = timedelta(hours=6)
+BATCH_POLL_SECONDS = 2
+BATCH_TIMEOUT = timedelta(hours=6)
+DELETE_POLL_SECONDS = 1
+EXPORT_TIMEOUT = timedelta(hours=1)
 #: Asset event marking a promotion; batch_prediction is scheduled on it (`x-`: see include/assets.py).
 PROMOTION_ASSET_URI = "x-ml-engine://models/{model}/default-version"
 
@@ -128,6 +141,11 @@ class Settings:
     def batch_uri(self) -> str:
         """Batch inputs and outputs: gs://BUCKET/batch/MODEL/JOB_ID/{inputs,outputs}."""
         return f"{self.bucket_uri}/batch"
+
+    @property
+    def batch_pin_age(self) -> timedelta:
+        """How long an unfinished batch run pins its version against deletion."""
+        return timedelta(hours=self.batch_pin_hours)
 
     def promotion_asset_uri(self, model_name: str | None = None) -> str:
         return PROMOTION_ASSET_URI.format(model=model_name or self.model_name)

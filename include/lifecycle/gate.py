@@ -14,10 +14,24 @@ import math
 from dataclasses import asdict, dataclass
 
 from include.config import PROMOTION_POLICIES
+from include.lifecycle.errors import InvalidRequest
+from include.lifecycle.labels import decode_metric
+from include.lifecycle.promotion import current_default
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What the candidate is judged against: the model's default and the metric its labels record."""
+
+    version: str | None = None
+    metric: float | None = None
+    own_default: str | None = None
 
 
 @dataclass(frozen=True)
 class Decision:
+    """The gate's verdict, with the reason a person reads in the task log and in gate.json."""
+
     promote: bool
     reason: str
     candidate: float
@@ -34,7 +48,7 @@ def decide(*, candidate: float, current: float | None, current_version: str | No
     """`own_default`: the model's default is one of the candidate run's own versions (ml/v1 makes the
     first READY version the default, and a re-run finds its own promotion): no baseline to beat."""
     if policy not in PROMOTION_POLICIES:
-        raise ValueError(f"unknown promotion policy {policy!r}; choose one of {PROMOTION_POLICIES}")
+        raise InvalidRequest(f"unknown promotion policy {policy!r}; choose one of {PROMOTION_POLICIES}")
     if candidate is None or math.isnan(candidate):
         raise ValueError("the candidate has no metric")
 
@@ -60,3 +74,24 @@ def decide(*, candidate: float, current: float | None, current_version: str | No
         return done(True, f"candidate {candidate:.4f} >= current {current:.4f} ({current_version})")
     relation = "is not better than" if policy == "better" else "is worse than"
     return done(False, f"candidate {candidate:.4f} {relation} current {current:.4f} ({current_version})")
+
+
+def baseline(hook, *, model: str, own_versions: set[str]) -> Baseline:
+    """The default to beat, read from ml/v1; none when the model has no default.
+
+    ml/v1 makes a model's first READY version its default, and a re-run finds its own
+    promotion: a default among the run's `own_versions` is no baseline (`own_default`).
+    """
+    default = current_default(hook, model=model)
+    if default is None or default in own_versions:
+        return Baseline(own_default=default)
+    version = hook.get_version(model_name=model, version_name=default) or {}
+    return Baseline(version=default, metric=decode_metric(version.get("labels")))
+
+
+def judge(hook, *, model: str, own_versions: set[str], candidate: float, policy: str,
+          min_metric: float) -> Decision:
+    """The gate in one call: read the baseline from ml/v1, then `decide`."""
+    base = baseline(hook, model=model, own_versions=own_versions)
+    return decide(candidate=candidate, current=base.metric, current_version=base.version, policy=policy,
+                  min_metric=min_metric, own_default=base.own_default)

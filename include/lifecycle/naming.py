@@ -1,7 +1,9 @@
 """Deterministic names per DAG run: the run key, version ids, job ids, GCS prefixes.
 
 A re-run or a cleared task computes the same names again, so it converges on
-the same versions, jobs and objects instead of creating duplicates.
+the same versions, jobs and objects instead of creating duplicates. The id rule
+itself is the plugin's (`ml_engine.names`), so a DAG and an operator that
+normalise the same raw id get the same ml/v1 id.
 """
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-_ID_INVALID = re.compile(r"[^A-Za-z0-9_]")
+from ml_engine.names import MAX_ID_LENGTH, normalize_id, short_name
+
+__all__ = ["MAX_ID_LENGTH", "job_id", "label_value", "ml_id", "run_key", "short_name", "training_job_id",
+           "version_id"]
+
 _LABEL_INVALID = re.compile(r"[^a-z0-9_-]")
-MAX_ID_LENGTH = 128
 MAX_LABEL_LENGTH = 63
 
 
@@ -21,11 +26,8 @@ def run_key(when: datetime) -> str:
 
 
 def ml_id(raw: str, *, prefix: str = "v") -> str:
-    """Normalise to ml/v1's id rule ^[A-Za-z][A-Za-z0-9_]{0,127}$ (same rule as ml_engine.names)."""
-    value = _ID_INVALID.sub("_", raw.strip())
-    if not value or not value[0].isalpha():
-        value = f"{prefix}_{value}" if value and value[0] != "_" else f"{prefix}{value}"
-    return value[:MAX_ID_LENGTH]
+    """`raw` as an ml/v1 id by the plugin's rule; a run's names start with `v` (versions) unless told."""
+    return normalize_id(raw, prefix=prefix)
 
 
 def version_id(key: str, variant: str) -> str:
@@ -47,7 +49,3 @@ def label_value(raw: str) -> str:
     """ml/v1 label values: lowercase letters, digits, '_' and '-', at most 63 characters."""
     return _LABEL_INVALID.sub("_", str(raw).lower())[:MAX_LABEL_LENGTH]
 
-
-def short_name(name: str) -> str:
-    """'projects/p/models/m/versions/v' -> 'v'."""
-    return name.rstrip("/").rsplit("/", 1)[-1]

@@ -14,6 +14,13 @@ from include.lifecycle.naming import label_value, short_name
 log = logging.getLogger(__name__)
 
 
+def current_default(hook, *, model: str) -> str | None:
+    """Short id of the model's default version; None when the model or its default does not exist."""
+    found = hook.get_model(model_name=model) or {}
+    name = (found.get("defaultVersion") or {}).get("name")
+    return short_name(name) if name else None
+
+
 def patch_labels(hook, *, model: str, version: str, changes: dict[str, str | None]) -> dict:
     """Merge `changes` into a version's labels (None removes a label) with versions.patch."""
     current = hook.get_version(model_name=model, version_name=version)

@@ -10,9 +10,35 @@ candidate the gate rejected. Versions a batch run has pinned come in as `protect
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from include.lifecycle.naming import short_name
+from include.lifecycle.promotion import current_default as read_default
+
+
+@dataclass(frozen=True)
+class Survey:
+    """A model's versions as retention sees them: all of them, the default, and the pinned ones."""
+
+    versions: list[dict]
+    default: str | None
+    pinned: set[str]
+
+
+def survey(hook, *, model: str, batch_uri: str, now: datetime, pin_max_age: timedelta) -> Survey:
+    """Read what retention decides on from ml/v1 and GCS (pins: see include/lifecycle/pins.py).
+
+    :param hook: an MLEngineHook.
+    :param model: the model's id.
+    :param batch_uri: gs:// prefix of batch_prediction's runs (their target.json pin a version).
+    :param now: the time pins are aged against.
+    :param pin_max_age: how long an unfinished batch run pins its version.
+    """
+    from include.lifecycle.pins import pinned_versions
+
+    return Survey(versions=hook.list_versions(model_name=model), default=read_default(hook, model=model),
+                  pinned=pinned_versions(hook, model=model, batch_uri=batch_uri, now=now, max_age=pin_max_age))
 
 
 def _created(version: dict) -> str:

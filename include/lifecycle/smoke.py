@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import math
 
+from include.lifecycle.errors import LifecycleError
 
-class SmokeTestError(AssertionError):
+#: Instances per online request: a 32x32 image as JSON floats is ~32 KB.
+REQUEST_SIZE = 8
+
+
+class SmokeTestError(LifecycleError):
     """The version answered, but not with what the model promises."""
 
 
@@ -58,3 +63,18 @@ def check_predictions(instances: list, predictions: list, *, keys: list[str] | N
         raise SmokeTestError(f"heatmaps of different shapes: {sorted(shapes)}")
     return {"predictions": len(predictions), "heatmap_shape": list(shapes.pop()) if shapes else [],
             "mean_heatmap": round(total / max(count, 1), 6), "keys_checked": keys_checked}
+
+
+def run(hook, *, model: str, version: str, instances: list, keys: list[str] | None = None,
+        request_size: int = REQUEST_SIZE) -> dict:
+    """Online predictions from `version` for `instances`, in requests of `request_size`, then the checks.
+
+    :param hook: an MLEngineHook (or anything with `predict`).
+    :param request_size: instances per request: stays under ml/v1's 1.5 MB per online request.
+    :return: the check report (see `check_predictions`).
+    """
+    predictions: list = []
+    for start in range(0, len(instances), request_size):
+        chunk = instances[start:start + request_size]
+        predictions += hook.predict(model_name=model, version_name=version, instances=chunk)["predictions"]
+    return check_predictions(instances, predictions, keys=keys)

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import features, gcs, instances, synthetic, task
+from .errors import TrainerError
 from .serving import INSTANCES, URL, VARIANTS, HeatmapServer, image_size_of
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ NUM_CHECK_IMAGES = 8
 CHECK_SEED = 20240601
 
 
-class VerificationError(AssertionError):
+class VerificationError(TrainerError):
     """A serving variant disagrees with the Keras model it was exported from."""
 
 

@@ -14,12 +14,7 @@ import keras
 import tensorflow as tf
 
 from . import features
-
-INSTANCES = "instances"
-B64 = "b64"
-URL = "url"
-TFEXAMPLE = "tfexample"
-VARIANTS = (INSTANCES, B64, URL, TFEXAMPLE)
+from .variants import B64, INSTANCES, TFEXAMPLE, URL, VARIANTS
 
 # Signature input names per variant, as the instance files spell them.
 INPUT_NAMES = {

@@ -33,6 +33,7 @@ def test_model_lifecycle_order(dags):
     assert "record_promotion" in _downstream(dag, "set_default")
     assert _downstream(dag, "record_promotion") == {"retention"}
     assert _downstream(dag, "not_promoted") == {"retention"}
+    assert _downstream(dag, "retention") == {"delete_version"}
 
 
 def test_model_lifecycle_trigger_rules_and_mapping(dags):
@@ -87,6 +88,32 @@ def test_model_maintenance_is_manual_with_three_actions(dags):
     assert "set_default" in _downstream(dag, "choose_default")
     assert dag.get_task("delete_version").is_mapped
     assert [a.uri for a in dag.get_task("record_default_change").outlets]
+
+
+def test_long_waits_defer_with_the_configured_polls_and_timeouts(dags):
+    from include import config
+
+    lifecycle, batch = dags["model_lifecycle"], dags["batch_prediction"]
+    waits = {"train_job": (lifecycle.get_task("train_job"), config.TRAINING_POLL_SECONDS, config.TRAINING_TIMEOUT),
+             "batch_predict": (batch.get_task("batch_predict"), config.BATCH_POLL_SECONDS, config.BATCH_TIMEOUT)}
+    for name, (task, poll, timeout) in waits.items():
+        assert (task.deferrable, task.poll_interval, task.wait_timeout) == (True, poll, timeout.total_seconds()), name
+    version = lifecycle.get_task("create_version").partial_kwargs
+    assert (version["deferrable"], version["poll_interval"]) == (True, config.VERSION_POLL_SECONDS)
+    for dag in (lifecycle, dags["model_maintenance"]):  # one way to delete versions: the plugin's operator
+        assert type(dag.get_task("delete_version")).__name__ == "MappedOperator"
+
+
+def test_one_definition_of_defaults_the_id_rule_and_the_promotion_asset(dags):
+    from include import config, dag_defaults
+
+    uris = set()
+    for dag in dags.values():
+        assert dag.default_args == dag_defaults.default_args()
+        assert dag.params.get_param("model_name").schema["pattern"] == config.ID_PATTERN
+        uris |= {a.uri for task in dag.tasks for a in task.outlets}
+    uris |= {a.uri for a in dags["batch_prediction"].timetable.asset_condition.objects}
+    assert uris == {config.load().promotion_asset_uri()}
 
 
 def test_every_task_has_retries_and_the_ml_tasks_share_the_connection(dags):

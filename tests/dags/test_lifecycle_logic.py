@@ -8,6 +8,7 @@ import pytest
 
 from include import config
 from include.lifecycle import batch_outputs, gate, labels, naming, pins, retention, smoke
+from include.lifecycle.errors import InvalidRequest
 
 
 def test_names_are_deterministic_and_valid_ml_ids():
@@ -52,7 +53,7 @@ def test_gate_first_deployment_minimum_and_unknown_policy():
     assert own.promote and "own version" in own.reason
     low = gate.decide(candidate=0.3, current=None, current_version=None, policy="always", min_metric=0.5)
     assert not low.promote and "minimum" in low.reason
-    with pytest.raises(ValueError, match="unknown promotion policy"):
+    with pytest.raises(InvalidRequest, match="unknown promotion policy"):
         gate.decide(candidate=0.3, current=0.1, current_version="v", policy="sometimes")
 
 

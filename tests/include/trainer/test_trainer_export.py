@@ -94,7 +94,7 @@ def test_all_variants_agree_with_each_other(loaded, smoke_images, bucket, gcs_pr
         inputs = instances.to_signature_inputs(variant, instances.read_instances(built["uri"]),
                                                stage_dir=tmp_path / variant)
         heatmaps[variant] = loaded[variant].signatures["serving_default"](**inputs)["heatmap"].numpy()
-    for variant in VARIANTS[1:]:
+    for variant in set(VARIANTS) - {"instances"}:
         np.testing.assert_allclose(heatmaps[variant], heatmaps["instances"], atol=export.TOLERANCE)
 
 
