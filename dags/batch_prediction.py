@@ -59,6 +59,7 @@ DATA_FORMATS = ["AUTO", "JSON", "TEXT", "TF_RECORD", "TF_RECORD_GZIP"]
     render_template_as_native_obj=True,
 )
 def batch_prediction():
+    """Wiring only; the target choice and the summary live in include/lifecycle."""
     @task(multiple_outputs=True)
     def resolve_target(params: dict, dag_run=None, triggering_asset_events=None) -> dict:
         """The version to use (the default unless named), its variant, and this run's job id and prefixes.

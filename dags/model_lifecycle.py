@@ -57,16 +57,19 @@ PACKAGES_URI = f"{CFG.bucket_uri}/packages"
 
 
 def _hook():
+    """An MLEngineHook on the DAGs' connection (imported at run time: nothing heavy at parse time)."""
     from ml_engine.hooks import MLEngineHook
 
     return MLEngineHook(gcp_conn_id=CFG.gcp_conn_id)
 
 
 def _version_spec(deployment: dict) -> dict:
+    """The ml/v1 Version body of one upload result (mapped into create_version)."""
     return deployment["spec"]
 
 
 def _smoke_target(deployment: dict) -> dict:
+    """The smoke-test target of one upload result (mapped into smoke_test)."""
     return deployment["smoke"]
 
 
@@ -111,6 +114,7 @@ def _smoke_target(deployment: dict) -> dict:
     render_template_as_native_obj=True,
 )
 def model_lifecycle():
+    """Wiring only; each task's decision lives in include/lifecycle."""
     @task(multiple_outputs=True)
     def plan(params: dict, dag_run=None) -> dict:
         """Every name of this run, derived from the run only, so a re-run lands on the same ones."""

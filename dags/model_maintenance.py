@@ -32,6 +32,7 @@ PROMOTION = assets.promotion_asset()
 
 
 def _hook():
+    """An MLEngineHook on the DAGs' connection (imported at run time: nothing heavy at parse time)."""
     from ml_engine.hooks import MLEngineHook
 
     return MLEngineHook(gcp_conn_id=CFG.gcp_conn_id)
@@ -56,6 +57,7 @@ def _hook():
     render_template_as_native_obj=True,
 )
 def model_maintenance():
+    """Wiring only; the choices live in include/lifecycle (maintenance, retention)."""
     @task.branch
     def choose_action(params: dict) -> str:
         """Route the run to the action asked for in the form; a request it cannot route fails without retries."""

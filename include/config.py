@@ -130,6 +130,7 @@ class Settings:
 
     @property
     def bucket_uri(self) -> str:
+        """gs://BUCKET: the root of every object the DAGs write."""
         return f"gs://{self.bucket}"
 
     @property
@@ -148,6 +149,7 @@ class Settings:
         return timedelta(hours=self.batch_pin_hours)
 
     def promotion_asset_uri(self, model_name: str | None = None) -> str:
+        """URI of the promotion Asset of `model_name` (default: the configured model); see include/assets.py."""
         return PROMOTION_ASSET_URI.format(model=model_name or self.model_name)
 
 

@@ -48,6 +48,8 @@ def error_type(message: str, width: int = 120) -> str:
 
 @dataclass
 class BatchSummary:
+    """What a batch job produced, counted from its output files (summary.json holds `to_dict()`)."""
+
     job_id: str
     output_path: str
     prediction_count: int
@@ -61,10 +63,12 @@ class BatchSummary:
 
     @property
     def error_rate(self) -> float:
+        """errors / (predictions + errors); 0 when the job produced neither."""
         total = self.prediction_count + self.error_count
         return self.error_count / total if total else 0.0
 
     def to_dict(self) -> dict:
+        """The summary as JSON, with the error rate."""
         return {**asdict(self), "error_rate": self.error_rate}
 
 

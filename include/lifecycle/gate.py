@@ -40,6 +40,7 @@ class Decision:
     policy: str
 
     def to_dict(self) -> dict:
+        """The decision as JSON for XCom and gate.json."""
         return asdict(self)
 
 

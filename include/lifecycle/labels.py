@@ -15,6 +15,7 @@ SCALE = 10_000
 
 
 def encode_metric(value: float) -> str:
+    """The metric as a label value: an integer string in ten-thousandths (labels are lowercase strings)."""
     return str(round(float(value) * SCALE))
 
 
@@ -28,6 +29,7 @@ def decode_metric(labels: dict | None) -> float | None:
 
 
 def version_labels(*, metric: float, variant: str, key: str, dag_id: str) -> dict[str, str]:
+    """The labels a deployed version carries: the gate's metric, its variant, its run and DAG."""
     return {
         METRIC_LABEL: encode_metric(metric),
         "variant": label_value(variant),

@@ -29,6 +29,7 @@ _STRINGS = tf.TensorSpec([None], tf.string)
 
 
 def image_size_of(model: keras.Model) -> int:
+    """The side of the model's square input: every variant resizes or checks images to it."""
     _, height, width, _ = model.input_shape
     if height != width or height is None:
         raise ValueError(f"expected a square fixed-size model input, got {model.input_shape}")
@@ -48,6 +49,7 @@ class HeatmapServer(tf.Module):
         self.serve = _SERVE_BUILDERS[variant](self)
 
     def heatmap(self, images: tf.Tensor) -> tf.Tensor:
+        """The model's heatmaps as float32, in inference mode: what every variant returns."""
         return tf.cast(self.model(images, training=False), tf.float32)
 
     def save(self, export_dir: str) -> str:
