@@ -15,7 +15,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -290,25 +291,25 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
     ctx = Context(state_dir=state_dir)
     guard = guard or Guard()
     faults = FaultInjector()
-    app = FastAPI(title="Local ml/v1 service", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.ctx = ctx
-    app.state.guard = guard
-    if enable_faults and os.environ.get(crashpoints.ENV_RULES):
-        ctx.crash.arm_from(os.environ[crashpoints.ENV_RULES])  # armed before anything resumes
 
-    @app.on_event("startup")
-    def _resume() -> None:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        """Resume interrupted work before serving; on a graceful stop release attempts (not a crash)."""
         guard.announce()
         threading.Thread(target=_warm_tensorflow, daemon=True, name="tf-import").start()
         recovery.recover(ctx)
         deploy.resume(ctx)
         batch.resume(ctx)
         training.resume(ctx)
-
-    @app.on_event("shutdown")
-    def _stop() -> None:
-        recovery.release_attempts(ctx)  # a graceful stop is not a crash: it costs no attempt
+        yield
+        recovery.release_attempts(ctx)
         ctx.shutdown()
+
+    app = FastAPI(title="Local ml/v1 service", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.ctx = ctx
+    app.state.guard = guard
+    if enable_faults and os.environ.get(crashpoints.ENV_RULES):
+        ctx.crash.arm_from(os.environ[crashpoints.ENV_RULES])  # armed before anything resumes
 
     app.add_middleware(CallerCheck, guard=guard)  # added last, so it runs first
     app.add_middleware(RequestLog)
