@@ -31,6 +31,7 @@ from ml_engine.states import JOB_TERMINAL_STATES, describe_job
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
+    from airflow.triggers.base import BaseTrigger
 
     from ml_engine.hooks import MLEngineHook
 
@@ -388,7 +389,92 @@ class MLEngineListVersionsOperator(_MLEngineBaseOperator):
         return versions
 
 
-class MLEngineStartBatchPredictionJobOperator(_MLEngineBaseOperator):
+class _MLEngineJobOperator(_MLEngineBaseOperator):
+    """Submit an ml/v1 job idempotently, wait for it (in the worker or deferred), judge it, cancel it on kill.
+
+    Subclasses build the job body, name their hook calls and trigger, and judge the ended job.
+    """
+
+    job_kind = "Job"  # how messages name the job
+    wait_when_ended = False  # wait (and so log) once more for a job that had already ended at submit
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        region: str,
+        wait_timeout: float | None = 24 * 3600,
+        poll_interval: float = 10,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.job_id = job_id
+        self.region = region
+        self.wait_timeout = wait_timeout
+        self.poll_interval = poll_interval
+        self.deferrable = deferrable
+        self._job_id: str | None = None
+        self._project_id: str | None = None
+
+    def _job_body(self, project_id: str) -> dict:
+        """The job resource to submit: {"jobId", "<kind>Input", "labels"}."""
+        raise NotImplementedError
+
+    def _submit(self, project_id: str, body: dict) -> dict:
+        """Create the job (or reuse the matching one) through the hook; the job as the service has it."""
+        raise NotImplementedError
+
+    def _wait(self, project_id: str, job_id: str) -> dict:
+        """Poll the job in the worker until it ends."""
+        raise NotImplementedError
+
+    def _trigger(self, project_id: str, job_id: str) -> BaseTrigger:
+        """The trigger that waits for the job in the triggerer."""
+        raise NotImplementedError
+
+    def _check_job(self, job: dict) -> Any:
+        """Judge the ended job: raise unless it succeeded; the XCom return value otherwise."""
+        raise NotImplementedError
+
+    def _resumed(self, event: dict[str, Any]) -> None:
+        """Called first when the task resumes from its trigger."""
+
+    def execute(self, context: Context) -> Any:
+        project_id = self._project()
+        body = self._job_body(project_id)
+        job = self._submit(project_id, body)
+        job_id = job.get("jobId") or body["jobId"]  # a retry after a FAILED/CANCELLED job gets a suffixed id
+        context["ti"].xcom_push(key="job_id", value=job_id)
+        MLEngineJobLink.persist(context, endpoint=self.hook.endpoint, project_id=project_id, job_id=job_id)
+        ended = job.get("state") in JOB_TERMINAL_STATES
+        if ended and not self.wait_when_ended:
+            return self._check_job(job)
+        self._job_id, self._project_id = job_id, project_id
+        if not ended and self.deferrable:
+            self.defer(trigger=self._trigger(project_id, job_id), method_name="execute_complete")
+        return self._check_job(self._wait(project_id, job_id))
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        self._resumed(event)
+        if event.get("status") != "success":
+            raise AirflowException(event.get("message", f"Waiting for the job failed: {event}"))
+        return self._check_job(event["job"])
+
+    def _failed(self, job: dict) -> AirflowException:
+        return AirflowException(f"{self.job_kind} {job.get('jobId')} ended {job.get('state')}: "
+                                f"{job.get('errorMessage') or 'no errorMessage'}")
+
+    def on_kill(self) -> None:
+        """Cancel the remote job, so a killed task does not leave it running (a trainer's whole process group)."""
+        if self._job_id:
+            try:
+                self._new_hook().cancel_job(project_id=self._project_id, job_id=self._job_id)
+            except Exception:
+                self.log.exception("Could not cancel job %s", self._job_id)
+
+
+class MLEngineStartBatchPredictionJobOperator(_MLEngineJobOperator):
     """
     Run a batch prediction job and wait for it to finish.
 
@@ -445,6 +531,7 @@ class MLEngineStartBatchPredictionJobOperator(_MLEngineBaseOperator):
         "endpoint",
     )
     operator_extra_links = (MLEngineJobLink(),)
+    job_kind = "Batch prediction job"
 
     def __init__(
         self,
@@ -464,14 +551,9 @@ class MLEngineStartBatchPredictionJobOperator(_MLEngineBaseOperator):
         output_data_format: str | None = None,
         labels: dict[str, str] | None = None,
         max_error_rate: float | None = None,
-        wait_timeout: float | None = 24 * 3600,
-        poll_interval: float = 10,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self.job_id = job_id
-        self.region = region
+        super().__init__(job_id=job_id, region=region, **kwargs)
         self.data_format = data_format
         self.input_paths = input_paths
         self.output_path = output_path
@@ -485,11 +567,6 @@ class MLEngineStartBatchPredictionJobOperator(_MLEngineBaseOperator):
         self.output_data_format = output_data_format
         self.labels = labels
         self.max_error_rate = max_error_rate
-        self.wait_timeout = wait_timeout
-        self.poll_interval = poll_interval
-        self.deferrable = deferrable
-        self._job_id: str | None = None
-        self._project_id: str | None = None
 
     def _job_body(self, project_id: str) -> dict:
         if bool(self.uri) == bool(self.model_name):
@@ -529,43 +606,27 @@ class MLEngineStartBatchPredictionJobOperator(_MLEngineBaseOperator):
             body["labels"] = self.labels
         return body
 
-    def execute(self, context: Context) -> dict:
-        project_id = self._project()
-        body = self._job_body(project_id)
-        job = self.hook.create_job(project_id=project_id, job=body)
-        job_id = job.get("jobId") or body["jobId"]  # a retry after a FAILED/CANCELLED job gets a suffixed id
-        context["ti"].xcom_push(key="job_id", value=job_id)
-        MLEngineJobLink.persist(context, endpoint=self.hook.endpoint, project_id=project_id, job_id=job_id)
-        if job.get("state") not in JOB_TERMINAL_STATES:
-            self._job_id, self._project_id = job_id, project_id
-            if self.deferrable:
-                from ml_engine.triggers import MLEngineJobTrigger
+    def _submit(self, project_id: str, body: dict) -> dict:
+        return self.hook.create_job(project_id=project_id, job=body)
 
-                self.defer(
-                    trigger=MLEngineJobTrigger(
-                        project_id=project_id,
-                        job_id=job_id,
-                        **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
-                    ),
-                    method_name="execute_complete",
-                )
-            job = self.hook.wait_for_job(
-                project_id=project_id, job_id=job_id, timeout=self.wait_timeout, poll_interval=self.poll_interval
-            )
-        return self._check_job(job)
+    def _wait(self, project_id: str, job_id: str) -> dict:
+        return self.hook.wait_for_job(
+            project_id=project_id, job_id=job_id, timeout=self.wait_timeout, poll_interval=self.poll_interval
+        )
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict:
-        if event.get("status") != "success":
-            raise AirflowException(event.get("message", f"Waiting for the job failed: {event}"))
-        return self._check_job(event["job"])
+    def _trigger(self, project_id: str, job_id: str) -> BaseTrigger:
+        from ml_engine.triggers import MLEngineJobTrigger
+
+        return MLEngineJobTrigger(
+            project_id=project_id,
+            job_id=job_id,
+            **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
+        )
 
     def _check_job(self, job: dict) -> dict:
         job_id = job.get("jobId")
-        state = job.get("state")
-        if state != "SUCCEEDED":
-            raise AirflowException(
-                f"Batch prediction job {job_id} ended {state}: {job.get('errorMessage') or 'no errorMessage'}"
-            )
+        if job.get("state") != "SUCCEEDED":
+            raise self._failed(job)
         output = job.get("predictionOutput") or {}
         predictions = int(output.get("predictionCount") or 0)
         errors = int(output.get("errorCount") or 0)
@@ -580,16 +641,8 @@ class MLEngineStartBatchPredictionJobOperator(_MLEngineBaseOperator):
                 )
         return output
 
-    def on_kill(self) -> None:
-        """Cancel the remote job, so a killed task does not leave it running."""
-        if self._job_id:
-            try:
-                self._new_hook().cancel_job(project_id=self._project_id, job_id=self._job_id)
-            except Exception:
-                self.log.exception("Could not cancel job %s", self._job_id)
 
-
-class MLEngineStartTrainingJobOperator(_MLEngineBaseOperator):
+class MLEngineStartTrainingJobOperator(_MLEngineJobOperator):
     """
     Run an ml/v1 training job (a Python package from GCS) and wait for it, streaming its log.
 
@@ -647,6 +700,8 @@ class MLEngineStartTrainingJobOperator(_MLEngineBaseOperator):
         "endpoint",
     )
     operator_extra_links = (MLEngineJobLink(),)
+    job_kind = "Training job"
+    wait_when_ended = True  # a re-run of an ended job prints its log once more, then judges it
 
     def __init__(
         self,
@@ -665,14 +720,9 @@ class MLEngineStartTrainingJobOperator(_MLEngineBaseOperator):
         service_account: str | None = None,
         labels: dict[str, str] | None = None,
         hyperparameters: dict | None = None,
-        wait_timeout: float | None = 24 * 3600,
-        poll_interval: float = 10,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self.job_id = job_id
-        self.region = region
+        super().__init__(job_id=job_id, region=region, **kwargs)
         self.package_uris = package_uris
         self.training_python_module = training_python_module
         self.training_args = training_args
@@ -685,13 +735,8 @@ class MLEngineStartTrainingJobOperator(_MLEngineBaseOperator):
         self.service_account = service_account
         self.labels = labels
         self.hyperparameters = hyperparameters
-        self.wait_timeout = wait_timeout
-        self.poll_interval = poll_interval
-        self.deferrable = deferrable
-        self._job_id: str | None = None
-        self._project_id: str | None = None
 
-    def _job_body(self) -> dict:
+    def _job_body(self, project_id: str) -> dict:
         packages = [self.package_uris] if isinstance(self.package_uris, str) else list(self.package_uris or [])
         image = (self.master_config or {}).get("imageUri")
         if not image and (not packages or not self.training_python_module):
@@ -718,57 +763,37 @@ class MLEngineStartTrainingJobOperator(_MLEngineBaseOperator):
             body["labels"] = self.labels
         return body
 
-    def execute(self, context: Context) -> dict:
-        project_id = self._project()
-        body = self._job_body()
-        job = self.hook.create_training_job(project_id=project_id, job=body)
-        job_id = job.get("jobId") or body["jobId"]
-        context["ti"].xcom_push(key="job_id", value=job_id)
-        MLEngineJobLink.persist(context, endpoint=self.hook.endpoint, project_id=project_id, job_id=job_id)
-        self._job_id, self._project_id = job_id, project_id
-        if job.get("state") not in JOB_TERMINAL_STATES and self.deferrable:
-            from ml_engine.triggers import MLEngineTrainingJobTrigger
+    def _submit(self, project_id: str, body: dict) -> dict:
+        return self.hook.create_training_job(project_id=project_id, job=body)
 
-            self.defer(
-                trigger=MLEngineTrainingJobTrigger(
-                    project_id=project_id,
-                    job_id=job_id,
-                    log_cursor=None,
-                    **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
-                ),
-                method_name="execute_complete",
-            )
-        # Also for a job already ended (a re-run): its log is printed once more, then judged.
-        job = self.hook.wait_for_training_job(
+    def _wait(self, project_id: str, job_id: str) -> dict:
+        return self.hook.wait_for_training_job(
             project_id=project_id, job_id=job_id, timeout=self.wait_timeout, poll_interval=self.poll_interval
         )
-        return self._check_job(job)
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict:
-        if event.get("job_id"):  # lines written after the trigger's last read
+    def _trigger(self, project_id: str, job_id: str) -> BaseTrigger:
+        from ml_engine.triggers import MLEngineTrainingJobTrigger
+
+        return MLEngineTrainingJobTrigger(
+            project_id=project_id,
+            job_id=job_id,
+            log_cursor=None,
+            **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
+        )
+
+    def _resumed(self, event: dict[str, Any]) -> None:
+        """Print the lines the trainer wrote after the trigger's last read."""
+        if event.get("job_id"):
             self.hook.log_training_lines(project_id=self._project(), job_id=event["job_id"],
                                          cursor=event.get("log_cursor"))
-        if event.get("status") != "success":
-            raise AirflowException(event.get("message", f"Waiting for the job failed: {event}"))
-        return self._check_job(event["job"])
 
     def _check_job(self, job: dict) -> dict:
         job_id = job.get("jobId")
         if job.get("state") != "SUCCEEDED":
-            raise AirflowException(
-                f"Training job {job_id} ended {job.get('state')}: {job.get('errorMessage') or 'no errorMessage'}"
-            )
+            raise self._failed(job)
         self.log.info("Training job %s SUCCEEDED: %s", job_id, job.get("trainingOutput") or {})
         return {"jobId": job_id, "state": job["state"], "jobDir": (job.get("trainingInput") or {}).get("jobDir"),
                 "trainingOutput": job.get("trainingOutput") or {}}
-
-    def on_kill(self) -> None:
-        """Cancel the remote job (the service stops the trainer's whole process group)."""
-        if self._job_id:
-            try:
-                self._new_hook().cancel_job(project_id=self._project_id, job_id=self._job_id)
-            except Exception:
-                self.log.exception("Could not cancel job %s", self._job_id)
 
 
 class MLEnginePredictOperator(_MLEngineBaseOperator):
