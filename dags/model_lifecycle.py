@@ -257,12 +257,9 @@ def model_lifecycle():
 
         get_current_context()["variant"] = target["variant"]
         instances = storage.read_jsonl(target["instances_uri"])
-        hook = MLEngineHook(gcp_conn_id=CFG.gcp_conn_id)
-        predictions = []
-        for start in range(0, len(instances), SMOKE_REQUEST_SIZE):  # stay under ml/v1's 1.5 MB per request
-            chunk = instances[start:start + SMOKE_REQUEST_SIZE]
-            predictions += hook.predict(model_name=plan["model"], version_name=target["version"],
-                                        instances=chunk)["predictions"]
+        predictions = MLEngineHook(gcp_conn_id=CFG.gcp_conn_id).predict_in_chunks(
+            model_name=plan["model"], version_name=target["version"], instances=instances,
+            batch_size=SMOKE_REQUEST_SIZE)  # stay under ml/v1's 1.5 MB per request
         report = smoke.check_predictions(instances, predictions, keys=target["keys"])
         log.info("Smoke test of %s (%s) passed: %s", target["version"], target["variant"], report)
         return {"variant": target["variant"], "version": target["version"], **report}

@@ -808,6 +808,45 @@ class MLEngineHook(GoogleBaseHook):
             raise MLEnginePredictionError(f"Prediction by {name} returned no 'predictions': {response!r:.500}")
         return response
 
+    @GoogleBaseHook.fallback_to_default_project_id
+    def predict_in_chunks(
+        self,
+        *,
+        model_name: str,
+        instances: list,
+        version_name: str | None = None,
+        signature_name: str | None = None,
+        batch_size: int = 32,
+        project_id: str = PROVIDE_PROJECT_ID,
+    ) -> list:
+        """
+        Online prediction of many instances, ``batch_size`` per request so each stays under the size limit.
+
+        :param model_name: The model's id.
+        :param instances: The instances, in order.
+        :param version_name: The version's id; without it, the model's default version.
+        :param signature_name: Serving signature; defaults to serving_default.
+        :param batch_size: Instances per predict request.
+        :param project_id: Project; defaults to the connection's project.
+        :return: the predictions in instance order; MLEnginePredictionError when a request gets back
+            a different number of predictions than it sent (the order would no longer hold).
+        """
+        name = (
+            version_path(project_id, model_name, version_name) if version_name else model_path(project_id, model_name)
+        )
+        predictions: list = []
+        step = max(int(batch_size), 1)
+        for start in range(0, len(instances), step):
+            chunk = instances[start : start + step]
+            got = self.predict(project_id=project_id, model_name=model_name, version_name=version_name,
+                               instances=chunk, signature_name=signature_name)["predictions"]
+            if len(got) != len(chunk):
+                raise MLEnginePredictionError(
+                    f"{name} returned {len(got)} predictions for {len(chunk)} instances "
+                    f"(instances {start}..{start + len(chunk) - 1})"
+                )
+            predictions.extend(got)
+        return predictions
 
 
 class MLEngineAsyncHook(GoogleBaseAsyncHook):

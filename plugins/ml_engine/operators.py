@@ -900,23 +900,13 @@ class MLEnginePredictOperator(_MLEngineBaseOperator):
             if version_name
             else model_path(project_id, self.model_name)
         )
-        predictions: list = []
-        step = max(int(self.batch_size), 1)
-        for start in range(0, len(instances), step):
-            chunk = instances[start : start + step]
-            response = self.hook.predict(
-                project_id=project_id,
-                model_name=self.model_name,
-                version_name=version_name,
-                instances=chunk,
-                signature_name=self.signature_name,
-            )
-            got = response["predictions"]
-            if len(got) != len(chunk):
-                raise AirflowException(
-                    f"{target} returned {len(got)} predictions for {len(chunk)} instances "
-                    f"(instances {start}..{start + len(chunk) - 1})"
-                )
-            predictions.extend(got)
+        predictions = self.hook.predict_in_chunks(
+            project_id=project_id,
+            model_name=self.model_name,
+            version_name=version_name,
+            instances=instances,
+            signature_name=self.signature_name,
+            batch_size=self.batch_size,
+        )
         self.log.info("%s predicted %s instance(s); first: %s", target, len(predictions), predictions[:1])
         return predictions
