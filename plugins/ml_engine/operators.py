@@ -861,10 +861,13 @@ class MLEnginePredictOperator(_MLEngineBaseOperator):
             if isinstance(instances, str):
                 instances = json.loads(instances)
             return list(instances)
-        from airflow.providers.google.cloud.hooks.gcs import GCSHook, _parse_gcs_url
+        from ml_engine.gcs import MLEngineGCSHook, parse_gcs_uri
 
-        bucket, blob = _parse_gcs_url(self.instances_uri)
-        gcs = GCSHook(gcp_conn_id=self.gcp_conn_id, impersonation_chain=self.impersonation_chain)
+        try:
+            bucket, blob = parse_gcs_uri(self.instances_uri)
+        except ValueError as err:
+            raise AirflowException(f"instances_uri: {err}") from err
+        gcs = MLEngineGCSHook(gcp_conn_id=self.gcp_conn_id, impersonation_chain=self.impersonation_chain)
         text = gcs.download(bucket_name=bucket, object_name=blob).decode("utf-8")
         instances = []
         for number, line in enumerate(text.splitlines(), start=1):
