@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -152,10 +151,10 @@ class AirflowStack:
         """
         merged = {**os.environ, **env}
         if self.local_services:
-            code = "from include import config; import json; print(json.dumps(config.embedded_environment()))"
-            out = subprocess.run([sys.executable, "-c", code], env=merged, check=True,
-                                 capture_output=True, text=True, cwd=PROJECT_ROOT).stdout
-            return json.loads(out)
+            from include import config
+
+            connection_env = config.embedded_environment(config.load(merged))
+            return _with_stack_token(connection_env, merged.get("ML_ENGINE_TOKEN", ""))
         conn_var = f"AIRFLOW_CONN_{merged.get('ML_GCP_CONN_ID', 'google_cloud_default').upper()}"
         if conn_var in merged:
             return {}
@@ -310,6 +309,24 @@ class AirflowStack:
                 raise RuntimeError(f"{name} exited with {process.process.returncode}:\n{process.log_tail()}")
 
 
+def _with_stack_token(connection_env: dict[str, str], token: str) -> dict[str, str]:
+    """The embedded connection carrying the stack's own service token.
+
+    include.config reads ML_ENGINE_TOKEN from this process's environment, which may hold
+    another service's token (a test session's); the stack's components get the stack's.
+    """
+    out = {}
+    for key, value in connection_env.items():
+        if key.startswith("AIRFLOW_CONN_"):
+            connection = json.loads(value)
+            connection["extra"].pop("ml_engine_token", None)
+            if token.strip():
+                connection["extra"]["ml_engine_token"] = token.strip()
+            value = json.dumps(connection)
+        out[key] = value
+    return out
+
+
 # --- CLI for `make airflow` / `make stop` ------------------------------------
 
 
@@ -319,17 +336,16 @@ def _pid_dir(state_dir: Path) -> Path:
 
 def _start(stack: AirflowStack) -> None:
     pid_dir = _pid_dir(stack.state_dir)
-    running = [p.stem for p in pid_dir.glob("*.pid") if devstack._running_pid(p)]
+    running = [p.stem for p in pid_dir.glob("*.pid") if devstack.running_pid(p)]
     if running:
         print(f"Airflow already running ({', '.join(sorted(running))}): {stack.url}  (make stop to stop it)")
         return
     started = time.monotonic()
     if stack.local_services:  # as `make services` does, with their own pid files (already running: kept)
-        devstack._start(stack.state_dir, stack.gcs_port, stack.ml_port)
+        devstack.start_services(stack.state_dir, stack.gcs_port, stack.ml_port)
     stack.start()
-    pid_dir.mkdir(parents=True, exist_ok=True)
     for name, process in stack.processes.items():
-        (pid_dir / f"{name}.pid").write_text(str(process.process.pid))
+        devstack.record_pid(pid_dir / f"{name}.pid", process)
     dags = stack.wait_dags(timeout=60)
     print(f"Airflow is up in {time.monotonic() - started:.0f} s: {stack.url}  "
           f"(user {ADMIN_USER}, password {stack.password})")
@@ -341,23 +357,11 @@ def _start(stack: AirflowStack) -> None:
 
 def _stop(state_dir: Path) -> None:
     """SIGTERM to every component's process group at once, SIGKILL to what is left after 20 s."""
-    running = {p: pid for p in sorted(_pid_dir(state_dir).glob("*.pid")) if (pid := devstack._running_pid(p))}
-    for pid in running.values():
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    while any(devstack._running_pid(p) for p in running) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for pid_file, pid in running.items():
-        if devstack._running_pid(pid_file):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-        print(f"airflow-{pid_file.stem}: stopped (pid {pid})")
-    for pid_file in _pid_dir(state_dir).glob("*.pid"):
-        pid_file.unlink(missing_ok=True)
+    devstack.stop_recorded(list(_pid_dir(state_dir).glob("*.pid")), timeout=20, prefix="airflow-")
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python -m tools.airflow_stack start|stop`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["start", "stop"])
     parser.add_argument("--state-dir", type=Path,

@@ -181,10 +181,11 @@ def ml_service(*, port: int, state_dir: Path, gcs_host: str, log_path: Path, tok
     )
 
 
-# --- CLI for `make services` / `make stop` ---------------------------------
+# --- pid files: `make services` / `make airflow` and `make stop` ------------
 
 
-def _pid_file(state_dir: Path, name: str) -> Path:
+def pid_file(state_dir: Path, name: str) -> Path:
+    """Where the pid of the local service `name` is kept."""
     return state_dir / "run" / f"{name}.pid"
 
 
@@ -199,24 +200,50 @@ def _process_start_time(pid: int) -> float | None:
         return None
 
 
-def _running_pid(pid_file: Path) -> int | None:
-    """The pid in `pid_file` if that process still runs and is the one the file was written for.
+def running_pid(path: Path) -> int | None:
+    """The pid in the pid file `path` if that process still runs and is the one the file was written for.
 
     A process that started after the file was written has merely reused the pid
     (after a reboot or a kill -9): it is not ours, so it is neither reported nor killed.
     """
     try:
-        pid = int(pid_file.read_text())
+        pid = int(path.read_text())
         os.kill(pid, 0)
     except (OSError, ValueError):
         return None
     started = _process_start_time(pid)
-    if started is not None and started > pid_file.stat().st_mtime + 2:
+    if started is not None and started > path.stat().st_mtime + 2:
         return None
     return pid
 
 
-def _start(state_dir: Path, gcs_port: int, ml_port: int) -> None:
+def record_pid(path: Path, process: LocalProcess) -> None:
+    """Write the pid file of a started process, for `stop_recorded` to find."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(str(process.process.pid))
+
+
+def stop_recorded(pid_files: list[Path], *, timeout: float, prefix: str = "") -> None:
+    """SIGTERM the process group of every running pid file at once, SIGKILL what is left after `timeout`,
+    then remove the pid files. Only processes the files were written for are signalled (see running_pid)."""
+    running = {path: pid for path in sorted(pid_files) if (pid := running_pid(path))}
+    for pid in running.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(running_pid(path) for path in running) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for path, pid in running.items():
+        if running_pid(path):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        print(f"{prefix}{path.stem}: stopped (pid {pid})")
+    for path in pid_files:
+        path.unlink(missing_ok=True)
+
+
+def start_services(state_dir: Path, gcs_port: int, ml_port: int) -> None:
+    """Start the GCS emulator and the ml/v1 service in the background (`make services`); running ones are kept."""
     gcs_host = f"http://127.0.0.1:{gcs_port}"
     logs = state_dir / "logs"
     servers = [
@@ -225,14 +252,13 @@ def _start(state_dir: Path, gcs_port: int, ml_port: int) -> None:
                    log_path=logs / "ml-engine-local.log", token_file=service_token_file(state_dir)),
     ]
     for server in servers:
-        pid_file = _pid_file(state_dir, server.name)
-        if pid := _running_pid(pid_file):
+        path = pid_file(state_dir, server.name)
+        if pid := running_pid(path):
             print(f"{server.name}: already running (pid {pid}) -> {server.health_url}")
             continue
         started = time.monotonic()
         server.start(timeout=120)
-        pid_file.parent.mkdir(parents=True, exist_ok=True)
-        pid_file.write_text(str(server.process.pid))
+        record_pid(path, server)
         print(f"{server.name}: listening on {server.health_url.split('/', 3)[:3][-1]} "
               f"(pid {server.process.pid}, up in {time.monotonic() - started:.1f} s), log {server.log_path}")
     print(f"export STORAGE_EMULATOR_HOST={gcs_host}")
@@ -240,23 +266,13 @@ def _start(state_dir: Path, gcs_port: int, ml_port: int) -> None:
     print(f"export ML_ENGINE_TOKEN=$(cat {state_dir / TOKEN_FILE_NAME})")
 
 
-def _stop(state_dir: Path) -> None:
-    for pid_file in sorted((state_dir / "run").glob("*.pid")):
-        name = pid_file.stem
-        if pid := _running_pid(pid_file):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)
-            for _ in range(100):
-                if _running_pid(pid_file) is None:
-                    break
-                time.sleep(0.1)
-            else:
-                os.killpg(pid, signal.SIGKILL)
-            print(f"{name}: stopped (pid {pid})")
-        pid_file.unlink(missing_ok=True)
+def stop_services(state_dir: Path) -> None:
+    """Stop what `start_services` started (`make stop`)."""
+    stop_recorded(list((state_dir / "run").glob("*.pid")), timeout=10)
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python -m tools.devstack start|stop`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["start", "stop"])
     parser.add_argument("--state-dir", type=Path,
@@ -266,9 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     state_dir = args.state_dir.resolve()
     if args.action == "start":
-        _start(state_dir, args.gcs_port, args.ml_port)
+        start_services(state_dir, args.gcs_port, args.ml_port)
     else:
-        _stop(state_dir)
+        stop_services(state_dir)
 
 
 if __name__ == "__main__":
