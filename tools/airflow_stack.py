@@ -1,18 +1,18 @@
-"""Start and stop Airflow 3 on this machine with the project's DAGs and plugins: `make airflow` / `make stop`.
+"""Start and stop Airflow 3 on this machine with the project's DAGs and plugins: ``make airflow`` / ``make stop``.
 
 One place for the local Airflow stack: the CLI below (pid files and logs under
-the state dir, like `tools.devstack` for the GCS emulator and the ml/v1
-service) and the `AirflowStack` class the end-to-end tests start on free ports,
+the state dir, like ``tools.devstack`` for the GCS emulator and the ml/v1
+service) and the ``AirflowStack`` class the end-to-end tests start on free ports,
 so what the tests run is what users run.
 
 The stack: api-server (UI + REST API + execution API), scheduler (LocalExecutor),
 dag-processor and triggerer, one SQLite metadata database under
-`STATE_DIR/airflow`, SimpleAuthManager with the documented local user
-`admin` / `admin` (`AIRFLOW_ADMIN_PASSWORD` changes the password). Connections
-come from the environment (`include.config.embedded_environment()`): with the
-local services (default) the `google_cloud_default` connection points at the
-emulator and the local ml/v1 service; with `--services none` whatever
-`AIRFLOW_CONN_*`, `ML_ENGINE_ENDPOINT`, `STORAGE_EMULATOR_HOST` and Google
+``STATE_DIR/airflow``, SimpleAuthManager with the documented local user
+``admin`` / ``admin`` (``AIRFLOW_ADMIN_PASSWORD`` changes the password). Connections
+come from the environment (``include.config.embedded_environment()``): with the
+local services (default) the ``google_cloud_default`` connection points at the
+emulator and the local ml/v1 service; with ``--services none`` whatever
+``AIRFLOW_CONN_*``, ``ML_ENGINE_ENDPOINT``, ``STORAGE_EMULATOR_HOST`` and Google
 credentials the caller exports are passed through unchanged (real GCS / ml/v1).
 """
 
@@ -249,7 +249,7 @@ class AirflowStack:
             return json.load(response)["access_token"]
 
     def api(self, method: str, path: str, body: dict | None = None, *, token: str | None = None) -> dict:
-        """One REST API v2 call (`path` after /api/v2), JSON in and out."""
+        """One REST API v2 call (``path`` after /api/v2), JSON in and out."""
         request = urllib.request.Request(
             f"{self.api_url}/api/v2{path}", method=method,
             data=None if body is None else json.dumps(body).encode(),
@@ -292,10 +292,10 @@ class AirflowStack:
         raise TimeoutError(f"DAGs {dag_ids} not parsed within {timeout:.0f} s")
 
     def unpause_dags(self, dags: dict) -> None:
-        """Activate the project's DAGs, also those an earlier `make run` (`airflow dags test`) registered paused.
+        """Activate the project's DAGs, also those an earlier ``make run`` (``airflow dags test``) registered paused.
 
         DAGS_ARE_PAUSED_AT_CREATION only applies to DAGs new to the database, so it cannot express
-        the stack's intent (schedules that fire) on a database `make run` has already used.
+        the stack's intent (schedules that fire) on a database ``make run`` has already used.
         """
         token = self.token()
         for dag_id in PROJECT_DAGS:
@@ -361,7 +361,7 @@ def _stop(state_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m tools.airflow_stack start|stop`."""
+    """``python -m tools.airflow_stack start|stop``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["start", "stop"])
     parser.add_argument("--state-dir", type=Path,

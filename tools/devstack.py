@@ -1,7 +1,7 @@
 """Start and stop the local stack: the GCS emulator and the ml/v1 service.
 
-One place for both `make services` / `make stop` (the CLI below, with pid
-files and logs under the state dir) and the test fixtures (`LocalProcess`),
+One place for both ``make services`` / ``make stop`` (the CLI below, with pid
+files and logs under the state dir) and the test fixtures (``LocalProcess``),
 so what the tests run is what users run.
 """
 
@@ -55,7 +55,7 @@ def service_credentials(token: str | None = None):
 
 
 def auth_headers(token: str | None = None) -> dict[str, str]:
-    """`Authorization: Bearer ...` for raw HTTP calls to the local service ({} when no token is set)."""
+    """``Authorization: Bearer ...`` for raw HTTP calls to the local service ({} when no token is set)."""
     token = token or os.environ.get("ML_ENGINE_TOKEN", "").strip()
     return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -83,7 +83,7 @@ def free_port() -> int:
 
 
 def wait_for_http(url: str, *, timeout: float, process: subprocess.Popen | None = None) -> None:
-    """Poll `url` until it answers (any HTTP status), the process dies, or time runs out."""
+    """Poll ``url`` until it answers (any HTTP status), the process dies, or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -147,7 +147,7 @@ class LocalProcess:
 
 
 def gcs_emulator(*, port: int, data_dir: Path | None, log_path: Path) -> LocalProcess:
-    """The gcp-storage-emulator on loopback; in memory when `data_dir` is None."""
+    """The gcp-storage-emulator on loopback; in memory when ``data_dir`` is None."""
     argv = [str(Path(sys.executable).parent / "gcp-storage-emulator"), "start", "-H", "127.0.0.1", "--port", str(port)]
     if data_dir is None:
         argv.append("--in-memory")
@@ -164,7 +164,7 @@ def gcs_emulator(*, port: int, data_dir: Path | None, log_path: Path) -> LocalPr
 
 def ml_service(*, port: int, state_dir: Path, gcs_host: str, log_path: Path, token_file: Path | None = None,
                enable_faults: bool = False) -> LocalProcess:
-    """The local ml/v1 service on loopback, reading GCS from `gcs_host`; `token_file` holds its bearer token."""
+    """The local ml/v1 service on loopback, reading GCS from ``gcs_host``; ``token_file`` holds its bearer token."""
     argv = [sys.executable, "-m", "include.ml_engine_local", "--host", "127.0.0.1",
             "--port", str(port), "--state-dir", str(state_dir)]
     if token_file is not None:
@@ -185,7 +185,7 @@ def ml_service(*, port: int, state_dir: Path, gcs_host: str, log_path: Path, tok
 
 
 def pid_file(state_dir: Path, name: str) -> Path:
-    """Where the pid of the local service `name` is kept."""
+    """Where the pid of the local service ``name`` is kept."""
     return state_dir / "run" / f"{name}.pid"
 
 
@@ -201,7 +201,7 @@ def _process_start_time(pid: int) -> float | None:
 
 
 def running_pid(path: Path) -> int | None:
-    """The pid in the pid file `path` if that process still runs and is the one the file was written for.
+    """The pid in the pid file ``path`` if that process still runs and is the one the file was written for.
 
     A process that started after the file was written has merely reused the pid
     (after a reboot or a kill -9): it is not ours, so it is neither reported nor killed.
@@ -218,13 +218,13 @@ def running_pid(path: Path) -> int | None:
 
 
 def record_pid(path: Path, process: LocalProcess) -> None:
-    """Write the pid file of a started process, for `stop_recorded` to find."""
+    """Write the pid file of a started process, for ``stop_recorded`` to find."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(str(process.process.pid))
 
 
 def stop_recorded(pid_files: list[Path], *, timeout: float, prefix: str = "") -> None:
-    """SIGTERM the process group of every running pid file at once, SIGKILL what is left after `timeout`,
+    """SIGTERM the process group of every running pid file at once, SIGKILL what is left after ``timeout``,
     then remove the pid files. Only processes the files were written for are signalled (see running_pid)."""
     running = {path: pid for path in sorted(pid_files) if (pid := running_pid(path))}
     for pid in running.values():
@@ -243,7 +243,7 @@ def stop_recorded(pid_files: list[Path], *, timeout: float, prefix: str = "") ->
 
 
 def start_services(state_dir: Path, gcs_port: int, ml_port: int) -> None:
-    """Start the GCS emulator and the ml/v1 service in the background (`make services`); running ones are kept."""
+    """Start the GCS emulator and the ml/v1 service in the background (``make services``); running ones are kept."""
     gcs_host = f"http://127.0.0.1:{gcs_port}"
     logs = state_dir / "logs"
     servers = [
@@ -267,12 +267,12 @@ def start_services(state_dir: Path, gcs_port: int, ml_port: int) -> None:
 
 
 def stop_services(state_dir: Path) -> None:
-    """Stop what `start_services` started (`make stop`)."""
+    """Stop what ``start_services`` started (``make stop``)."""
     stop_recorded(list((state_dir / "run").glob("*.pid")), timeout=10)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m tools.devstack start|stop`."""
+    """``python -m tools.devstack start|stop``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["start", "stop"])
     parser.add_argument("--state-dir", type=Path,

@@ -1,4 +1,4 @@
-"""The short human summary `make run` prints: model, versions and their state, default, metrics, batch counts.
+"""The short human summary ``make run`` prints: model, versions and their state, default, metrics, batch counts.
 
 Everything is read back from where the DAGs left it — the ml/v1 API (versions,
 labels, default) and GCS (run manifest, gate decision, batch summary) — with
@@ -26,7 +26,7 @@ def _ml_api(settings: config.Settings):
 
 
 def _latest_json(prefix: str, name: str) -> tuple[str, dict] | None:
-    """The most recently written `.../name` under a gs:// prefix, parsed."""
+    """The most recently written ``.../name`` under a gs:// prefix, parsed."""
     from include.trainer import gcs
 
     bucket, path = gcs.parse_uri(prefix)

@@ -503,7 +503,7 @@ class MLEngineHook(GoogleBaseHook):
         update_mask: str,
         project_id: str = PROVIDE_PROJECT_ID,
     ) -> dict:
-        """Update fields of a version (ml/v1 allows `description` and `labels`); waits for the Operation."""
+        """Update fields of a version (ml/v1 allows ``description`` and ``labels``); waits for the Operation."""
         versions = self.get_conn().projects().models().versions()
         name = version_path(project_id, model_name, version_name)
         operation = self._execute(versions.patch(name=name, body=version, updateMask=update_mask))
@@ -594,7 +594,7 @@ class MLEngineHook(GoogleBaseHook):
         When a job with that jobId exists (409), it is reused if its predictionInput
         matches the requested one, else MLEngineConflictError. A matching job that
         ended FAILED or CANCELLED is not reused: ml/v1 cannot delete jobs, so the
-        retry goes to the next id of a deterministic chain (`ID_r2`, `ID_r3`, ...),
+        retry goes to the next id of a deterministic chain (``ID_r2``, ``ID_r3``, ...),
         and a cleared task converges on the same chain.
         """
         if not job.get("jobId"):
