@@ -56,7 +56,22 @@ SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_mana
 
 @dataclass
 class AirflowStack:
-    """Airflow's four components (and optionally the local services) for one state dir."""
+    """
+    Airflow's four components (and optionally the local services) for one state dir.
+
+    :param state_dir: Holds AIRFLOW_HOME (``airflow/``), logs and the services' state.
+    :param port: The api-server's port (UI, REST API, execution API).
+    :param host: Address the api-server binds.
+    :param gcs_port: Port of the GCS emulator (local services).
+    :param ml_port: Port of the ml/v1 service (local services).
+    :param worker_log_port: Port the task log server listens on.
+    :param trigger_log_port: Port the triggerer's log server listens on.
+    :param local_services: Point the connection at the local services; False: the environment's.
+    :param start_local_services: Start the local services with the stack (the CLI starts them itself).
+    :param unpause: Unpause the project's DAGs once they are registered.
+    :param password: The ``admin`` user's password.
+    :param extra_env: More environment for every component.
+    """
 
     state_dir: Path
     port: int = DEFAULT_PORT

@@ -147,7 +147,14 @@ class LocalProcess:
 
 
 def gcs_emulator(*, port: int, data_dir: Path | None, log_path: Path) -> LocalProcess:
-    """The gcp-storage-emulator on loopback; in memory when ``data_dir`` is None."""
+    """
+    The gcp-storage-emulator on loopback, not yet started.
+
+    :param port: Loopback port to listen on.
+    :param data_dir: Where objects are kept across restarts; None: in memory.
+    :param log_path: File receiving the emulator's output.
+    :return: the process handle; ``start()`` it.
+    """
     argv = [str(Path(sys.executable).parent / "gcp-storage-emulator"), "start", "-H", "127.0.0.1", "--port", str(port)]
     if data_dir is None:
         argv.append("--in-memory")
@@ -164,7 +171,17 @@ def gcs_emulator(*, port: int, data_dir: Path | None, log_path: Path) -> LocalPr
 
 def ml_service(*, port: int, state_dir: Path, gcs_host: str, log_path: Path, token_file: Path | None = None,
                enable_faults: bool = False) -> LocalProcess:
-    """The local ml/v1 service on loopback, reading GCS from ``gcs_host``; ``token_file`` holds its bearer token."""
+    """
+    The local ml/v1 service on loopback, not yet started.
+
+    :param port: Loopback port to listen on.
+    :param state_dir: The service's store, deployed models and job work.
+    :param gcs_host: STORAGE_EMULATOR_HOST the service reads and writes GCS through.
+    :param log_path: File receiving the service's output.
+    :param token_file: File holding the bearer token callers must send; None: anonymous.
+    :param enable_faults: Expose the fault switch (``/_local/faults``) for tests.
+    :return: the process handle; ``start()`` it.
+    """
     argv = [sys.executable, "-m", "include.ml_engine_local", "--host", "127.0.0.1",
             "--port", str(port), "--state-dir", str(state_dir)]
     if token_file is not None:
@@ -224,8 +241,16 @@ def record_pid(path: Path, process: LocalProcess) -> None:
 
 
 def stop_recorded(pid_files: list[Path], *, timeout: float, prefix: str = "") -> None:
-    """SIGTERM the process group of every running pid file at once, SIGKILL what is left after ``timeout``,
-    then remove the pid files. Only processes the files were written for are signalled (see running_pid)."""
+    """
+    Stop recorded processes: SIGTERM every group at once, SIGKILL what is left after ``timeout``.
+
+    Only processes the files were written for are signalled (see :func:`running_pid`);
+    the pid files are removed afterwards.
+
+    :param pid_files: Pid files written by :func:`record_pid`.
+    :param timeout: Seconds between SIGTERM and SIGKILL.
+    :param prefix: Put before each name in the "stopped" lines (e.g. ``airflow-``).
+    """
     running = {path: pid for path in sorted(pid_files) if (pid := running_pid(path))}
     for pid in running.values():
         with contextlib.suppress(ProcessLookupError):
@@ -243,7 +268,13 @@ def stop_recorded(pid_files: list[Path], *, timeout: float, prefix: str = "") ->
 
 
 def start_services(state_dir: Path, gcs_port: int, ml_port: int) -> None:
-    """Start the GCS emulator and the ml/v1 service in the background (``make services``); running ones are kept."""
+    """
+    Start the GCS emulator and the ml/v1 service in the background (``make services``); running ones are kept.
+
+    :param state_dir: Holds pid files (``run/``), logs, emulator data, the service's state and token.
+    :param gcs_port: Loopback port of the GCS emulator.
+    :param ml_port: Loopback port of the ml/v1 service.
+    """
     gcs_host = f"http://127.0.0.1:{gcs_port}"
     logs = state_dir / "logs"
     servers = [

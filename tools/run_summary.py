@@ -65,6 +65,15 @@ def collect(settings: config.Settings) -> dict:
 
 def render(info: dict, *, lifecycle: str | None = None, batch_state: str | None = None,
            seconds: float | None = None) -> str:
+    """
+    The end-of-run summary ``make run`` prints.
+
+    :param info: What :func:`collect` found (model, versions, run, gate, batch).
+    :param lifecycle: Final state of the model_lifecycle run.
+    :param batch_state: Final state of the batch_prediction run.
+    :param seconds: How long the whole run took.
+    :return: the summary text.
+    """
     out = []
     head = f"== make run summary: model {info['model']} (project {info['project']})"
     out.append(head + (f", {seconds:.0f} s" if seconds else "") + " ==")

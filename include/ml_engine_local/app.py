@@ -287,7 +287,14 @@ def _error_response(error: ApiError) -> JSONResponse:
 
 
 def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bool = False) -> FastAPI:
-    """The service; ``guard`` holds the token and allowed hosts (anonymous, loopback-only by default)."""
+    """
+    The local ml/v1 service as an ASGI app; work interrupted by a crash resumes when it starts.
+
+    :param state_dir: The service's store, deployed models and job work.
+    :param guard: The token and allowed hosts; default: anonymous, loopback only.
+    :param enable_faults: Expose the fault switch (``/_local/faults``) for tests.
+    :return: the FastAPI app.
+    """
     ctx = Context(state_dir=state_dir)
     guard = guard or Guard()
     faults = FaultInjector()
