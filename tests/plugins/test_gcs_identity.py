@@ -99,4 +99,9 @@ def test_ml_hook_computes_its_local_identity_once(ml_conn):
     hook = MLEngineHook()
     first = hook.get_credentials_and_project_id()
     assert first is hook.get_credentials_and_project_id()
-    assert isinstance(first[0], AnonymousCredentials) and first[1] == "test-project"
+    credentials, project = first
+    assert project == "test-project"
+    if ml_conn.token:  # the service's own token, never a Google credential
+        assert credentials.token == ml_conn.token
+    else:
+        assert isinstance(credentials, AnonymousCredentials)
