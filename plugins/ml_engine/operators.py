@@ -396,6 +396,10 @@ class _MLEngineJobOperator(_MLEngineBaseOperator):
     """
 
     job_kind = "Job"  # how messages name the job
+    input_field = "predictionInput"  # the job resource's field with the subclass's input
+    submit_method = "create_job"  # MLEngineHook methods that create and poll the job
+    wait_method = "wait_for_job"
+    trigger_path = "ml_engine.triggers.MLEngineJobTrigger"
     wait_when_ended = False  # wait (and so log) once more for a job that had already ended at submit
 
     def __init__(
@@ -403,6 +407,7 @@ class _MLEngineJobOperator(_MLEngineBaseOperator):
         *,
         job_id: str,
         region: str,
+        labels: dict[str, str] | None = None,
         wait_timeout: float | None = 24 * 3600,
         poll_interval: float = 10,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
@@ -411,27 +416,40 @@ class _MLEngineJobOperator(_MLEngineBaseOperator):
         super().__init__(**kwargs)
         self.job_id = job_id
         self.region = region
+        self.labels = labels
         self.wait_timeout = wait_timeout
         self.poll_interval = poll_interval
         self.deferrable = deferrable
         self._job_id: str | None = None
         self._project_id: str | None = None
 
-    def _job_body(self, project_id: str) -> dict:
-        """The job resource to submit: {"jobId", "<kind>Input", "labels"}."""
+    def _job_input(self, project_id: str) -> dict:
+        """The job's input (predictionInput or trainingInput), validated."""
         raise NotImplementedError
+
+    def _job_body(self, project_id: str) -> dict:
+        body: dict[str, Any] = {"jobId": normalize_job_id(self.job_id), self.input_field: self._job_input(project_id)}
+        if self.labels:
+            body["labels"] = self.labels
+        return body
 
     def _submit(self, project_id: str, body: dict) -> dict:
-        """Create the job (or reuse the matching one) through the hook; the job as the service has it."""
-        raise NotImplementedError
+        """Create the job (or reuse the matching one); the job as the service has it."""
+        return getattr(self.hook, self.submit_method)(project_id=project_id, job=body)
 
     def _wait(self, project_id: str, job_id: str) -> dict:
-        """Poll the job in the worker until it ends."""
-        raise NotImplementedError
+        return getattr(self.hook, self.wait_method)(
+            project_id=project_id, job_id=job_id, timeout=self.wait_timeout, poll_interval=self.poll_interval
+        )
 
     def _trigger(self, project_id: str, job_id: str) -> BaseTrigger:
-        """The trigger that waits for the job in the triggerer."""
-        raise NotImplementedError
+        from airflow.providers.common.compat.module_loading import import_string
+
+        return import_string(self.trigger_path)(
+            project_id=project_id,
+            job_id=job_id,
+            **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
+        )
 
     def _check_job(self, job: dict) -> Any:
         """Judge the ended job: raise unless it succeeded; the XCom return value otherwise."""
@@ -549,7 +567,6 @@ class MLEngineStartBatchPredictionJobOperator(_MLEngineJobOperator):
         signature_name: str | None = None,
         batch_size: int | None = None,
         output_data_format: str | None = None,
-        labels: dict[str, str] | None = None,
         max_error_rate: float | None = None,
         **kwargs: Any,
     ) -> None:
@@ -565,10 +582,9 @@ class MLEngineStartBatchPredictionJobOperator(_MLEngineJobOperator):
         self.signature_name = signature_name
         self.batch_size = batch_size
         self.output_data_format = output_data_format
-        self.labels = labels
         self.max_error_rate = max_error_rate
 
-    def _job_body(self, project_id: str) -> dict:
+    def _job_input(self, project_id: str) -> dict:
         if bool(self.uri) == bool(self.model_name):
             raise AirflowException("Give exactly one model source: uri, or model_name (with version_name)")
         if self.version_name and not self.model_name:
@@ -601,27 +617,7 @@ class MLEngineStartBatchPredictionJobOperator(_MLEngineJobOperator):
             if value not in (None, ""):
                 # int64 fields travel as strings in ml/v1 JSON.
                 prediction_input[key] = str(value) if isinstance(value, int) else value
-        body: dict[str, Any] = {"jobId": normalize_job_id(self.job_id), "predictionInput": prediction_input}
-        if self.labels:
-            body["labels"] = self.labels
-        return body
-
-    def _submit(self, project_id: str, body: dict) -> dict:
-        return self.hook.create_job(project_id=project_id, job=body)
-
-    def _wait(self, project_id: str, job_id: str) -> dict:
-        return self.hook.wait_for_job(
-            project_id=project_id, job_id=job_id, timeout=self.wait_timeout, poll_interval=self.poll_interval
-        )
-
-    def _trigger(self, project_id: str, job_id: str) -> BaseTrigger:
-        from ml_engine.triggers import MLEngineJobTrigger
-
-        return MLEngineJobTrigger(
-            project_id=project_id,
-            job_id=job_id,
-            **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
-        )
+        return prediction_input
 
     def _check_job(self, job: dict) -> dict:
         job_id = job.get("jobId")
@@ -701,6 +697,10 @@ class MLEngineStartTrainingJobOperator(_MLEngineJobOperator):
     )
     operator_extra_links = (MLEngineJobLink(),)
     job_kind = "Training job"
+    input_field = "trainingInput"
+    submit_method = "create_training_job"
+    wait_method = "wait_for_training_job"
+    trigger_path = "ml_engine.triggers.MLEngineTrainingJobTrigger"
     wait_when_ended = True  # a re-run of an ended job prints its log once more, then judges it
 
     def __init__(
@@ -718,7 +718,6 @@ class MLEngineStartTrainingJobOperator(_MLEngineJobOperator):
         python_version: str | None = None,
         job_dir: str | None = None,
         service_account: str | None = None,
-        labels: dict[str, str] | None = None,
         hyperparameters: dict | None = None,
         **kwargs: Any,
     ) -> None:
@@ -733,10 +732,9 @@ class MLEngineStartTrainingJobOperator(_MLEngineJobOperator):
         self.python_version = python_version
         self.job_dir = job_dir
         self.service_account = service_account
-        self.labels = labels
         self.hyperparameters = hyperparameters
 
-    def _job_body(self, project_id: str) -> dict:
+    def _job_input(self, project_id: str) -> dict:
         packages = [self.package_uris] if isinstance(self.package_uris, str) else list(self.package_uris or [])
         image = (self.master_config or {}).get("imageUri")
         if not image and (not packages or not self.training_python_module):
@@ -758,28 +756,7 @@ class MLEngineStartTrainingJobOperator(_MLEngineJobOperator):
         for key in ("runtimeVersion", "pythonVersion", "scaleTier", "masterType"):
             if key in training_input:  # native rendering makes "2.11" a float
                 training_input[key] = str(training_input[key])
-        body: dict[str, Any] = {"jobId": normalize_job_id(self.job_id), "trainingInput": training_input}
-        if self.labels:
-            body["labels"] = self.labels
-        return body
-
-    def _submit(self, project_id: str, body: dict) -> dict:
-        return self.hook.create_training_job(project_id=project_id, job=body)
-
-    def _wait(self, project_id: str, job_id: str) -> dict:
-        return self.hook.wait_for_training_job(
-            project_id=project_id, job_id=job_id, timeout=self.wait_timeout, poll_interval=self.poll_interval
-        )
-
-    def _trigger(self, project_id: str, job_id: str) -> BaseTrigger:
-        from ml_engine.triggers import MLEngineTrainingJobTrigger
-
-        return MLEngineTrainingJobTrigger(
-            project_id=project_id,
-            job_id=job_id,
-            log_cursor=None,
-            **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
-        )
+        return training_input
 
     def _resumed(self, event: dict[str, Any]) -> None:
         """Print the lines the trainer wrote after the trigger's last read."""
