@@ -87,6 +87,45 @@ class _MLEngineBaseOperator(BaseOperator):
         }
 
 
+class _MLEngineWaitingOperator(_MLEngineBaseOperator):
+    """An operator that waits for something remote: in the worker, or deferred to the triggerer."""
+
+    def __init__(
+        self,
+        *,
+        wait_timeout: float | None,
+        poll_interval: float,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.wait_timeout = wait_timeout
+        self.poll_interval = poll_interval
+        self.deferrable = deferrable
+
+    def _wait_for_operation(self, operation_name: str) -> dict:
+        """The finished operation: polled here, or (deferrable) the task defers and resumes in execute_complete."""
+        if self.deferrable:
+            from ml_engine.triggers import MLEngineOperationTrigger
+
+            self.defer(
+                trigger=MLEngineOperationTrigger(
+                    operation_name=operation_name,
+                    **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
+                ),
+                method_name="execute_complete",
+            )
+        return self.hook.wait_for_operation(
+            operation_name=operation_name, timeout=self.wait_timeout, poll_interval=self.poll_interval
+        )
+
+    @staticmethod
+    def _raise_for_event(event: dict[str, Any], what: str) -> None:
+        """A trigger event that is not a success fails the task with the trigger's message."""
+        if event.get("status") != "success":
+            raise AirflowException(event.get("message", f"Waiting for the {what} failed: {event}"))
+
+
 class MLEngineCreateModelOperator(_MLEngineBaseOperator):
     """
     Create a model, or return the existing one of that name.
@@ -109,7 +148,7 @@ class MLEngineCreateModelOperator(_MLEngineBaseOperator):
         return self.hook.create_model(project_id=self._project(), model=self.model)
 
 
-class MLEngineCreateVersionOperator(_MLEngineBaseOperator):
+class MLEngineCreateVersionOperator(_MLEngineWaitingOperator):
     """
     Create a model version and wait until it is READY.
 
@@ -148,15 +187,11 @@ class MLEngineCreateVersionOperator(_MLEngineBaseOperator):
         version: dict,
         wait_timeout: float | None = 3600,
         poll_interval: float = 10,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(wait_timeout=wait_timeout, poll_interval=poll_interval, **kwargs)
         self.model_name = model_name
         self.version = version
-        self.wait_timeout = wait_timeout
-        self.poll_interval = poll_interval
-        self.deferrable = deferrable
         self._operation_name: str | None = None
 
     def _version_spec(self) -> dict:
@@ -180,24 +215,11 @@ class MLEngineCreateVersionOperator(_MLEngineBaseOperator):
         )
         if operation is not None and not operation.get("done"):
             self._operation_name = operation["name"]
-            if self.deferrable:
-                from ml_engine.triggers import MLEngineOperationTrigger
-
-                self.defer(
-                    trigger=MLEngineOperationTrigger(
-                        operation_name=operation["name"],
-                        **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
-                    ),
-                    method_name="execute_complete",
-                )
-            self.hook.wait_for_operation(
-                operation_name=operation["name"], timeout=self.wait_timeout, poll_interval=self.poll_interval
-            )
+            self._wait_for_operation(operation["name"])
         return self._finish(project_id, spec["name"], operation)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict:
-        if event.get("status") != "success":
-            raise AirflowException(event.get("message", f"Waiting for the version failed: {event}"))
+        self._raise_for_event(event, "version")
         return self._finish(self._project(), self._version_spec()["name"], event.get("operation"))
 
     def _finish(self, project_id: str, version_name: str, operation: dict | None) -> dict:
@@ -289,7 +311,7 @@ class MLEngineSetDefaultVersionOperator(_MLEngineBaseOperator):
         )
 
 
-class MLEngineDeleteVersionOperator(_MLEngineBaseOperator):
+class MLEngineDeleteVersionOperator(_MLEngineWaitingOperator):
     """
     Delete a version and wait until it is gone; a version that does not exist is already done.
 
@@ -321,15 +343,11 @@ class MLEngineDeleteVersionOperator(_MLEngineBaseOperator):
         version_name: str,
         wait_timeout: float | None = 600,
         poll_interval: float = 2,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(wait_timeout=wait_timeout, poll_interval=poll_interval, **kwargs)
         self.model_name = model_name
         self.version_name = version_name
-        self.wait_timeout = wait_timeout
-        self.poll_interval = poll_interval
-        self.deferrable = deferrable
 
     def execute(self, context: Context) -> str | None:
         project_id = self._project()
@@ -340,26 +358,13 @@ class MLEngineDeleteVersionOperator(_MLEngineBaseOperator):
         if operation is None:
             return None
         if not operation.get("done"):
-            if self.deferrable:
-                from ml_engine.triggers import MLEngineOperationTrigger
-
-                self.defer(
-                    trigger=MLEngineOperationTrigger(
-                        operation_name=operation["name"],
-                        **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
-                    ),
-                    method_name="execute_complete",
-                )
-            operation = self.hook.wait_for_operation(
-                operation_name=operation["name"], timeout=self.wait_timeout, poll_interval=self.poll_interval
-            )
+            operation = self._wait_for_operation(operation["name"])
         self.hook.raise_for_operation(operation)
         self.log.info("Deleted version %s", version_path(project_id, self.model_name, version_name))
         return version_name
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
-        if event.get("status") != "success":
-            raise AirflowException(event.get("message", f"Waiting for the delete failed: {event}"))
+        self._raise_for_event(event, "delete")
         self.hook.raise_for_operation(event.get("operation"))
         return normalize_version_id(self.version_name)
 
@@ -389,7 +394,7 @@ class MLEngineListVersionsOperator(_MLEngineBaseOperator):
         return versions
 
 
-class _MLEngineJobOperator(_MLEngineBaseOperator):
+class _MLEngineJobOperator(_MLEngineWaitingOperator):
     """Submit an ml/v1 job idempotently, wait for it (in the worker or deferred), judge it, cancel it on kill.
 
     Subclasses build the job body, name their hook calls and trigger, and judge the ended job.
@@ -410,16 +415,12 @@ class _MLEngineJobOperator(_MLEngineBaseOperator):
         labels: dict[str, str] | None = None,
         wait_timeout: float | None = 24 * 3600,
         poll_interval: float = 10,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(wait_timeout=wait_timeout, poll_interval=poll_interval, **kwargs)
         self.job_id = job_id
         self.region = region
         self.labels = labels
-        self.wait_timeout = wait_timeout
-        self.poll_interval = poll_interval
-        self.deferrable = deferrable
         self._job_id: str | None = None
         self._project_id: str | None = None
 
@@ -475,8 +476,7 @@ class _MLEngineJobOperator(_MLEngineBaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         self._resumed(event)
-        if event.get("status") != "success":
-            raise AirflowException(event.get("message", f"Waiting for the job failed: {event}"))
+        self._raise_for_event(event, "job")
         return self._check_job(event["job"])
 
     def _failed(self, job: dict) -> AirflowException:
