@@ -138,8 +138,9 @@ def model_lifecycle():
             raise AirflowSkipException(f"Training data already present under {plan['data_uri']}")
         from include.trainer import data
 
-        summary = data.generate_dataset(plan["data_uri"], num_examples=params["num_examples"],
-                                        image_size=CFG.image_size)
+        with storage.connection_identity():
+            summary = data.generate_dataset(plan["data_uri"], num_examples=params["num_examples"],
+                                            image_size=CFG.image_size)
         return {k: summary[k] for k in ("num_examples", "train_examples", "eval_examples", "image_size")}
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
@@ -168,7 +169,8 @@ def model_lifecycle():
             raise FileNotFoundError(f"The training job succeeded but wrote no {metrics_uri}")
         from include.trainer import task as trainer
 
-        metrics = trainer.train(plan["data_uri"], plan["job_dir"], epochs=params["epochs"])
+        with storage.connection_identity():
+            metrics = trainer.train(plan["data_uri"], plan["job_dir"], epochs=params["epochs"])
         files, size = storage.usage(plan["job_dir"])
         log.info("Uploaded the trained model: %s files, %s bytes -> %s", files, size, plan["job_dir"])
         return metrics
@@ -184,9 +186,14 @@ def model_lifecycle():
             if set(plan["variants"]) <= set(done):
                 log.info("Variants already exported and verified (%s); reusing them", verification_uri)
                 return {variant: done[variant] for variant in plan["variants"]}
+        from include.lifecycle.errors import CheckFailed
         from include.trainer import export
 
-        exported = export.export_variants(plan["job_dir"], plan["export_uri"], variants=plan["variants"])
+        try:
+            with storage.connection_identity():
+                exported = export.export_variants(plan["job_dir"], plan["export_uri"], variants=plan["variants"])
+        except export.VerificationError as error:
+            raise CheckFailed(f"Export verification failed: {error}") from error
         for variant, uri in exported.items():
             log.info("Uploaded %s variant: %s files, %s bytes -> %s", variant, *storage.usage(uri), uri)
         return exported

@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -86,13 +88,22 @@ EXPORT_TIMEOUT = timedelta(hours=1)
 PROMOTION_ASSET_URI = "x-ml-engine://models/{model}/default-version"
 
 
+# The mapping `load(env)` reads while it runs; None: the process environment.
+_load_env: ContextVar[Mapping[str, str] | None] = ContextVar("config_env", default=None)
+
+
+def _environ() -> Mapping[str, str]:
+    env = _load_env.get()
+    return os.environ if env is None else env
+
+
 def _env(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
+    value = _environ().get(name, "").strip()
     return value or default
 
 
 def _env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    raw = os.environ.get(name)
+    raw = _environ().get(name)
     if raw is None or not raw.strip():
         return default
     return tuple(part.strip() for part in raw.split(",") if part.strip())
@@ -153,10 +164,18 @@ class Settings:
         return PROMOTION_ASSET_URI.format(model=model_name or self.model_name)
 
 
-def load() -> Settings:
-    """Settings from the environment (cheap: safe at DAG parse time)."""
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from `env`, by default the process environment (cheap: safe at DAG parse time)."""
+    token = _load_env.set(env)
+    try:
+        return _load()
+    finally:
+        _load_env.reset(token)
+
+
+def _load() -> Settings:
     bucket = _env("ML_BUCKET", DEFAULT_BUCKET)
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    emulator = _environ().get("STORAGE_EMULATOR_HOST")
     schedule = _env("ML_RETRAIN_SCHEDULE", "@weekly")
     return Settings(
         project=_env("GOOGLE_CLOUD_PROJECT", DEFAULT_PROJECT),

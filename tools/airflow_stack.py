@@ -1,18 +1,18 @@
-"""Start and stop Airflow 3 on this machine with the project's DAGs and plugins: `make airflow` / `make stop`.
+"""Start and stop Airflow 3 on this machine with the project's DAGs and plugins: ``make airflow`` / ``make stop``.
 
 One place for the local Airflow stack: the CLI below (pid files and logs under
-the state dir, like `tools.devstack` for the GCS emulator and the ml/v1
-service) and the `AirflowStack` class the end-to-end tests start on free ports,
+the state dir, like ``tools.devstack`` for the GCS emulator and the ml/v1
+service) and the ``AirflowStack`` class the end-to-end tests start on free ports,
 so what the tests run is what users run.
 
 The stack: api-server (UI + REST API + execution API), scheduler (LocalExecutor),
 dag-processor and triggerer, one SQLite metadata database under
-`STATE_DIR/airflow`, SimpleAuthManager with the documented local user
-`admin` / `admin` (`AIRFLOW_ADMIN_PASSWORD` changes the password). Connections
-come from the environment (`include.config.embedded_environment()`): with the
-local services (default) the `google_cloud_default` connection points at the
-emulator and the local ml/v1 service; with `--services none` whatever
-`AIRFLOW_CONN_*`, `ML_ENGINE_ENDPOINT`, `STORAGE_EMULATOR_HOST` and Google
+``STATE_DIR/airflow``, SimpleAuthManager with the documented local user
+``admin`` / ``admin`` (``AIRFLOW_ADMIN_PASSWORD`` changes the password). Connections
+come from the environment (``include.config.embedded_environment()``): with the
+local services (default) the ``google_cloud_default`` connection points at the
+emulator and the local ml/v1 service; with ``--services none`` whatever
+``AIRFLOW_CONN_*``, ``ML_ENGINE_ENDPOINT``, ``STORAGE_EMULATOR_HOST`` and Google
 credentials the caller exports are passed through unchanged (real GCS / ml/v1).
 """
 
@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -57,7 +56,22 @@ SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_mana
 
 @dataclass
 class AirflowStack:
-    """Airflow's four components (and optionally the local services) for one state dir."""
+    """
+    Airflow's four components (and optionally the local services) for one state dir.
+
+    :param state_dir: Holds AIRFLOW_HOME (``airflow/``), logs and the services' state.
+    :param port: The api-server's port (UI, REST API, execution API).
+    :param host: Address the api-server binds.
+    :param gcs_port: Port of the GCS emulator (local services).
+    :param ml_port: Port of the ml/v1 service (local services).
+    :param worker_log_port: Port the task log server listens on.
+    :param trigger_log_port: Port the triggerer's log server listens on.
+    :param local_services: Point the connection at the local services; False: the environment's.
+    :param start_local_services: Start the local services with the stack (the CLI starts them itself).
+    :param unpause: Unpause the project's DAGs once they are registered.
+    :param password: The ``admin`` user's password.
+    :param extra_env: More environment for every component.
+    """
 
     state_dir: Path
     port: int = DEFAULT_PORT
@@ -152,10 +166,10 @@ class AirflowStack:
         """
         merged = {**os.environ, **env}
         if self.local_services:
-            code = "from include import config; import json; print(json.dumps(config.embedded_environment()))"
-            out = subprocess.run([sys.executable, "-c", code], env=merged, check=True,
-                                 capture_output=True, text=True, cwd=PROJECT_ROOT).stdout
-            return json.loads(out)
+            from include import config
+
+            connection_env = config.embedded_environment(config.load(merged))
+            return _with_stack_token(connection_env, merged.get("ML_ENGINE_TOKEN", ""))
         conn_var = f"AIRFLOW_CONN_{merged.get('ML_GCP_CONN_ID', 'google_cloud_default').upper()}"
         if conn_var in merged:
             return {}
@@ -250,7 +264,7 @@ class AirflowStack:
             return json.load(response)["access_token"]
 
     def api(self, method: str, path: str, body: dict | None = None, *, token: str | None = None) -> dict:
-        """One REST API v2 call (`path` after /api/v2), JSON in and out."""
+        """One REST API v2 call (``path`` after /api/v2), JSON in and out."""
         request = urllib.request.Request(
             f"{self.api_url}/api/v2{path}", method=method,
             data=None if body is None else json.dumps(body).encode(),
@@ -293,10 +307,10 @@ class AirflowStack:
         raise TimeoutError(f"DAGs {dag_ids} not parsed within {timeout:.0f} s")
 
     def unpause_dags(self, dags: dict) -> None:
-        """Activate the project's DAGs, also those an earlier `make run` (`airflow dags test`) registered paused.
+        """Activate the project's DAGs, also those an earlier ``make run`` (``airflow dags test``) registered paused.
 
         DAGS_ARE_PAUSED_AT_CREATION only applies to DAGs new to the database, so it cannot express
-        the stack's intent (schedules that fire) on a database `make run` has already used.
+        the stack's intent (schedules that fire) on a database ``make run`` has already used.
         """
         token = self.token()
         for dag_id in PROJECT_DAGS:
@@ -310,6 +324,24 @@ class AirflowStack:
                 raise RuntimeError(f"{name} exited with {process.process.returncode}:\n{process.log_tail()}")
 
 
+def _with_stack_token(connection_env: dict[str, str], token: str) -> dict[str, str]:
+    """The embedded connection carrying the stack's own service token.
+
+    include.config reads ML_ENGINE_TOKEN from this process's environment, which may hold
+    another service's token (a test session's); the stack's components get the stack's.
+    """
+    out = {}
+    for key, value in connection_env.items():
+        if key.startswith("AIRFLOW_CONN_"):
+            connection = json.loads(value)
+            connection["extra"].pop("ml_engine_token", None)
+            if token.strip():
+                connection["extra"]["ml_engine_token"] = token.strip()
+            value = json.dumps(connection)
+        out[key] = value
+    return out
+
+
 # --- CLI for `make airflow` / `make stop` ------------------------------------
 
 
@@ -319,17 +351,16 @@ def _pid_dir(state_dir: Path) -> Path:
 
 def _start(stack: AirflowStack) -> None:
     pid_dir = _pid_dir(stack.state_dir)
-    running = [p.stem for p in pid_dir.glob("*.pid") if devstack._running_pid(p)]
+    running = [p.stem for p in pid_dir.glob("*.pid") if devstack.running_pid(p)]
     if running:
         print(f"Airflow already running ({', '.join(sorted(running))}): {stack.url}  (make stop to stop it)")
         return
     started = time.monotonic()
     if stack.local_services:  # as `make services` does, with their own pid files (already running: kept)
-        devstack._start(stack.state_dir, stack.gcs_port, stack.ml_port)
+        devstack.start_services(stack.state_dir, stack.gcs_port, stack.ml_port)
     stack.start()
-    pid_dir.mkdir(parents=True, exist_ok=True)
     for name, process in stack.processes.items():
-        (pid_dir / f"{name}.pid").write_text(str(process.process.pid))
+        devstack.record_pid(pid_dir / f"{name}.pid", process)
     dags = stack.wait_dags(timeout=60)
     print(f"Airflow is up in {time.monotonic() - started:.0f} s: {stack.url}  "
           f"(user {ADMIN_USER}, password {stack.password})")
@@ -341,23 +372,11 @@ def _start(stack: AirflowStack) -> None:
 
 def _stop(state_dir: Path) -> None:
     """SIGTERM to every component's process group at once, SIGKILL to what is left after 20 s."""
-    running = {p: pid for p in sorted(_pid_dir(state_dir).glob("*.pid")) if (pid := devstack._running_pid(p))}
-    for pid in running.values():
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    while any(devstack._running_pid(p) for p in running) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for pid_file, pid in running.items():
-        if devstack._running_pid(pid_file):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-        print(f"airflow-{pid_file.stem}: stopped (pid {pid})")
-    for pid_file in _pid_dir(state_dir).glob("*.pid"):
-        pid_file.unlink(missing_ok=True)
+    devstack.stop_recorded(list(_pid_dir(state_dir).glob("*.pid")), timeout=20, prefix="airflow-")
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m tools.airflow_stack start|stop``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["start", "stop"])
     parser.add_argument("--state-dir", type=Path,

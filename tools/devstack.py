@@ -1,7 +1,7 @@
 """Start and stop the local stack: the GCS emulator and the ml/v1 service.
 
-One place for both `make services` / `make stop` (the CLI below, with pid
-files and logs under the state dir) and the test fixtures (`LocalProcess`),
+One place for both ``make services`` / ``make stop`` (the CLI below, with pid
+files and logs under the state dir) and the test fixtures (``LocalProcess``),
 so what the tests run is what users run.
 """
 
@@ -55,7 +55,7 @@ def service_credentials(token: str | None = None):
 
 
 def auth_headers(token: str | None = None) -> dict[str, str]:
-    """`Authorization: Bearer ...` for raw HTTP calls to the local service ({} when no token is set)."""
+    """``Authorization: Bearer ...`` for raw HTTP calls to the local service ({} when no token is set)."""
     token = token or os.environ.get("ML_ENGINE_TOKEN", "").strip()
     return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -83,7 +83,7 @@ def free_port() -> int:
 
 
 def wait_for_http(url: str, *, timeout: float, process: subprocess.Popen | None = None) -> None:
-    """Poll `url` until it answers (any HTTP status), the process dies, or time runs out."""
+    """Poll ``url`` until it answers (any HTTP status), the process dies, or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -147,7 +147,14 @@ class LocalProcess:
 
 
 def gcs_emulator(*, port: int, data_dir: Path | None, log_path: Path) -> LocalProcess:
-    """The gcp-storage-emulator on loopback; in memory when `data_dir` is None."""
+    """
+    The gcp-storage-emulator on loopback, not yet started.
+
+    :param port: Loopback port to listen on.
+    :param data_dir: Where objects are kept across restarts; None: in memory.
+    :param log_path: File receiving the emulator's output.
+    :return: the process handle; ``start()`` it.
+    """
     argv = [str(Path(sys.executable).parent / "gcp-storage-emulator"), "start", "-H", "127.0.0.1", "--port", str(port)]
     if data_dir is None:
         argv.append("--in-memory")
@@ -164,7 +171,17 @@ def gcs_emulator(*, port: int, data_dir: Path | None, log_path: Path) -> LocalPr
 
 def ml_service(*, port: int, state_dir: Path, gcs_host: str, log_path: Path, token_file: Path | None = None,
                enable_faults: bool = False) -> LocalProcess:
-    """The local ml/v1 service on loopback, reading GCS from `gcs_host`; `token_file` holds its bearer token."""
+    """
+    The local ml/v1 service on loopback, not yet started.
+
+    :param port: Loopback port to listen on.
+    :param state_dir: The service's store, deployed models and job work.
+    :param gcs_host: STORAGE_EMULATOR_HOST the service reads and writes GCS through.
+    :param log_path: File receiving the service's output.
+    :param token_file: File holding the bearer token callers must send; None: anonymous.
+    :param enable_faults: Expose the fault switch (``/_local/faults``) for tests.
+    :return: the process handle; ``start()`` it.
+    """
     argv = [sys.executable, "-m", "include.ml_engine_local", "--host", "127.0.0.1",
             "--port", str(port), "--state-dir", str(state_dir)]
     if token_file is not None:
@@ -181,10 +198,11 @@ def ml_service(*, port: int, state_dir: Path, gcs_host: str, log_path: Path, tok
     )
 
 
-# --- CLI for `make services` / `make stop` ---------------------------------
+# --- pid files: `make services` / `make airflow` and `make stop` ------------
 
 
-def _pid_file(state_dir: Path, name: str) -> Path:
+def pid_file(state_dir: Path, name: str) -> Path:
+    """Where the pid of the local service ``name`` is kept."""
     return state_dir / "run" / f"{name}.pid"
 
 
@@ -199,24 +217,64 @@ def _process_start_time(pid: int) -> float | None:
         return None
 
 
-def _running_pid(pid_file: Path) -> int | None:
-    """The pid in `pid_file` if that process still runs and is the one the file was written for.
+def running_pid(path: Path) -> int | None:
+    """The pid in the pid file ``path`` if that process still runs and is the one the file was written for.
 
     A process that started after the file was written has merely reused the pid
     (after a reboot or a kill -9): it is not ours, so it is neither reported nor killed.
     """
     try:
-        pid = int(pid_file.read_text())
+        pid = int(path.read_text())
         os.kill(pid, 0)
     except (OSError, ValueError):
         return None
     started = _process_start_time(pid)
-    if started is not None and started > pid_file.stat().st_mtime + 2:
+    if started is not None and started > path.stat().st_mtime + 2:
         return None
     return pid
 
 
-def _start(state_dir: Path, gcs_port: int, ml_port: int) -> None:
+def record_pid(path: Path, process: LocalProcess) -> None:
+    """Write the pid file of a started process, for ``stop_recorded`` to find."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(str(process.process.pid))
+
+
+def stop_recorded(pid_files: list[Path], *, timeout: float, prefix: str = "") -> None:
+    """
+    Stop recorded processes: SIGTERM every group at once, SIGKILL what is left after ``timeout``.
+
+    Only processes the files were written for are signalled (see :func:`running_pid`);
+    the pid files are removed afterwards.
+
+    :param pid_files: Pid files written by :func:`record_pid`.
+    :param timeout: Seconds between SIGTERM and SIGKILL.
+    :param prefix: Put before each name in the "stopped" lines (e.g. ``airflow-``).
+    """
+    running = {path: pid for path in sorted(pid_files) if (pid := running_pid(path))}
+    for pid in running.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(running_pid(path) for path in running) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for path, pid in running.items():
+        if running_pid(path):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        print(f"{prefix}{path.stem}: stopped (pid {pid})")
+    for path in pid_files:
+        path.unlink(missing_ok=True)
+
+
+def start_services(state_dir: Path, gcs_port: int, ml_port: int) -> None:
+    """
+    Start the GCS emulator and the ml/v1 service in the background (``make services``); running ones are kept.
+
+    :param state_dir: Holds pid files (``run/``), logs, emulator data, the service's state and token.
+    :param gcs_port: Loopback port of the GCS emulator.
+    :param ml_port: Loopback port of the ml/v1 service.
+    """
     gcs_host = f"http://127.0.0.1:{gcs_port}"
     logs = state_dir / "logs"
     servers = [
@@ -225,14 +283,13 @@ def _start(state_dir: Path, gcs_port: int, ml_port: int) -> None:
                    log_path=logs / "ml-engine-local.log", token_file=service_token_file(state_dir)),
     ]
     for server in servers:
-        pid_file = _pid_file(state_dir, server.name)
-        if pid := _running_pid(pid_file):
+        path = pid_file(state_dir, server.name)
+        if pid := running_pid(path):
             print(f"{server.name}: already running (pid {pid}) -> {server.health_url}")
             continue
         started = time.monotonic()
         server.start(timeout=120)
-        pid_file.parent.mkdir(parents=True, exist_ok=True)
-        pid_file.write_text(str(server.process.pid))
+        record_pid(path, server)
         print(f"{server.name}: listening on {server.health_url.split('/', 3)[:3][-1]} "
               f"(pid {server.process.pid}, up in {time.monotonic() - started:.1f} s), log {server.log_path}")
     print(f"export STORAGE_EMULATOR_HOST={gcs_host}")
@@ -240,23 +297,13 @@ def _start(state_dir: Path, gcs_port: int, ml_port: int) -> None:
     print(f"export ML_ENGINE_TOKEN=$(cat {state_dir / TOKEN_FILE_NAME})")
 
 
-def _stop(state_dir: Path) -> None:
-    for pid_file in sorted((state_dir / "run").glob("*.pid")):
-        name = pid_file.stem
-        if pid := _running_pid(pid_file):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)
-            for _ in range(100):
-                if _running_pid(pid_file) is None:
-                    break
-                time.sleep(0.1)
-            else:
-                os.killpg(pid, signal.SIGKILL)
-            print(f"{name}: stopped (pid {pid})")
-        pid_file.unlink(missing_ok=True)
+def stop_services(state_dir: Path) -> None:
+    """Stop what ``start_services`` started (``make stop``)."""
+    stop_recorded(list((state_dir / "run").glob("*.pid")), timeout=10)
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m tools.devstack start|stop``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["start", "stop"])
     parser.add_argument("--state-dir", type=Path,
@@ -266,9 +313,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     state_dir = args.state_dir.resolve()
     if args.action == "start":
-        _start(state_dir, args.gcs_port, args.ml_port)
+        start_services(state_dir, args.gcs_port, args.ml_port)
     else:
-        _stop(state_dir)
+        stop_services(state_dir)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The short human summary `make run` prints: model, versions and their state, default, metrics, batch counts.
+"""The short human summary ``make run`` prints: model, versions and their state, default, metrics, batch counts.
 
 Everything is read back from where the DAGs left it — the ml/v1 API (versions,
 labels, default) and GCS (run manifest, gate decision, batch summary) — with
@@ -26,7 +26,7 @@ def _ml_api(settings: config.Settings):
 
 
 def _latest_json(prefix: str, name: str) -> tuple[str, dict] | None:
-    """The most recently written `.../name` under a gs:// prefix, parsed."""
+    """The most recently written ``.../name`` under a gs:// prefix, parsed."""
     from include.trainer import gcs
 
     bucket, path = gcs.parse_uri(prefix)
@@ -65,6 +65,15 @@ def collect(settings: config.Settings) -> dict:
 
 def render(info: dict, *, lifecycle: str | None = None, batch_state: str | None = None,
            seconds: float | None = None) -> str:
+    """
+    The end-of-run summary ``make run`` prints.
+
+    :param info: What :func:`collect` found (model, versions, run, gate, batch).
+    :param lifecycle: Final state of the model_lifecycle run.
+    :param batch_state: Final state of the batch_prediction run.
+    :param seconds: How long the whole run took.
+    :return: the summary text.
+    """
     out = []
     head = f"== make run summary: model {info['model']} (project {info['project']})"
     out.append(head + (f", {seconds:.0f} s" if seconds else "") + " ==")

@@ -18,6 +18,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+from include.lifecycle import storage
 from include.trainer import gcs
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,10 @@ def build_sdist(out_dir: Path, source_dir: Path = TRAINER_DIR) -> Path:
 def ensure_package(base_uri: str, source_dir: Path = TRAINER_DIR) -> str:
     """The gs:// URI of the trainer sdist for the current sources, built and uploaded only when missing."""
     uri = package_uri(base_uri, source_dir)
-    if gcs.exists(uri):
+    if storage.exists(uri):
         log.info("Trainer package for these sources already staged: %s", uri)
         return uri
-    with tempfile.TemporaryDirectory(prefix="trainer-dist-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="trainer-dist-") as tmp, storage.connection_identity():
         sdist = build_sdist(Path(tmp), source_dir)
         gcs.upload_file(sdist, uri)
         log.info("Built %s (%s bytes) and staged it at %s", sdist.name, sdist.stat().st_size, uri)

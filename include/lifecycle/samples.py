@@ -28,10 +28,12 @@ def _images(count: int, image_size: int, seed: int, prefix: str) -> tuple[list[b
 
 def write_smoke_instances(uri: str, *, variant: str, count: int, image_size: int) -> dict:
     """A JSON-lines instance file for one variant; returns {"uri", "keys", ...}."""
+    from include.lifecycle import storage
     from include.trainer import instances
 
     jpegs, keys = _images(count, image_size, SMOKE_SEED, "smoke")
-    return instances.write_instances(variant, jpegs, uri, keys=keys, image_size=image_size)
+    with storage.connection_identity():
+        return instances.write_instances(variant, jpegs, uri, keys=keys, image_size=image_size)
 
 
 def _bad_json_lines(variant: str, count: int, missing_uri: str) -> list[dict]:
@@ -51,6 +53,13 @@ def _bad_json_lines(variant: str, count: int, missing_uri: str) -> list[dict]:
 
 def write_batch_inputs(prefix: str, *, variant: str, count: int, bad: int = 0, image_size: int = 32) -> dict:
     """Batch inputs under `prefix` for `variant`: {"input_paths", "data_format", "count", "bad", "generated"}."""
+    from include.lifecycle import storage
+
+    with storage.connection_identity():
+        return _write_batch_inputs(prefix, variant=variant, count=count, bad=bad, image_size=image_size)
+
+
+def _write_batch_inputs(prefix: str, *, variant: str, count: int, bad: int, image_size: int) -> dict:
     from include.trainer import gcs, instances
 
     jpegs, keys = _images(count, image_size, BATCH_SEED, "sample")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 
-from include.lifecycle.errors import LifecycleError
+from include.lifecycle.errors import CheckFailed
 
 #: Instances per online request: a 32x32 image as JSON floats is ~32 KB.
 REQUEST_SIZE = 8
 
 
-class SmokeTestError(LifecycleError):
+class SmokeTestError(CheckFailed):
     """The version answered, but not with what the model promises."""
 
 
@@ -69,12 +69,10 @@ def run(hook, *, model: str, version: str, instances: list, keys: list[str] | No
         request_size: int = REQUEST_SIZE) -> dict:
     """Online predictions from `version` for `instances`, in requests of `request_size`, then the checks.
 
-    :param hook: an MLEngineHook (or anything with `predict`).
+    :param hook: an MLEngineHook (its ``predict_in_chunks`` keeps the order and the count).
     :param request_size: instances per request: stays under ml/v1's 1.5 MB per online request.
-    :return: the check report (see `check_predictions`).
+    :return: the check report (see ``check_predictions``).
     """
-    predictions: list = []
-    for start in range(0, len(instances), request_size):
-        chunk = instances[start:start + request_size]
-        predictions += hook.predict(model_name=model, version_name=version, instances=chunk)["predictions"]
+    predictions = hook.predict_in_chunks(model_name=model, version_name=version, instances=instances,
+                                         batch_size=request_size)
     return check_predictions(instances, predictions, keys=keys)

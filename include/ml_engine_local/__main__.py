@@ -1,4 +1,4 @@
-"""`python -m include.ml_engine_local`: run the local ml/v1 service."""
+"""``python -m include.ml_engine_local``: run the local ml/v1 service."""
 
 from __future__ import annotations
 

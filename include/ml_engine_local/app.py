@@ -1,10 +1,10 @@
 """The HTTP face of the service: ml/v1 paths, Google's error shape, request logs, fault injection.
 
-ml/v1 paths end in custom verbs (`...:predict`, `...:setDefault`) that path
-templates handle badly, so every `/v1/...` request goes through one small
+ml/v1 paths end in custom verbs (``...:predict``, ``...:setDefault``) that path
+templates handle badly, so every ``/v1/...`` request goes through one small
 regex routing table below, which mirrors the discovery document. Online
 prediction, the one latency-bound call, has its own route in front of it
-(`_predict_endpoint`): same answers, less machinery.
+(``_predict_endpoint``): same answers, less machinery.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,7 @@ class Call:
 
 
 def _page(items: list[dict], key: str, call: Call) -> dict:
-    """pageSize / pageToken over a full list; `{}` when there is nothing, as Google answers."""
+    """pageSize / pageToken over a full list; ``{}`` when there is nothing, as Google answers."""
     try:
         start = int(call.query.get("pageToken") or 0)
         size = int(call.query.get("pageSize") or 0) or 1000
@@ -94,7 +95,7 @@ def _predict(ctx: Context, call: Call) -> dict:
 
 
 def _predict_call(ctx: Context, call: Call, *, inline: bool = False) -> dict | None:
-    """Answer one predict call. `inline` (on the event loop): None instead of anything that
+    """Answer one predict call. ``inline`` (on the event loop): None instead of anything that
     could block, i.e. a model not loaded yet or inputs to stage from GCS."""
     if len(call.raw) > PREDICT_LIMIT_BYTES:
         raise invalid_argument(f"Request payload size exceeds the limit: {PREDICT_LIMIT_BYTES} bytes.")
@@ -163,7 +164,7 @@ _PATH_IDS = {"model": ("Model", "model.name"), "version": ("Version", "version.n
 
 
 def _check_path_ids(params: dict[str, str]) -> None:
-    """Ids in the URL follow the same rules as in bodies (no `..`, no names the service never creates)."""
+    """Ids in the URL follow the same rules as in bodies (no ``..``, no names the service never creates)."""
     validation.project(params["project"])
     for key, (kind, field) in _PATH_IDS.items():
         if params.get(key) is not None:  # the predict route's optional version is None
@@ -210,9 +211,9 @@ def dispatch(ctx: Context, method: str, path: str, query: dict[str, str], raw: b
 class FaultInjector:
     """Test switch: make matching requests fail with a given status.
 
-    A rule fails the next `times` matching requests (-1: no limit), each with
-    `probability` (0..1, default 1; `seed` makes the draws repeatable); `matched`
-    and `injected` count the requests it saw and those it answered.
+    A rule fails the next ``times`` matching requests (-1: no limit), each with
+    ``probability`` (0..1, default 1; ``seed`` makes the draws repeatable); ``matched``
+    and ``injected`` count the requests it saw and those it answered.
     """
 
     def __init__(self):
@@ -256,7 +257,7 @@ class FaultInjector:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (400, nothing changed) once it passes `limit` bytes.
+    """The body, refusing (400, nothing changed) once it passes ``limit`` bytes.
 
     An oversize body is still read to its end (and thrown away) so the client
     gets the error instead of a broken pipe.
@@ -286,29 +287,36 @@ def _error_response(error: ApiError) -> JSONResponse:
 
 
 def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bool = False) -> FastAPI:
-    """The service; `guard` holds the token and allowed hosts (anonymous, loopback-only by default)."""
+    """
+    The local ml/v1 service as an ASGI app; work interrupted by a crash resumes when it starts.
+
+    :param state_dir: The service's store, deployed models and job work.
+    :param guard: The token and allowed hosts; default: anonymous, loopback only.
+    :param enable_faults: Expose the fault switch (``/_local/faults``) for tests.
+    :return: the FastAPI app.
+    """
     ctx = Context(state_dir=state_dir)
     guard = guard or Guard()
     faults = FaultInjector()
-    app = FastAPI(title="Local ml/v1 service", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.ctx = ctx
-    app.state.guard = guard
-    if enable_faults and os.environ.get(crashpoints.ENV_RULES):
-        ctx.crash.arm_from(os.environ[crashpoints.ENV_RULES])  # armed before anything resumes
 
-    @app.on_event("startup")
-    def _resume() -> None:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        """Resume interrupted work before serving; on a graceful stop release attempts (not a crash)."""
         guard.announce()
         threading.Thread(target=_warm_tensorflow, daemon=True, name="tf-import").start()
         recovery.recover(ctx)
         deploy.resume(ctx)
         batch.resume(ctx)
         training.resume(ctx)
-
-    @app.on_event("shutdown")
-    def _stop() -> None:
-        recovery.release_attempts(ctx)  # a graceful stop is not a crash: it costs no attempt
+        yield
+        recovery.release_attempts(ctx)
         ctx.shutdown()
+
+    app = FastAPI(title="Local ml/v1 service", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.ctx = ctx
+    app.state.guard = guard
+    if enable_faults and os.environ.get(crashpoints.ENV_RULES):
+        ctx.crash.arm_from(os.environ[crashpoints.ENV_RULES])  # armed before anything resumes
 
     app.add_middleware(CallerCheck, guard=guard)  # added last, so it runs first
     app.add_middleware(RequestLog)
@@ -347,14 +355,14 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
 
     @app.get("/_local/projects/{project}/jobs/{job}/logs")
     async def _training_log(project: str, job: str, offset: int = 0, limit: int = training.LOG_READ_LIMIT):
-        """A training job's output lines from byte `offset` (README: Training jobs)."""
+        """A training job's output lines from byte ``offset`` (README: Training jobs)."""
         try:
             return await run_in_threadpool(training.read_log, ctx, project, job, offset, limit)
         except ApiError as error:
             return JSONResponse(error.body(), status_code=error.code)
 
     async def _predict_endpoint(request: StarletteRequest) -> Response:
-        """`...:predict`, a plain Starlette route (no FastAPI parameter solving); small requests for a
+        """``...:predict``, a plain Starlette route (no FastAPI parameter solving); small requests for a
         loaded model are answered on the event loop, the rest like any /v1 call in a worker thread."""
         path = request.url.path[len("/v1/"):]
         if (status := faults.take("POST", request.url.path)) is not None:

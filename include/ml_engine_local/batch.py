@@ -3,15 +3,15 @@
 Memory stays bounded whatever the input size: inputs are read as streams,
 parsed one batch ahead in a reader thread (so parsing overlaps TensorFlow),
 and outputs are written as resumable uploads. Outputs are, as ml/v1 wrote
-them, one `prediction.results-NNNNN-of-MMMMM` (JSON lines) and one
-`prediction.errors_stats-NNNNN-of-MMMMM` per input file; each errors_stats
-line is `('error message', count)`. An instance that fails is counted there
+them, one ``prediction.results-NNNNN-of-MMMMM`` (JSON lines) and one
+``prediction.errors_stats-NNNNN-of-MMMMM`` per input file; each errors_stats
+line is ``('error message', count)``. An instance that fails is counted there
 and the rest of its batch is still predicted.
 
 Crash safety: state moves only by compare-and-set (a cancel is never written
-over); every start of a job is counted (`_attempts`) and a job interrupted
+over); every start of a job is counted (``_attempts``) and a job interrupted
 MAX_ATTEMPTS times ends FAILED; a run first deletes the shards an earlier run
-of the same output path left, so one set of `-of-N` shards is ever there.
+of the same output path left, so one set of ``-of-N`` shards is ever there.
 Input lines over MAX_LINE_BYTES and TFRecord records over MAX_RECORD_BYTES
 are that line's or record's error, skipped without being held in memory.
 """
@@ -203,7 +203,7 @@ def _expand_inputs(patterns: list[str]) -> list[str]:
 
 
 def _records(stream, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[bytes | None]:
-    """TFRecord framing: uint64 length, uint32 crc, data, uint32 crc; None for a record over `max_bytes`."""
+    """TFRecord framing: uint64 length, uint32 crc, data, uint32 crc; None for a record over ``max_bytes``."""
     while True:
         header = stream.read(12)
         if not header:
@@ -235,10 +235,10 @@ FIRST_READ_BYTES = 256 * 1024
 def _lines(stream, max_bytes: int = MAX_LINE_BYTES, chunk_size: int = 4 * 1024 * 1024) -> Iterator[bytes | None]:
     """Lines of a stream read in large chunks (the GCS reader's own readline is byte-slow).
 
-    Reads start at FIRST_READ_BYTES and double up to `chunk_size`: the first batch
+    Reads start at FIRST_READ_BYTES and double up to ``chunk_size``: the first batch
     reaches TensorFlow after one small request instead of a full chunk. A line longer
-    than `max_bytes` comes out as None: its bytes are dropped as they arrive, so
-    memory stays under `max_bytes` + one chunk.
+    than ``max_bytes`` comes out as None: its bytes are dropped as they arrive, so
+    memory stays under ``max_bytes`` + one chunk.
     """
     pending = b""
     too_long = False

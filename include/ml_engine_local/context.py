@@ -39,7 +39,7 @@ def revise(ctx: Context, name: str, **changes) -> dict | None:
 
 
 def transition(ctx: Context, name: str, from_states: tuple[str, ...], **changes) -> dict | None:
-    """Compare-and-set: apply `changes` only if the resource is still in one of `from_states`.
+    """Compare-and-set: apply ``changes`` only if the resource is still in one of ``from_states``.
 
     Returns the changed resource, or None when it is gone or has moved on
     meanwhile (a cancel arrived, another worker finished it): a state read
@@ -53,7 +53,7 @@ def transition(ctx: Context, name: str, from_states: tuple[str, ...], **changes)
 
 
 def public(resource: dict) -> dict:
-    """A stored document without the service's private bookkeeping (keys starting with `_`)."""
+    """A stored document without the service's private bookkeeping (keys starting with ``_``)."""
     return {key: value for key, value in resource.items() if not key.startswith("_")}
 
 

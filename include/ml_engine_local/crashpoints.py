@@ -1,12 +1,12 @@
 """Named crash points: the fault switch can make the service kill itself (SIGKILL) at one of them.
 
-Only for tests of crash safety: a `kill -9` from outside lands at a random
+Only for tests of crash safety: a ``kill -9`` from outside lands at a random
 place, a crash point lands exactly where a restart is hardest (halfway
 through a copy, just before a commit, mid-batch, mid-upload). Nothing is
 armed unless a test arms it through the fault switch (`{"crash_at": POINT,
 "after": N}`) or, to crash at every start (a poison input), through the
-environment: `ML_ENGINE_CRASH_AT=POINT[:N][,POINT[:N]...]` when faults are enabled.
-`{"delay_at": POINT, "seconds": S}` pauses there instead (once), so a test
+environment: ``ML_ENGINE_CRASH_AT=POINT[:N][,POINT[:N]...]`` when faults are enabled.
+``{"delay_at": POINT, "seconds": S}`` pauses there instead (once), so a test
 can act at an exact moment (say, cancel a job while it is PREPARING).
 """
 
@@ -55,7 +55,7 @@ class CrashPoints:
             self._armed[point] = _Rule(max(0, int(after)), None if delay_s is None else float(delay_s))
 
     def arm_from(self, spec: str) -> None:
-        """`POINT[:N],...` as in ML_ENGINE_CRASH_AT."""
+        """``POINT[:N],...`` as in ML_ENGINE_CRASH_AT."""
         for item in filter(None, (part.strip() for part in spec.split(","))):
             point, _, after = item.partition(":")
             self.arm(point, int(after or 0))
@@ -65,7 +65,7 @@ class CrashPoints:
             self._armed.clear()
 
     def reach(self, point: str) -> None:
-        """Called by the code at `point`; returns unless this point is armed and due."""
+        """Called by the code at ``point``; returns unless this point is armed and due."""
         with self._lock:
             rule = self._armed.get(point)
             if rule is None:

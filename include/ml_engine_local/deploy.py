@@ -1,10 +1,10 @@
 """Version deployment in the background: copy, validate and load a SavedModel.
 
-As the hosted service did, the artifacts under `deploymentUri` are copied into
+As the hosted service did, the artifacts under ``deploymentUri`` are copied into
 the service's own store (so deleting or overwriting them in GCS later does not
-change a deployed version), then loaded with the `serve` tag. The version ends
+change a deployed version), then loaded with the ``serve`` tag. The version ends
 READY or FAILED with an errorMessage, and its operation ends done, in one
-transaction. Every start is counted in the version (`_attempts`): a
+transaction. Every start is counted in the version (``_attempts``): a
 deployment interrupted MAX_ATTEMPTS times (say, a model whose loading kills
 the process) ends FAILED instead of crash-looping the service.
 """

@@ -6,7 +6,7 @@ _BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 
 
 class ApiError(Exception):
-    """A request-level failure, answered as `{"error": {"code", "message", "status", "details"}}`."""
+    """A request-level failure, answered as ``{"error": {"code", "message", "status", "details"}}``."""
 
     def __init__(self, code: int, status: str, message: str, details: list[dict] | None = None):
         super().__init__(message)
@@ -27,8 +27,8 @@ def field_violation(field: str, description: str) -> list[dict]:
 
 
 def invalid_argument(message: str, field: str | None = None) -> ApiError:
-    """400; with `field`, a BadRequest detail whose description is the message without its
-    `Field: F Error: ` prefix, as Google words them."""
+    """400; with ``field``, a BadRequest detail whose description is the message without its
+    ``Field: F Error: `` prefix, as Google words them."""
     details = None
     if field:
         prefix = f"Field: {field} Error: "
@@ -37,7 +37,7 @@ def invalid_argument(message: str, field: str | None = None) -> ApiError:
 
 
 def field_error(field: str, description: str) -> ApiError:
-    """400 INVALID_ARGUMENT worded as Google did: `Field: F Error: D` plus a BadRequest detail."""
+    """400 INVALID_ARGUMENT worded as Google did: ``Field: F Error: D`` plus a BadRequest detail."""
     return ApiError(400, "INVALID_ARGUMENT", f"Field: {field} Error: {description}",
                     field_violation(field, description))
 
@@ -61,7 +61,7 @@ ALREADY_EXISTS = {
 
 
 def already_exists(field: str) -> ApiError:
-    """409 ALREADY_EXISTS: message `Field: F Error: D`, one BadRequest fieldViolation {field, D}."""
+    """409 ALREADY_EXISTS: message ``Field: F Error: D``, one BadRequest fieldViolation {field, D}."""
     description = ALREADY_EXISTS[field]
     return ApiError(409, "ALREADY_EXISTS", f"Field: {field} Error: {description}",
                     field_violation(field, description))
@@ -72,4 +72,4 @@ def unimplemented(method: str) -> ApiError:
 
 
 class PredictionError(Exception):
-    """A failure caused by instance content: answered HTTP 200 `{"error": "..."}` as ml/v1 did."""
+    """A failure caused by instance content: answered HTTP 200 ``{"error": "..."}`` as ml/v1 did."""

@@ -38,7 +38,7 @@ def client():
 
 
 def split_uri(uri: str) -> tuple[str, str]:
-    """`gs://bucket/a/b` -> ("bucket", "a/b"); anything else is a GcsError."""
+    """``gs://bucket/a/b`` -> ("bucket", "a/b"); anything else is a GcsError."""
     if not isinstance(uri, str) or not uri.startswith("gs://") or len(uri) <= 5:
         raise GcsError(f"'{uri}' is not a gs:// URI")
     bucket, _, path = uri[5:].partition("/")
@@ -56,12 +56,12 @@ def _translate(uri: str, error: Exception) -> GcsError:
 
 
 def list_objects(prefix_uri: str, *, limit: int | None = None) -> list[str]:
-    """Names (gs:// URIs) of the objects under a prefix; at most `limit` + 1 are fetched."""
+    """Names (gs:// URIs) of the objects under a prefix; at most ``limit`` + 1 are fetched."""
     return [uri for uri, _ in list_sized(prefix_uri, limit=limit)]
 
 
 def list_sized(prefix_uri: str, *, limit: int | None = None) -> list[tuple[str, int]]:
-    """(gs:// URI, size in bytes) of the objects under a prefix; at most `limit` + 1 are fetched."""
+    """(gs:// URI, size in bytes) of the objects under a prefix; at most ``limit`` + 1 are fetched."""
     bucket, prefix = split_uri(prefix_uri)
     try:
         blobs = client().list_blobs(bucket, prefix=prefix, max_results=None if limit is None else limit + 1)
@@ -71,7 +71,7 @@ def list_sized(prefix_uri: str, *, limit: int | None = None) -> list[tuple[str, 
 
 
 def wildcard_regex(pattern: str) -> re.Pattern:
-    """GCS wildcard semantics: `*` and `?` stay within one path segment, `**` crosses `/`, `[...]` is a set."""
+    """GCS wildcard semantics: ``*`` and ``?`` stay in one path segment, ``**`` crosses ``/``, ``[...]`` is a set."""
     out, i = [], 0
     while i < len(pattern):
         char = pattern[i]
@@ -109,7 +109,7 @@ def expand_pattern(pattern: str) -> list[str]:
 
 
 def delete_matching(prefix_uri: str, name: re.Pattern) -> list[str]:
-    """Delete the objects directly under `prefix_uri/` whose last name segment matches `name`."""
+    """Delete the objects directly under ``prefix_uri/`` whose last name segment matches ``name``."""
     prefix_uri = prefix_uri.rstrip("/") + "/"
     bucket, _ = split_uri(prefix_uri)
     deleted = []
@@ -128,10 +128,10 @@ def delete_matching(prefix_uri: str, name: re.Pattern) -> list[str]:
 
 def download_prefix(prefix_uri: str, dest: Path, *, max_files: int, max_bytes: int | None = None,
                     before_each: Callable[[], None] | None = None) -> int:
-    """Copy every object under `prefix_uri/` into `dest`, keeping relative paths; returns the count.
+    """Copy every object under ``prefix_uri/`` into ``dest``, keeping relative paths; returns the count.
 
-    `before_each` runs before every file (a cancellation check may raise there).
-    More than `max_files` objects or `max_bytes` bytes in all is a GcsError,
+    ``before_each`` runs before every file (a cancellation check may raise there).
+    More than ``max_files`` objects or ``max_bytes`` bytes in all is a GcsError,
     raised before anything is copied.
     """
     prefix_uri = prefix_uri.rstrip("/") + "/"
@@ -174,7 +174,7 @@ def open_read(uri: str, *, chunk_size: int = 4 * 1024 * 1024) -> IO[bytes]:
 
 
 def open_write(uri: str, *, binary: bool = False) -> IO:
-    """A streaming writer (resumable upload in chunks), text unless `binary`."""
+    """A streaming writer (resumable upload in chunks), text unless ``binary``."""
     bucket, path = split_uri(uri)
     try:
         return client().bucket(bucket).blob(path).open("wb" if binary else "w", chunk_size=4 * 1024 * 1024)
@@ -223,7 +223,7 @@ def _checked_object(uri: str) -> tuple[str, str]:
 
 
 def stage(uri: str, directory: Path, index: int, budget: StagingBudget | None = None) -> str:
-    """Copy one object into `directory` (owned by the caller) and return the local path.
+    """Copy one object into ``directory`` (owned by the caller) and return the local path.
 
     Used for gs:// URLs a model reads inside its graph: TensorFlow's own gs://
     filesystem cannot be pointed at an emulator, so the service reads the

@@ -141,7 +141,7 @@ _CLAUSE = re.compile(r'^\s*(jobId|state|labels\.[A-Za-z0-9_-]+)\s*(=|:)\s*"?([^"
 
 
 def _matcher(filter_text: str | None):
-    """ml/v1 list filters: `jobId:prefix*`, `state=SUCCEEDED`, `labels.k=v`, joined with AND."""
+    """ml/v1 list filters: ``jobId:prefix*``, ``state=SUCCEEDED``, ``labels.k=v``, joined with AND."""
     if not filter_text:
         return lambda job: True
     clauses = []

@@ -127,7 +127,7 @@ def patch_model(ctx: Context, project: str, model: str, body: object, update_mas
 
 
 def _default_version_id(body: dict, project: str, model: str) -> str:
-    """The version id in a patch's `defaultVersion.name`: a version id or that version's full name."""
+    """The version id in a patch's ``defaultVersion.name``: a version id or that version's full name."""
     field = "model.default_version.name"
     target = body.get("defaultVersion")
     name = target.get("name") if isinstance(target, dict) else None
@@ -273,7 +273,7 @@ def set_default(ctx: Context, project: str, model: str, version: str) -> dict:
 
 
 def resolve_for_prediction(ctx: Context, name: str) -> dict:
-    """A READY version from `projects/P/models/M` (its default) or `.../versions/V`."""
+    """A READY version from ``projects/P/models/M`` (its default) or ``.../versions/V``."""
     parts = name.split("/")
     if len(parts) == 4:
         model = get_model(ctx, parts[1], parts[3])

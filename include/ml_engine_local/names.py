@@ -13,7 +13,7 @@ NAME_LENGTH_TEXT = "A name should be at most 128 characters long."
 
 
 def check_name(kind: str, value: object, field: str) -> str:
-    """Return `value` if it is a valid ml/v1 id, else raise 400 INVALID_ARGUMENT naming the field."""
+    """Return ``value`` if it is a valid ml/v1 id, else raise 400 INVALID_ARGUMENT naming the field."""
     if not isinstance(value, str) or not value:
         raise field_error(field, f"{kind} name is required.")
     if len(value) > 128:
@@ -40,7 +40,7 @@ def operation_name(project: str, operation: str) -> str:
 
 
 def split_version(name: str) -> tuple[str, str, str]:
-    """`projects/P/models/M/versions/V` -> (P, M, V)."""
+    """``projects/P/models/M/versions/V`` -> (P, M, V)."""
     parts = name.split("/")
     if len(parts) != 6 or parts[0] != "projects" or parts[2] != "models" or parts[4] != "versions":
         raise invalid_argument(f"Invalid version name '{name}'.")
@@ -48,7 +48,7 @@ def split_version(name: str) -> tuple[str, str, str]:
 
 
 def split_model(name: str) -> tuple[str, str]:
-    """`projects/P/models/M` -> (P, M)."""
+    """``projects/P/models/M`` -> (P, M)."""
     parts = name.split("/")
     if len(parts) != 4 or parts[0] != "projects" or parts[2] != "models":
         raise invalid_argument(f"Invalid model name '{name}'.")

@@ -17,7 +17,7 @@ CANCELLED, INVALID_ARGUMENT, FAILED_PRECONDITION, INTERNAL = 1, 3, 9, 13
 
 def start(ctx: Context, *, project: str, kind: str, model: str, version: dict | None = None,
           operation_type: str) -> dict:
-    """Record a new, not yet done operation, e.g. `create_MODEL_VERSION-TIMESTAMP`."""
+    """Record a new, not yet done operation, e.g. ``create_MODEL_VERSION-TIMESTAMP``."""
     suffix = f"{model}_{version['name'].rsplit('/', 1)[-1]}" if version else model
     stamp = millis()
     while ctx.store.get(name := operation_name(project, f"{kind}_{suffix}-{stamp}")) is not None:
@@ -39,7 +39,7 @@ def start(ctx: Context, *, project: str, kind: str, model: str, version: dict | 
 
 def finish(ctx: Context, name: str, *, response: dict | None = None, response_type: str = EMPTY_TYPE,
            error: tuple[int, str] | None = None) -> dict | None:
-    """Mark an operation done with either a response or an error `(code, message)`; a done one stays as is."""
+    """Mark an operation done with either a response or an error ``(code, message)``; a done one stays as is."""
 
     def change(operation: dict) -> None:
         if operation.get("done"):

@@ -70,7 +70,7 @@ def _version_page(ctx: Context, project: str, model: str, version: str, form, cs
 
 
 def _predict_upload(ctx: Context, version_name: str, form) -> str:
-    """Predict on an uploaded image: JPEG bytes for `*_bytes` inputs, a float tensor for image inputs."""
+    """Predict on an uploaded image: JPEG bytes for ``*_bytes`` inputs, a float tensor for image inputs."""
     import tensorflow as tf
 
     data = form["image"].file.read()
@@ -114,7 +114,7 @@ def _training_log(ctx: Context, job: dict, project: str, lines: int = 500) -> st
 
 
 def render(ctx: Context, path: str, form, csrf: str = "") -> tuple[int, str]:
-    """Route a `/ui/...` page; resource paths are the ml/v1 names; `csrf` goes into the upload form."""
+    """Route a ``/ui/...`` page; resource paths are the ml/v1 names; ``csrf`` goes into the upload form."""
     parts = path.strip("/").split("/")
     try:
         if len(parts) == 6 and parts[2] == "models" and parts[4] == "versions":

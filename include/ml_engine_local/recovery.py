@@ -2,7 +2,7 @@
 
 A kill -9 can stop the service between any two writes. Every write that
 matters is now in one transaction, but a state directory from an older
-version, or a crash inside a copy, can still leave: operations `done: false`
+version, or a crash inside a copy, can still leave: operations ``done: false``
 whose version already ended, artifact directories no version points to (a
 deployment killed mid-copy), and scratch files of jobs that were running.
 """
@@ -25,7 +25,7 @@ def recover(ctx: Context) -> None:
 
 
 def finish_dangling_operations(ctx: Context) -> int:
-    """Complete operations left `done: false` whose work has ended; CREATING ones are resumed instead."""
+    """Complete operations left ``done: false`` whose work has ended; CREATING ones are resumed instead."""
     finished = 0
     for operation in ctx.store.list("operation"):
         if operation.get("done"):

@@ -1,8 +1,8 @@
 """One log line per request, as a pure ASGI middleware.
 
-Starlette's `BaseHTTPMiddleware` (`@app.middleware("http")`) runs every request
+Starlette's ``BaseHTTPMiddleware`` (``@app.middleware("http")``) runs every request
 through an extra task group and memory streams, which costs about a
-millisecond per call; this wrapper only watches `http.response.start`.
+millisecond per call; this wrapper only watches ``http.response.start``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ log = logging.getLogger("ml_engine_local")
 
 
 class RequestLog:
-    """`METHOD /path status N.Nms` for every HTTP request but the health check."""
+    """``METHOD /path status N.Nms`` for every HTTP request but the health check."""
 
     def __init__(self, app):
         self.app = app

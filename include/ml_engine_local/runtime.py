@@ -2,8 +2,8 @@
 
 Instances follow ml/v1's rules: with a single input an instance is the value
 itself (or an object keyed by that input's alias); with several inputs it is
-an object keyed by alias. Any `{"b64": "..."}` value is decoded to bytes.
-String inputs whose alias ends in `_url` and whose values are gs:// URLs are
+an object keyed by alias. Any ``{"b64": "..."}`` value is decoded to bytes.
+String inputs whose alias ends in ``_url`` and whose values are gs:// URLs are
 staged to local files first (see gcs.stage), because TensorFlow's gs://
 filesystem cannot reach an emulator.
 """
@@ -33,7 +33,7 @@ MAX_CONVERTER_RANK = 32
 
 
 class BadModel(Exception):
-    """A SavedModel that cannot serve: missing files, no `serve` tag, no signature."""
+    """A SavedModel that cannot serve: missing files, no ``serve`` tag, no signature."""
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Signature:
         self.flat_order = _flat_order(self.function, self.inputs)
 
     def call(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        """The concrete function on tensors already checked against the specs (see `_flat_order`)."""
+        """The concrete function on tensors already checked against the specs (see ``_flat_order``)."""
         if self.flat_order is None:
             return self.function(**feeds)
         return self.function._call_flat([feeds[alias] for alias in self.flat_order],
@@ -56,7 +56,7 @@ class Signature:
 
     @property
     def stages_files(self) -> bool:
-        """Whether calls read gs:// objects first (string inputs whose alias ends in `_url`)."""
+        """Whether calls read gs:// objects first (string inputs whose alias ends in ``_url``)."""
         return any(alias.endswith("_url") and spec.dtype.name == "string" for alias, spec in self.inputs.items())
 
     def __call__(self, instances: list, staging_dir: Path | None = None) -> list[dict]:
@@ -66,9 +66,9 @@ class Signature:
 def _flat_order(function: Any, inputs: dict[str, Any]) -> list[str] | None:
     """Aliases in the order of the graph's input placeholders, when they can be told apart.
 
-    Calling `_call_flat` skips the structured-signature layer (argument binding,
+    Calling ``_call_flat`` skips the structured-signature layer (argument binding,
     nest flattening, spec checks: about a tenth of a one-instance prediction).
-    `prepare` has already checked dtype and shape against the specs. Where the
+    ``prepare`` has already checked dtype and shape against the specs. Where the
     placeholders do not map one to one onto the aliases (or the TensorFlow
     version lacks the method) the ordinary call is used.
     """
@@ -84,7 +84,7 @@ def _flat_order(function: Any, inputs: dict[str, Any]) -> list[str] | None:
 
 
 class LoadedModel:
-    """A SavedModel loaded with the `serve` tag, its signatures ready to call."""
+    """A SavedModel loaded with the ``serve`` tag, its signatures ready to call."""
 
     def __init__(self, path: Path):
         import tensorflow as tf
@@ -147,7 +147,7 @@ class ModelCache:
 
 
 def _decode_b64(value: Any) -> Any:
-    """Replace every `{"b64": "..."}` by its bytes, recursively."""
+    """Replace every ``{"b64": "..."}`` by its bytes, recursively."""
     if isinstance(value, dict):
         if set(value) == {"b64"}:
             try:
@@ -197,8 +197,8 @@ def _nesting_depth(values: list) -> int:
 def _float_tensor(values: list, spec: Any) -> Any:
     """Nested lists of numbers -> a float tensor in TensorFlow's C++ converter, or None.
 
-    About 5x faster than `np.asarray` on nested lists (it skips numpy's per-item
-    Python protocol), which is most of the cost of a JSON `instances` request.
+    About 5x faster than ``np.asarray`` on nested lists (it skips numpy's per-item
+    Python protocol), which is most of the cost of a JSON ``instances`` request.
     Only for float dtypes, where both agree on every value they accept; anything
     TensorFlow refuses (None, numeric strings, ragged lists) goes the numpy way,
     so results and error messages stay what they were. So does a value nested
@@ -308,7 +308,7 @@ class PreparedBatch:
 def prepare(signature: Signature, instances: list, staging_dir: Path | None = None) -> PreparedBatch:
     """JSON instances -> input tensors (the CPU-bound Python half of a prediction).
 
-    Kept apart from `run` so batch jobs can prepare the next batch while
+    Kept apart from ``run`` so batch jobs can prepare the next batch while
     TensorFlow (which releases the GIL) computes the current one.
     """
     import tensorflow as tf
@@ -336,7 +336,7 @@ def prepare(signature: Signature, instances: list, staging_dir: Path | None = No
 def run(signature: Signature, batch: PreparedBatch) -> list[dict]:
     """Call the signature on a prepared batch; one row per instance, keyed by output alias.
 
-    Rows hold numpy values for numeric outputs: serialise them with `dumps`.
+    Rows hold numpy values for numeric outputs: serialise them with ``dumps``.
     """
     import tensorflow as tf
 

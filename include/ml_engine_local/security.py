@@ -3,11 +3,11 @@
 The service runs on a developer's laptop next to a browser. Three things keep a
 page on another origin from driving it:
 
-- the bearer token (when configured) on every `/v1/` and `/_local/` request;
+- the bearer token (when configured) on every ``/v1/`` and ``/_local/`` request;
   a browser never sends it on its own;
 - the Host check (DNS rebinding: a foreign name resolving to 127.0.0.1) and
   the Origin check (a form or fetch sent from another site);
-- `/v1` bodies must be `application/json`, which a plain HTML form cannot send
+- ``/v1`` bodies must be ``application/json``, which a plain HTML form cannot send
   without a CORS preflight (the service answers none), and the upload form
   carries a CSRF token.
 """
@@ -45,7 +45,7 @@ PROTECTED_PREFIXES = ("/v1/", "/_local/")
 
 
 def read_token(token_file: Path | None) -> str | None:
-    """The token from `--token-file` (first line) or ML_ENGINE_TOKEN; None when neither is set."""
+    """The token from ``--token-file`` (first line) or ML_ENGINE_TOKEN; None when neither is set."""
     if token_file is not None:
         token = token_file.read_text().strip()
         if not token:
@@ -55,7 +55,7 @@ def read_token(token_file: Path | None) -> str | None:
 
 
 def _hostname(host_header: str) -> str:
-    """`[::1]:8780` -> `::1`, `Localhost:8780` -> `localhost`."""
+    """``[::1]:8780`` -> ``::1``, ``Localhost:8780`` -> ``localhost``."""
     host = host_header.strip().lower()
     if host.startswith("["):
         return host[1:].split("]", 1)[0]
@@ -73,7 +73,7 @@ class Guard:
 
     @classmethod
     def from_settings(cls, *, token: str | None, bind_host: str, allowed_hosts: str) -> Guard:
-        """From the command line: `allowed_hosts` is a comma-separated list of extra Host names."""
+        """From the command line: ``allowed_hosts`` is a comma-separated list of extra Host names."""
         extra = frozenset(h.strip().lower() for h in allowed_hosts.split(",") if h.strip())
         return cls(token=token, bind_host=bind_host, extra_hosts=extra)
 

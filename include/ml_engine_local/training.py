@@ -1,10 +1,10 @@
-"""Training jobs: install the job's packages into its own directory, run `python -m <module>` as one process.
+"""Training jobs: install the job's packages into its own directory, run ``python -m <module>`` as one process.
 
 What the hosted service did on its master replica, on one machine: download
-`packageUris` from GCS, `pip install` them (here into the job's own directory,
+``packageUris`` from GCS, ``pip install`` them (here into the job's own directory,
 so the service's environment never changes and TensorFlow from it is reused),
-then run `python -m <pythonModule> <args> --job-dir <jobDir>` with
-`CLOUD_ML_JOB` and `TF_CONFIG` set. The trainer runs in its own session
+then run ``python -m <pythonModule> <args> --job-dir <jobDir>`` with
+``CLOUD_ML_JOB`` and ``TF_CONFIG`` set. The trainer runs in its own session
 (process group) with stdout and stderr appended to the job's log file, so the
 log survives the service and a restart re-attaches to a trainer that is still
 running (same pid, same start time); the exit status is written by a tiny shell
@@ -56,7 +56,7 @@ def _field_error(field: str, message: str) -> ApiError:
 
 
 def container_engine() -> str | None:
-    """`docker` or `podman` when its client is installed AND an engine answers; None otherwise."""
+    """``docker`` or ``podman`` when its client is installed AND an engine answers; None otherwise."""
     for client in ("docker", "podman"):
         if shutil.which(client) is None:
             continue
@@ -243,7 +243,7 @@ def _download_packages(ctx: Context, name: str, uris: list[str], target: Path) -
 
 
 def _pip_install(ctx: Context, name: str, files: list[Path], site: Path) -> None:
-    """`pip install --target site` without dependencies, then only the requirements the service lacks.
+    """``pip install --target site`` without dependencies, then only the requirements the service lacks.
 
     --target alone would reinstall every dependency (TensorFlow included) into the
     job; the service's own packages satisfy most, and the rest are installed beside
@@ -325,7 +325,7 @@ def trainer_environment(job: dict, site: Path, exit_file: Path) -> dict[str, str
 
 
 def trainer_argv(training_input: dict) -> list[str]:
-    """`python -m module args...`, plus `--job-dir <jobDir>` when the args do not already carry it."""
+    """``python -m module args...``, plus ``--job-dir <jobDir>`` when the args do not already carry it."""
     args = list(training_input.get("args") or [])
     job_dir = training_input.get("jobDir")
     if job_dir and not any(arg == "--job-dir" or arg.startswith("--job-dir=") for arg in args):
@@ -353,7 +353,7 @@ def _process_start_time(pid: int) -> float | None:
 
 
 def _alive(pid: int, started: float | None) -> bool:
-    """Is `pid` still the trainer we started (not a reused pid, not a zombie)?"""
+    """Is ``pid`` still the trainer we started (not a reused pid, not a zombie)?"""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -441,7 +441,7 @@ def _failure_message(code: int | None, log_file: Path) -> str:
 
 
 def tail_lines(path: Path, count: int = 1000, size: int = 256 * 1024) -> list[str]:
-    """The last `count` lines of a log (from its last `size` bytes)."""
+    """The last ``count`` lines of a log (from its last ``size`` bytes)."""
     try:
         with path.open("rb") as stream:
             stream.seek(max(stream.seek(0, os.SEEK_END) - size, 0))
@@ -491,7 +491,7 @@ def resume(ctx: Context) -> None:
 
 
 def read_log(ctx: Context, project: str, job_id: str, offset: int, limit: int = LOG_READ_LIMIT) -> dict:
-    """Lines of a training job's log from byte `offset`: whole lines only, unless the job has ended."""
+    """Lines of a training job's log from byte ``offset``: whole lines only, unless the job has ended."""
     name = job_name(project, job_id)
     job = ctx.store.get(name)
     if job is None:

@@ -50,7 +50,7 @@ def description(value: object, field: str) -> str:
 
 
 def short_text(value: object, field: str, *, limit: int = MAX_SHORT_TEXT) -> str:
-    """A plain string field (versions, machine types, regions): a string of at most `limit` characters."""
+    """A plain string field (versions, machine types, regions): a string of at most ``limit`` characters."""
     if not isinstance(value, str) or len(value) > limit or "\x00" in value:
         raise field_error(field, f"{field.rsplit('.', 1)[-1]} must be a string of at most {limit} characters.")
     return value
@@ -76,7 +76,7 @@ def positive_int(value: object, field: str, *, name: str, maximum: int) -> int:
 
 
 def gcs_uri(value: object, field: str, what: str) -> str:
-    """A gs://bucket/... URI of bounded length, without NUL or `..` segments."""
+    """A gs://bucket/... URI of bounded length, without NUL or ``..`` segments."""
     if (not isinstance(value, str) or not value.startswith("gs://") or len(value) > MAX_URI_LENGTH
             or "\x00" in value or not value[5:].split("/", 1)[0] or ".." in value[5:].split("/")):
         raise field_error(field, f"{what} must be a gs:// URI (at most {MAX_URI_LENGTH} characters).")

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,6 +49,20 @@ def join(uri: str, *parts: str) -> str:
     return out
 
 
+# A client set by the caller (Airflow tasks: the connection's, see include.lifecycle.storage); None: our own.
+_given_client: ContextVar[storage.Client | None] = ContextVar("gcs_client", default=None)
+
+
+@contextmanager
+def using_client(given: storage.Client) -> Iterator[storage.Client]:
+    """Route every call of this module in this context through `given` (another identity than ADC)."""
+    token = _given_client.set(given)
+    try:
+        yield given
+    finally:
+        _given_client.reset(token)
+
+
 @lru_cache(maxsize=4)
 def _client_for(emulator_host: str | None, project: str | None) -> storage.Client:
     if emulator_host:
@@ -56,7 +73,9 @@ def _client_for(emulator_host: str | None, project: str | None) -> storage.Clien
 
 
 def client(project: str | None = None) -> storage.Client:
-    """A storage client: anonymous against the emulator, default credentials on real GCS."""
+    """The client `using_client` set, else anonymous against the emulator and default credentials on real GCS."""
+    if (given := _given_client.get()) is not None:
+        return given
     project = project or os.environ.get("GOOGLE_CLOUD_PROJECT")
     return _client_for(os.environ.get("STORAGE_EMULATOR_HOST"), project)
 

@@ -50,10 +50,10 @@ from airflow.providers.google.common.hooks.base_google import (
     GoogleBaseHook,
 )
 from asgiref.sync import sync_to_async
-from google.auth.credentials import AnonymousCredentials
+from google.auth.credentials import AnonymousCredentials, Credentials
 from googleapiclient.discovery import Resource, build
 from googleapiclient.errors import HttpError
-from googleapiclient.http import HttpRequest
+from googleapiclient.http import HttpRequest, build_http, set_user_agent
 
 from ml_engine.endpoints import GLOBAL_ENDPOINT, is_local_endpoint, normalize_endpoint, regional_endpoint
 from ml_engine.names import job_path, model_path, normalize_job_id, project_path, short_name, version_path
@@ -66,6 +66,7 @@ TOKEN_EXTRA = "ml_engine_token"
 TOKEN_ENV = "ML_ENGINE_TOKEN"
 TOKEN_FILE_ENV = "ML_ENGINE_TOKEN_FILE"  # a file holding the token (docker-compose: a shared secrets volume)
 
+USER_AGENT = "airflow-ml-engine-plugin"
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Fields that make two versions "the same deployment" for an idempotent create.
 VERSION_IDENTITY_FIELDS = ("deploymentUri", "runtimeVersion", "framework", "pythonVersion")
@@ -160,6 +161,8 @@ class MLEngineHook(GoogleBaseHook):
         self._endpoint_argument = endpoint
         self.retry_deadline = retry_deadline
         self._conn: Resource | None = None
+        self._http: google_auth_httplib2.AuthorizedHttp | None = None
+        self._local_identity: tuple[Credentials, str | None] | None = None
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -184,36 +187,36 @@ class MLEngineHook(GoogleBaseHook):
             token = Path(os.environ[TOKEN_FILE_ENV]).read_text()
         return token.strip() if isinstance(token, str) and token.strip() else None
 
-    def get_credentials_and_project_id(self):
+    def get_credentials_and_project_id(self) -> tuple[Credentials, str | None]:
         """Google credentials for Google's endpoints; the local token (or none) for a local one.
 
         A local endpoint gets OAuth 2 credentials holding its own token
         (``google.oauth2.credentials.Credentials``), so googleapiclient sends
         ``Authorization: Bearer <token>`` as it would to Google, and a real Google
-        access token never leaves for a local service.
+        access token never leaves for a local service. The project falls back to
+        GOOGLE_CLOUD_PROJECT.
         """
-        if self.is_local:
+        if not self.is_local:
+            credentials, project_id = super().get_credentials_and_project_id()
+            return credentials, project_id or os.environ.get("GOOGLE_CLOUD_PROJECT")
+        if self._local_identity is None:
             token = self.local_token
             if token:
                 credentials = google.oauth2.credentials.Credentials(token=token)
             else:
                 self.log.info("No ml/v1 token configured; calling %s anonymously", self.endpoint)
                 credentials = AnonymousCredentials()
-            project_id = self._get_field("project")
-        else:
-            credentials, project_id = super().get_credentials_and_project_id()
-        if not project_id:
-            project_id = os.environ.get("GOOGLE_CLOUD_PROJECT")
-        self._cached_credentials, self._cached_project_id = credentials, project_id
-        return credentials, project_id
+            self._local_identity = (credentials, self._get_field("project") or os.environ.get("GOOGLE_CLOUD_PROJECT"))
+        return self._local_identity
 
-    def _authorize(self) -> google_auth_httplib2.AuthorizedHttp:
-        """The provider's authorized HTTP; for a local endpoint without refresh on 401 (its token
-        cannot be refreshed), so a wrong token surfaces as HttpError 401."""
-        authed = super()._authorize()
-        if not self.is_local:
-            return authed
-        return google_auth_httplib2.AuthorizedHttp(authed.credentials, http=authed.http, refresh_status_codes=())
+    def _authorized_http(self) -> google_auth_httplib2.AuthorizedHttp:
+        """The connection's credentials on an HTTP object; for a local endpoint without refresh on 401
+        (its token cannot be refreshed), so a wrong token surfaces as HttpError 401."""
+        if self._http is None:
+            http = set_user_agent(build_http(), USER_AGENT)
+            no_refresh = {"refresh_status_codes": ()} if self.is_local else {}
+            self._http = google_auth_httplib2.AuthorizedHttp(self.get_credentials(), http=http, **no_refresh)
+        return self._http
 
     def get_conn(self) -> Resource:
         """The ml/v1 resource built from the static discovery document, pointed at the endpoint."""
@@ -222,7 +225,7 @@ class MLEngineHook(GoogleBaseHook):
             self._conn = build(
                 "ml",
                 "v1",
-                http=self._authorize(),
+                http=self._authorized_http(),
                 cache_discovery=False,
                 static_discovery=True,
                 client_options=self.get_client_options(api_endpoint_override=self.endpoint),
@@ -500,7 +503,7 @@ class MLEngineHook(GoogleBaseHook):
         update_mask: str,
         project_id: str = PROVIDE_PROJECT_ID,
     ) -> dict:
-        """Update fields of a version (ml/v1 allows `description` and `labels`); waits for the Operation."""
+        """Update fields of a version (ml/v1 allows ``description`` and ``labels``); waits for the Operation."""
         versions = self.get_conn().projects().models().versions()
         name = version_path(project_id, model_name, version_name)
         operation = self._execute(versions.patch(name=name, body=version, updateMask=update_mask))
@@ -591,7 +594,7 @@ class MLEngineHook(GoogleBaseHook):
         When a job with that jobId exists (409), it is reused if its predictionInput
         matches the requested one, else MLEngineConflictError. A matching job that
         ended FAILED or CANCELLED is not reused: ml/v1 cannot delete jobs, so the
-        retry goes to the next id of a deterministic chain (`ID_r2`, `ID_r3`, ...),
+        retry goes to the next id of a deterministic chain (``ID_r2``, ``ID_r3``, ...),
         and a cleared task converges on the same chain.
         """
         if not job.get("jobId"):
@@ -705,11 +708,8 @@ class MLEngineHook(GoogleBaseHook):
         import json
 
         url = f"{self.endpoint}_local/projects/{project_id}/jobs/{job_id}/logs?offset={int(cursor or 0)}"
-        headers = {"Accept": "application/json"}
-        if token := os.environ.get("ML_ENGINE_TOKEN"):
-            headers["Authorization"] = f"Bearer {token}"
-        # The ml/v1 client's own authorized HTTP object: the same credentials as every API call.
-        response, content = self.get_conn()._http.request(url, "GET", headers=headers)
+        # The ml/v1 client's authorized HTTP object: the same credentials as every API call.
+        response, content = self._authorized_http().request(url, "GET", headers={"Accept": "application/json"})
         if int(response.status) != 200:
             raise AirflowException(f"Reading the log of job {job_id} answered HTTP {response.status}: {content!r:.300}")
         answer = json.loads(content)
@@ -808,6 +808,45 @@ class MLEngineHook(GoogleBaseHook):
             raise MLEnginePredictionError(f"Prediction by {name} returned no 'predictions': {response!r:.500}")
         return response
 
+    @GoogleBaseHook.fallback_to_default_project_id
+    def predict_in_chunks(
+        self,
+        *,
+        model_name: str,
+        instances: list,
+        version_name: str | None = None,
+        signature_name: str | None = None,
+        batch_size: int = 32,
+        project_id: str = PROVIDE_PROJECT_ID,
+    ) -> list:
+        """
+        Online prediction of many instances, ``batch_size`` per request so each stays under the size limit.
+
+        :param model_name: The model's id.
+        :param instances: The instances, in order.
+        :param version_name: The version's id; without it, the model's default version.
+        :param signature_name: Serving signature; defaults to serving_default.
+        :param batch_size: Instances per predict request.
+        :param project_id: Project; defaults to the connection's project.
+        :return: the predictions in instance order; MLEnginePredictionError when a request gets back
+            a different number of predictions than it sent (the order would no longer hold).
+        """
+        name = (
+            version_path(project_id, model_name, version_name) if version_name else model_path(project_id, model_name)
+        )
+        predictions: list = []
+        step = max(int(batch_size), 1)
+        for start in range(0, len(instances), step):
+            chunk = instances[start : start + step]
+            got = self.predict(project_id=project_id, model_name=model_name, version_name=version_name,
+                               instances=chunk, signature_name=signature_name)["predictions"]
+            if len(got) != len(chunk):
+                raise MLEnginePredictionError(
+                    f"{name} returned {len(got)} predictions for {len(chunk)} instances "
+                    f"(instances {start}..{start + len(chunk) - 1})"
+                )
+            predictions.extend(got)
+        return predictions
 
 
 class MLEngineAsyncHook(GoogleBaseAsyncHook):

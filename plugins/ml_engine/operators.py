@@ -31,6 +31,7 @@ from ml_engine.states import JOB_TERMINAL_STATES, describe_job
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
+    from airflow.triggers.base import BaseTrigger
 
     from ml_engine.hooks import MLEngineHook
 
@@ -86,6 +87,45 @@ class _MLEngineBaseOperator(BaseOperator):
         }
 
 
+class _MLEngineWaitingOperator(_MLEngineBaseOperator):
+    """An operator that waits for something remote: in the worker, or deferred to the triggerer."""
+
+    def __init__(
+        self,
+        *,
+        wait_timeout: float | None,
+        poll_interval: float,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.wait_timeout = wait_timeout
+        self.poll_interval = poll_interval
+        self.deferrable = deferrable
+
+    def _wait_for_operation(self, operation_name: str) -> dict:
+        """The finished operation: polled here, or (deferrable) the task defers and resumes in execute_complete."""
+        if self.deferrable:
+            from ml_engine.triggers import MLEngineOperationTrigger
+
+            self.defer(
+                trigger=MLEngineOperationTrigger(
+                    operation_name=operation_name,
+                    **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
+                ),
+                method_name="execute_complete",
+            )
+        return self.hook.wait_for_operation(
+            operation_name=operation_name, timeout=self.wait_timeout, poll_interval=self.poll_interval
+        )
+
+    @staticmethod
+    def _raise_for_event(event: dict[str, Any], what: str) -> None:
+        """A trigger event that is not a success fails the task with the trigger's message."""
+        if event.get("status") != "success":
+            raise AirflowException(event.get("message", f"Waiting for the {what} failed: {event}"))
+
+
 class MLEngineCreateModelOperator(_MLEngineBaseOperator):
     """
     Create a model, or return the existing one of that name.
@@ -108,7 +148,7 @@ class MLEngineCreateModelOperator(_MLEngineBaseOperator):
         return self.hook.create_model(project_id=self._project(), model=self.model)
 
 
-class MLEngineCreateVersionOperator(_MLEngineBaseOperator):
+class MLEngineCreateVersionOperator(_MLEngineWaitingOperator):
     """
     Create a model version and wait until it is READY.
 
@@ -147,15 +187,11 @@ class MLEngineCreateVersionOperator(_MLEngineBaseOperator):
         version: dict,
         wait_timeout: float | None = 3600,
         poll_interval: float = 10,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(wait_timeout=wait_timeout, poll_interval=poll_interval, **kwargs)
         self.model_name = model_name
         self.version = version
-        self.wait_timeout = wait_timeout
-        self.poll_interval = poll_interval
-        self.deferrable = deferrable
         self._operation_name: str | None = None
 
     def _version_spec(self) -> dict:
@@ -179,24 +215,11 @@ class MLEngineCreateVersionOperator(_MLEngineBaseOperator):
         )
         if operation is not None and not operation.get("done"):
             self._operation_name = operation["name"]
-            if self.deferrable:
-                from ml_engine.triggers import MLEngineOperationTrigger
-
-                self.defer(
-                    trigger=MLEngineOperationTrigger(
-                        operation_name=operation["name"],
-                        **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
-                    ),
-                    method_name="execute_complete",
-                )
-            self.hook.wait_for_operation(
-                operation_name=operation["name"], timeout=self.wait_timeout, poll_interval=self.poll_interval
-            )
+            self._wait_for_operation(operation["name"])
         return self._finish(project_id, spec["name"], operation)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict:
-        if event.get("status") != "success":
-            raise AirflowException(event.get("message", f"Waiting for the version failed: {event}"))
+        self._raise_for_event(event, "version")
         return self._finish(self._project(), self._version_spec()["name"], event.get("operation"))
 
     def _finish(self, project_id: str, version_name: str, operation: dict | None) -> dict:
@@ -288,7 +311,7 @@ class MLEngineSetDefaultVersionOperator(_MLEngineBaseOperator):
         )
 
 
-class MLEngineDeleteVersionOperator(_MLEngineBaseOperator):
+class MLEngineDeleteVersionOperator(_MLEngineWaitingOperator):
     """
     Delete a version and wait until it is gone; a version that does not exist is already done.
 
@@ -320,15 +343,11 @@ class MLEngineDeleteVersionOperator(_MLEngineBaseOperator):
         version_name: str,
         wait_timeout: float | None = 600,
         poll_interval: float = 2,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(wait_timeout=wait_timeout, poll_interval=poll_interval, **kwargs)
         self.model_name = model_name
         self.version_name = version_name
-        self.wait_timeout = wait_timeout
-        self.poll_interval = poll_interval
-        self.deferrable = deferrable
 
     def execute(self, context: Context) -> str | None:
         project_id = self._project()
@@ -339,26 +358,13 @@ class MLEngineDeleteVersionOperator(_MLEngineBaseOperator):
         if operation is None:
             return None
         if not operation.get("done"):
-            if self.deferrable:
-                from ml_engine.triggers import MLEngineOperationTrigger
-
-                self.defer(
-                    trigger=MLEngineOperationTrigger(
-                        operation_name=operation["name"],
-                        **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
-                    ),
-                    method_name="execute_complete",
-                )
-            operation = self.hook.wait_for_operation(
-                operation_name=operation["name"], timeout=self.wait_timeout, poll_interval=self.poll_interval
-            )
+            operation = self._wait_for_operation(operation["name"])
         self.hook.raise_for_operation(operation)
         self.log.info("Deleted version %s", version_path(project_id, self.model_name, version_name))
         return version_name
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
-        if event.get("status") != "success":
-            raise AirflowException(event.get("message", f"Waiting for the delete failed: {event}"))
+        self._raise_for_event(event, "delete")
         self.hook.raise_for_operation(event.get("operation"))
         return normalize_version_id(self.version_name)
 
@@ -388,7 +394,105 @@ class MLEngineListVersionsOperator(_MLEngineBaseOperator):
         return versions
 
 
-class MLEngineStartBatchPredictionJobOperator(_MLEngineBaseOperator):
+class _MLEngineJobOperator(_MLEngineWaitingOperator):
+    """Submit an ml/v1 job idempotently, wait for it (in the worker or deferred), judge it, cancel it on kill.
+
+    Subclasses build the job body, name their hook calls and trigger, and judge the ended job.
+    """
+
+    job_kind = "Job"  # how messages name the job
+    input_field = "predictionInput"  # the job resource's field with the subclass's input
+    submit_method = "create_job"  # MLEngineHook methods that create and poll the job
+    wait_method = "wait_for_job"
+    trigger_path = "ml_engine.triggers.MLEngineJobTrigger"
+    wait_when_ended = False  # wait (and so log) once more for a job that had already ended at submit
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        region: str,
+        labels: dict[str, str] | None = None,
+        wait_timeout: float | None = 24 * 3600,
+        poll_interval: float = 10,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(wait_timeout=wait_timeout, poll_interval=poll_interval, **kwargs)
+        self.job_id = job_id
+        self.region = region
+        self.labels = labels
+        self._job_id: str | None = None
+        self._project_id: str | None = None
+
+    def _job_input(self, project_id: str) -> dict:
+        """The job's input (predictionInput or trainingInput), validated."""
+        raise NotImplementedError
+
+    def _job_body(self, project_id: str) -> dict:
+        body: dict[str, Any] = {"jobId": normalize_job_id(self.job_id), self.input_field: self._job_input(project_id)}
+        if self.labels:
+            body["labels"] = self.labels
+        return body
+
+    def _submit(self, project_id: str, body: dict) -> dict:
+        """Create the job (or reuse the matching one); the job as the service has it."""
+        return getattr(self.hook, self.submit_method)(project_id=project_id, job=body)
+
+    def _wait(self, project_id: str, job_id: str) -> dict:
+        return getattr(self.hook, self.wait_method)(
+            project_id=project_id, job_id=job_id, timeout=self.wait_timeout, poll_interval=self.poll_interval
+        )
+
+    def _trigger(self, project_id: str, job_id: str) -> BaseTrigger:
+        from airflow.providers.common.compat.module_loading import import_string
+
+        return import_string(self.trigger_path)(
+            project_id=project_id,
+            job_id=job_id,
+            **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
+        )
+
+    def _check_job(self, job: dict) -> Any:
+        """Judge the ended job: raise unless it succeeded; the XCom return value otherwise."""
+        raise NotImplementedError
+
+    def _resumed(self, event: dict[str, Any]) -> None:
+        """Called first when the task resumes from its trigger."""
+
+    def execute(self, context: Context) -> Any:
+        project_id = self._project()
+        body = self._job_body(project_id)
+        job = self._submit(project_id, body)
+        job_id = job.get("jobId") or body["jobId"]  # a retry after a FAILED/CANCELLED job gets a suffixed id
+        context["ti"].xcom_push(key="job_id", value=job_id)
+        MLEngineJobLink.persist(context, endpoint=self.hook.endpoint, project_id=project_id, job_id=job_id)
+        ended = job.get("state") in JOB_TERMINAL_STATES
+        if ended and not self.wait_when_ended:
+            return self._check_job(job)
+        self._job_id, self._project_id = job_id, project_id
+        if not ended and self.deferrable:
+            self.defer(trigger=self._trigger(project_id, job_id), method_name="execute_complete")
+        return self._check_job(self._wait(project_id, job_id))
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        self._resumed(event)
+        self._raise_for_event(event, "job")
+        return self._check_job(event["job"])
+
+    def _failed(self, job: dict) -> AirflowException:
+        return AirflowException(f"{self.job_kind} {job.get('jobId')} ended {job.get('state')}: "
+                                f"{job.get('errorMessage') or 'no errorMessage'}")
+
+    def on_kill(self) -> None:
+        """Cancel the remote job, so a killed task does not leave it running (a trainer's whole process group)."""
+        if self._job_id:
+            try:
+                self._new_hook().cancel_job(project_id=self._project_id, job_id=self._job_id)
+            except Exception:
+                self.log.exception("Could not cancel job %s", self._job_id)
+
+
+class MLEngineStartBatchPredictionJobOperator(_MLEngineJobOperator):
     """
     Run a batch prediction job and wait for it to finish.
 
@@ -445,6 +549,7 @@ class MLEngineStartBatchPredictionJobOperator(_MLEngineBaseOperator):
         "endpoint",
     )
     operator_extra_links = (MLEngineJobLink(),)
+    job_kind = "Batch prediction job"
 
     def __init__(
         self,
@@ -462,16 +567,10 @@ class MLEngineStartBatchPredictionJobOperator(_MLEngineBaseOperator):
         signature_name: str | None = None,
         batch_size: int | None = None,
         output_data_format: str | None = None,
-        labels: dict[str, str] | None = None,
         max_error_rate: float | None = None,
-        wait_timeout: float | None = 24 * 3600,
-        poll_interval: float = 10,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self.job_id = job_id
-        self.region = region
+        super().__init__(job_id=job_id, region=region, **kwargs)
         self.data_format = data_format
         self.input_paths = input_paths
         self.output_path = output_path
@@ -483,15 +582,9 @@ class MLEngineStartBatchPredictionJobOperator(_MLEngineBaseOperator):
         self.signature_name = signature_name
         self.batch_size = batch_size
         self.output_data_format = output_data_format
-        self.labels = labels
         self.max_error_rate = max_error_rate
-        self.wait_timeout = wait_timeout
-        self.poll_interval = poll_interval
-        self.deferrable = deferrable
-        self._job_id: str | None = None
-        self._project_id: str | None = None
 
-    def _job_body(self, project_id: str) -> dict:
+    def _job_input(self, project_id: str) -> dict:
         if bool(self.uri) == bool(self.model_name):
             raise AirflowException("Give exactly one model source: uri, or model_name (with version_name)")
         if self.version_name and not self.model_name:
@@ -524,48 +617,12 @@ class MLEngineStartBatchPredictionJobOperator(_MLEngineBaseOperator):
             if value not in (None, ""):
                 # int64 fields travel as strings in ml/v1 JSON.
                 prediction_input[key] = str(value) if isinstance(value, int) else value
-        body: dict[str, Any] = {"jobId": normalize_job_id(self.job_id), "predictionInput": prediction_input}
-        if self.labels:
-            body["labels"] = self.labels
-        return body
-
-    def execute(self, context: Context) -> dict:
-        project_id = self._project()
-        body = self._job_body(project_id)
-        job = self.hook.create_job(project_id=project_id, job=body)
-        job_id = job.get("jobId") or body["jobId"]  # a retry after a FAILED/CANCELLED job gets a suffixed id
-        context["ti"].xcom_push(key="job_id", value=job_id)
-        MLEngineJobLink.persist(context, endpoint=self.hook.endpoint, project_id=project_id, job_id=job_id)
-        if job.get("state") not in JOB_TERMINAL_STATES:
-            self._job_id, self._project_id = job_id, project_id
-            if self.deferrable:
-                from ml_engine.triggers import MLEngineJobTrigger
-
-                self.defer(
-                    trigger=MLEngineJobTrigger(
-                        project_id=project_id,
-                        job_id=job_id,
-                        **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
-                    ),
-                    method_name="execute_complete",
-                )
-            job = self.hook.wait_for_job(
-                project_id=project_id, job_id=job_id, timeout=self.wait_timeout, poll_interval=self.poll_interval
-            )
-        return self._check_job(job)
-
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict:
-        if event.get("status") != "success":
-            raise AirflowException(event.get("message", f"Waiting for the job failed: {event}"))
-        return self._check_job(event["job"])
+        return prediction_input
 
     def _check_job(self, job: dict) -> dict:
         job_id = job.get("jobId")
-        state = job.get("state")
-        if state != "SUCCEEDED":
-            raise AirflowException(
-                f"Batch prediction job {job_id} ended {state}: {job.get('errorMessage') or 'no errorMessage'}"
-            )
+        if job.get("state") != "SUCCEEDED":
+            raise self._failed(job)
         output = job.get("predictionOutput") or {}
         predictions = int(output.get("predictionCount") or 0)
         errors = int(output.get("errorCount") or 0)
@@ -580,16 +637,8 @@ class MLEngineStartBatchPredictionJobOperator(_MLEngineBaseOperator):
                 )
         return output
 
-    def on_kill(self) -> None:
-        """Cancel the remote job, so a killed task does not leave it running."""
-        if self._job_id:
-            try:
-                self._new_hook().cancel_job(project_id=self._project_id, job_id=self._job_id)
-            except Exception:
-                self.log.exception("Could not cancel job %s", self._job_id)
 
-
-class MLEngineStartTrainingJobOperator(_MLEngineBaseOperator):
+class MLEngineStartTrainingJobOperator(_MLEngineJobOperator):
     """
     Run an ml/v1 training job (a Python package from GCS) and wait for it, streaming its log.
 
@@ -647,6 +696,12 @@ class MLEngineStartTrainingJobOperator(_MLEngineBaseOperator):
         "endpoint",
     )
     operator_extra_links = (MLEngineJobLink(),)
+    job_kind = "Training job"
+    input_field = "trainingInput"
+    submit_method = "create_training_job"
+    wait_method = "wait_for_training_job"
+    trigger_path = "ml_engine.triggers.MLEngineTrainingJobTrigger"
+    wait_when_ended = True  # a re-run of an ended job prints its log once more, then judges it
 
     def __init__(
         self,
@@ -663,16 +718,10 @@ class MLEngineStartTrainingJobOperator(_MLEngineBaseOperator):
         python_version: str | None = None,
         job_dir: str | None = None,
         service_account: str | None = None,
-        labels: dict[str, str] | None = None,
         hyperparameters: dict | None = None,
-        wait_timeout: float | None = 24 * 3600,
-        poll_interval: float = 10,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self.job_id = job_id
-        self.region = region
+        super().__init__(job_id=job_id, region=region, **kwargs)
         self.package_uris = package_uris
         self.training_python_module = training_python_module
         self.training_args = training_args
@@ -683,15 +732,9 @@ class MLEngineStartTrainingJobOperator(_MLEngineBaseOperator):
         self.python_version = python_version
         self.job_dir = job_dir
         self.service_account = service_account
-        self.labels = labels
         self.hyperparameters = hyperparameters
-        self.wait_timeout = wait_timeout
-        self.poll_interval = poll_interval
-        self.deferrable = deferrable
-        self._job_id: str | None = None
-        self._project_id: str | None = None
 
-    def _job_body(self) -> dict:
+    def _job_input(self, project_id: str) -> dict:
         packages = [self.package_uris] if isinstance(self.package_uris, str) else list(self.package_uris or [])
         image = (self.master_config or {}).get("imageUri")
         if not image and (not packages or not self.training_python_module):
@@ -713,62 +756,21 @@ class MLEngineStartTrainingJobOperator(_MLEngineBaseOperator):
         for key in ("runtimeVersion", "pythonVersion", "scaleTier", "masterType"):
             if key in training_input:  # native rendering makes "2.11" a float
                 training_input[key] = str(training_input[key])
-        body: dict[str, Any] = {"jobId": normalize_job_id(self.job_id), "trainingInput": training_input}
-        if self.labels:
-            body["labels"] = self.labels
-        return body
+        return training_input
 
-    def execute(self, context: Context) -> dict:
-        project_id = self._project()
-        body = self._job_body()
-        job = self.hook.create_training_job(project_id=project_id, job=body)
-        job_id = job.get("jobId") or body["jobId"]
-        context["ti"].xcom_push(key="job_id", value=job_id)
-        MLEngineJobLink.persist(context, endpoint=self.hook.endpoint, project_id=project_id, job_id=job_id)
-        self._job_id, self._project_id = job_id, project_id
-        if job.get("state") not in JOB_TERMINAL_STATES and self.deferrable:
-            from ml_engine.triggers import MLEngineTrainingJobTrigger
-
-            self.defer(
-                trigger=MLEngineTrainingJobTrigger(
-                    project_id=project_id,
-                    job_id=job_id,
-                    log_cursor=None,
-                    **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
-                ),
-                method_name="execute_complete",
-            )
-        # Also for a job already ended (a re-run): its log is printed once more, then judged.
-        job = self.hook.wait_for_training_job(
-            project_id=project_id, job_id=job_id, timeout=self.wait_timeout, poll_interval=self.poll_interval
-        )
-        return self._check_job(job)
-
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict:
-        if event.get("job_id"):  # lines written after the trigger's last read
+    def _resumed(self, event: dict[str, Any]) -> None:
+        """Print the lines the trainer wrote after the trigger's last read."""
+        if event.get("job_id"):
             self.hook.log_training_lines(project_id=self._project(), job_id=event["job_id"],
                                          cursor=event.get("log_cursor"))
-        if event.get("status") != "success":
-            raise AirflowException(event.get("message", f"Waiting for the job failed: {event}"))
-        return self._check_job(event["job"])
 
     def _check_job(self, job: dict) -> dict:
         job_id = job.get("jobId")
         if job.get("state") != "SUCCEEDED":
-            raise AirflowException(
-                f"Training job {job_id} ended {job.get('state')}: {job.get('errorMessage') or 'no errorMessage'}"
-            )
+            raise self._failed(job)
         self.log.info("Training job %s SUCCEEDED: %s", job_id, job.get("trainingOutput") or {})
         return {"jobId": job_id, "state": job["state"], "jobDir": (job.get("trainingInput") or {}).get("jobDir"),
                 "trainingOutput": job.get("trainingOutput") or {}}
-
-    def on_kill(self) -> None:
-        """Cancel the remote job (the service stops the trainer's whole process group)."""
-        if self._job_id:
-            try:
-                self._new_hook().cancel_job(project_id=self._project_id, job_id=self._job_id)
-            except Exception:
-                self.log.exception("Could not cancel job %s", self._job_id)
 
 
 class MLEnginePredictOperator(_MLEngineBaseOperator):
@@ -836,10 +838,13 @@ class MLEnginePredictOperator(_MLEngineBaseOperator):
             if isinstance(instances, str):
                 instances = json.loads(instances)
             return list(instances)
-        from airflow.providers.google.cloud.hooks.gcs import GCSHook, _parse_gcs_url
+        from ml_engine.gcs import MLEngineGCSHook, parse_gcs_uri
 
-        bucket, blob = _parse_gcs_url(self.instances_uri)
-        gcs = GCSHook(gcp_conn_id=self.gcp_conn_id, impersonation_chain=self.impersonation_chain)
+        try:
+            bucket, blob = parse_gcs_uri(self.instances_uri)
+        except ValueError as err:
+            raise AirflowException(f"instances_uri: {err}") from err
+        gcs = MLEngineGCSHook(gcp_conn_id=self.gcp_conn_id, impersonation_chain=self.impersonation_chain)
         text = gcs.download(bucket_name=bucket, object_name=blob).decode("utf-8")
         instances = []
         for number, line in enumerate(text.splitlines(), start=1):
@@ -875,23 +880,13 @@ class MLEnginePredictOperator(_MLEngineBaseOperator):
             if version_name
             else model_path(project_id, self.model_name)
         )
-        predictions: list = []
-        step = max(int(self.batch_size), 1)
-        for start in range(0, len(instances), step):
-            chunk = instances[start : start + step]
-            response = self.hook.predict(
-                project_id=project_id,
-                model_name=self.model_name,
-                version_name=version_name,
-                instances=chunk,
-                signature_name=self.signature_name,
-            )
-            got = response["predictions"]
-            if len(got) != len(chunk):
-                raise AirflowException(
-                    f"{target} returned {len(got)} predictions for {len(chunk)} instances "
-                    f"(instances {start}..{start + len(chunk) - 1})"
-                )
-            predictions.extend(got)
+        predictions = self.hook.predict_in_chunks(
+            project_id=project_id,
+            model_name=self.model_name,
+            version_name=version_name,
+            instances=instances,
+            signature_name=self.signature_name,
+            batch_size=self.batch_size,
+        )
         self.log.info("%s predicted %s instance(s); first: %s", target, len(predictions), predictions[:1])
         return predictions

@@ -6,7 +6,6 @@ Kept free of heavy imports: operators use it at DAG parse time.
 from __future__ import annotations
 
 JOB_TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
-JOB_ACTIVE_STATES = frozenset({"QUEUED", "PREPARING", "RUNNING", "CANCELLING"})
 VERSION_PENDING_STATES = frozenset({"CREATING", "UPDATING", "DELETING"})
 
 

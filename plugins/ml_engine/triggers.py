@@ -143,16 +143,25 @@ class MLEngineJobTrigger(_MLEnginePollTrigger):
     :param timeout: Seconds after which the wait fails (None: no limit).
     """
 
+    what = "Job"  # how the poll log names the job
+
     def __init__(self, *, project_id: str, job_id: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.project_id = project_id
         self.job_id = job_id
 
+    def _arguments(self) -> dict[str, Any]:
+        """The trigger's own arguments, besides the connection and poll settings."""
+        return {"project_id": self.project_id, "job_id": self.job_id}
+
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            "ml_engine.triggers.MLEngineJobTrigger",
-            {"project_id": self.project_id, "job_id": self.job_id, **self._common_kwargs()},
-        )
+        return f"{type(self).__module__}.{type(self).__qualname__}", {**self._arguments(), **self._common_kwargs()}
+
+    async def _after_poll(self, hook: MLEngineAsyncHook) -> None:
+        """Called after every poll and once more before the final event; a subclass streams logs here."""
+
+    def _event(self, **payload: Any) -> TriggerEvent:
+        return TriggerEvent(payload)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = self._get_async_hook()
@@ -161,19 +170,22 @@ class MLEngineJobTrigger(_MLEnginePollTrigger):
         try:
             while interval is not None:
                 job = await hook.get_job(project_id=self.project_id, job_id=self.job_id)
-                self.log.info("Job %s: %s (%.0f s elapsed)", self.job_id, describe_job(job), time.monotonic() - start)
+                await self._after_poll(hook)
+                self.log.info("%s %s: %s (%.0f s elapsed)", self.what, self.job_id, describe_job(job),
+                              time.monotonic() - start)
                 if job.get("state") in JOB_TERMINAL_STATES:
-                    yield TriggerEvent({"status": "success", "job": job})
+                    await self._after_poll(hook)
+                    yield self._event(status="success", job=job)
                     return
                 interval = await self._sleep_or_time_out(start, interval)
         except Exception as err:
-            self.log.exception("Polling job %s failed", self.job_id)
-            yield TriggerEvent({"status": "error", "message": f"Polling job {self.job_id} failed: {err}"})
+            self.log.exception("Polling %s %s failed", self.what.lower(), self.job_id)
+            yield self._event(status="error", message=f"Polling job {self.job_id} failed: {err}")
             return
-        yield TriggerEvent({"status": "error", "message": f"Job {self.job_id} not finished within {self.timeout} s"})
+        yield self._event(status="error", message=f"Job {self.job_id} not finished within {self.timeout} s")
 
 
-class MLEngineTrainingJobTrigger(_MLEnginePollTrigger):
+class MLEngineTrainingJobTrigger(MLEngineJobTrigger):
     """
     Wait until an ml/v1 training job ends, writing the trainer's new log lines to the trigger log.
 
@@ -194,52 +206,27 @@ class MLEngineTrainingJobTrigger(_MLEnginePollTrigger):
     :param timeout: Seconds after which the wait fails (None: no limit).
     """
 
+    what = "Training job"
+
     def __init__(self, *, project_id: str, job_id: str, log_cursor: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("max_poll_interval", 10)  # log lines arrive at most this late
-        super().__init__(**kwargs)
-        self.project_id = project_id
-        self.job_id = job_id
+        super().__init__(project_id=project_id, job_id=job_id, **kwargs)
         self.log_cursor = log_cursor
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            "ml_engine.triggers.MLEngineTrainingJobTrigger",
-            {"project_id": self.project_id, "job_id": self.job_id, "log_cursor": self.log_cursor,
-             **self._common_kwargs()},
-        )
+    def _arguments(self) -> dict[str, Any]:
+        return {**super()._arguments(), "log_cursor": self.log_cursor}
 
-    async def _log_new_lines(self, hook: MLEngineAsyncHook) -> None:
+    async def _after_poll(self, hook: MLEngineAsyncHook) -> None:
+        """Write the trainer's lines since the cursor; logs never fail the wait."""
         try:
             lines, self.log_cursor = await hook.read_training_logs(
                 project_id=self.project_id, job_id=self.job_id, cursor=self.log_cursor
             )
-        except Exception as err:  # logs never fail the wait
+        except Exception as err:
             self.log.warning("Could not read the log of training job %s: %s", self.job_id, err)
             return
         for line in lines:
             self.log.info("[%s] %s", self.job_id, line)
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        hook = self._get_async_hook()
-        start = time.monotonic()
-        interval: float | None = self.poll_interval
-        try:
-            while interval is not None:
-                job = await hook.get_job(project_id=self.project_id, job_id=self.job_id)
-                await self._log_new_lines(hook)
-                self.log.info("Training job %s: %s (%.0f s elapsed)", self.job_id, describe_job(job),
-                              time.monotonic() - start)
-                if job.get("state") in JOB_TERMINAL_STATES:
-                    await self._log_new_lines(hook)
-                    yield TriggerEvent(
-                        {"status": "success", "job": job, "log_cursor": self.log_cursor, "job_id": self.job_id}
-                    )
-                    return
-                interval = await self._sleep_or_time_out(start, interval)
-        except Exception as err:
-            self.log.exception("Polling training job %s failed", self.job_id)
-            yield TriggerEvent({"status": "error", "message": f"Polling job {self.job_id} failed: {err}",
-                                "log_cursor": self.log_cursor, "job_id": self.job_id})
-            return
-        yield TriggerEvent({"status": "error", "message": f"Job {self.job_id} not finished within {self.timeout} s",
-                            "log_cursor": self.log_cursor, "job_id": self.job_id})
+    def _event(self, **payload: Any) -> TriggerEvent:
+        return TriggerEvent({**payload, "log_cursor": self.log_cursor, "job_id": self.job_id})

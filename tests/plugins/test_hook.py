@@ -285,3 +285,19 @@ def test_create_retried_after_lost_answer_resolves_409(ml_conn):
     hook = MLEngineHook()
     hook._conn = build("ml", "v1", http=http, static_discovery=True, client_options={"api_endpoint": ml_conn.url})
     assert hook.create_model(model={"name": "m1"}) == existing
+
+
+def test_predict_in_chunks_keeps_instance_order(hook, model_name, tiny_model_uri):
+    from ml_engine.hooks import MLEnginePredictionError
+
+    hook.create_model(model={"name": model_name})
+    hook.create_version(model_name=model_name, version_spec={"name": "v1", "deploymentUri": tiny_model_uri},
+                        poll_interval=0.2)
+    rows = instances(5)
+    by_version = hook.predict_in_chunks(model_name=model_name, version_name="v1", instances=rows, batch_size=2)
+    by_default = hook.predict_in_chunks(model_name=model_name, instances=rows, batch_size=10)
+    assert [p["key"] for p in by_version] == [f"k{i}" for i in range(5)]
+    assert by_version == by_default
+    assert hook.predict_in_chunks(model_name=model_name, instances=[], batch_size=2) == []
+    with pytest.raises(MLEnginePredictionError, match="must not be negative"):
+        hook.predict_in_chunks(model_name=model_name, instances=instances(4, bad_every=2), batch_size=2)
