@@ -16,7 +16,7 @@ import pytest
 
 from include import config
 from include.lifecycle import batch_target, gate, maintenance, naming, planning, retention, smoke, storage
-from include.lifecycle.errors import InvalidRequest, LifecycleError
+from include.lifecycle.errors import CheckFailed, InvalidRequest, LifecycleError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,6 +96,7 @@ def test_smoke_run_predicts_in_chunks_and_fails_with_its_own_error(hook, model_n
     with pytest.raises(smoke.SmokeTestError, match="prediction 0 has no 'heatmap'") as raised:
         smoke.run(hook, model=model_name, version="v1", instances=instances, request_size=2)
     assert isinstance(raised.value, LifecycleError) and not isinstance(raised.value, AssertionError)
+    assert isinstance(raised.value, CheckFailed)  # a wrong answer is not transient: no retries
 
 
 def test_first_choice_keeps_the_first_and_usage_counts(bucket, gcs_prefix):
