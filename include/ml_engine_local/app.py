@@ -285,9 +285,14 @@ def _error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.code)
 
 
-def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bool = False) -> FastAPI:
-    """The service; `guard` holds the token and allowed hosts (anonymous, loopback-only by default)."""
-    ctx = Context(state_dir=state_dir)
+def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bool = False,
+               batch_engine: str = "local", beam_options: str = "") -> FastAPI:
+    """The service; `guard` holds the token and allowed hosts (anonymous, loopback-only by default).
+
+    :param batch_engine: "local" runs batch jobs in this process, "beam" as Apache Beam pipelines.
+    :param beam_options: pipeline options for the beam engine (runner, project, region, temp_location...).
+    """
+    ctx = Context(state_dir=state_dir, batch_engine=batch_engine, beam_options=beam_options)
     guard = guard or Guard()
     faults = FaultInjector()
     app = FastAPI(title="Local ml/v1 service", docs_url=None, redoc_url=None, openapi_url=None)
