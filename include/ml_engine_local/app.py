@@ -281,6 +281,13 @@ def _warm_tensorflow() -> None:
     log.info("TensorFlow ready in %.1f s", time.monotonic() - started)
 
 
+def _warm_beam() -> None:
+    """Import Apache Beam and its runner in the background (several seconds) so the first beam job is not slow."""
+    from include.ml_engine_local import beam_engine
+
+    beam_engine.warm()
+
+
 def _error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.code)
 
@@ -305,6 +312,8 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
     def _resume() -> None:
         guard.announce()
         threading.Thread(target=_warm_tensorflow, daemon=True, name="tf-import").start()
+        if ctx.batch_engine == "beam":
+            threading.Thread(target=_warm_beam, daemon=True, name="beam-import").start()
         recovery.recover(ctx)
         deploy.resume(ctx)
         batch.resume(ctx)

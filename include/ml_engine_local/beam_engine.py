@@ -26,6 +26,7 @@ import re
 import shlex
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,16 @@ def pipeline_options(beam_options: str, prediction_input: dict, job_id: str) -> 
 def runner_name(options: PipelineOptions) -> str:
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     return runner if isinstance(runner, str) else type(runner).__name__
+
+
+def warm() -> None:
+    """Import what a pipeline needs beyond this module (the FnApiRunner, Beam's GCS IO) before the first job."""
+    started = time.monotonic()
+    from apache_beam.io.gcp import gcsio  # noqa: F401
+    from apache_beam.runners.portability.fn_api_runner import fn_runner  # noqa: F401
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle  # noqa: F401
+
+    log.info("Apache Beam %s ready in %.1f s", beam.__version__, time.monotonic() - started)
 
 
 def _direct_runner(options: PipelineOptions):
