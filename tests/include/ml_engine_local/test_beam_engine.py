@@ -183,3 +183,38 @@ def test_beam_restart_reruns_the_job_without_old_shards(beam_service, model_uris
     results, _, names = read_outputs(bucket, out)
     assert names == ["prediction.errors_stats-00000-of-00001", "prediction.results-00000-of-00001"]
     assert len(results) == 20_000
+
+
+def test_job_settings_map_onto_pipeline_options():
+    """maxWorkerCount -> max workers, region -> region (the job's values win), the emulator plugin on workers."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOptions, WorkerOptions
+
+    from include.ml_engine_local import beam_engine
+
+    options = beam_engine.pipeline_options(
+        "--runner=DataflowRunner --project=p1 --region=us-east1 --temp_location=gs://b/tmp",
+        {"maxWorkerCount": "7", "region": "europe-west4"}, "nightly_20260101T000000")
+    cloud = options.view_as(GoogleCloudOptions)
+    assert options.view_as(WorkerOptions).max_num_workers == 7
+    assert (cloud.region, cloud.project, cloud.job_name) == ("europe-west4", "p1", "ml-batch-nightly-20260101t000000")
+    assert "include.ml_engine_local.beam_gcs" in options.view_as(SetupOptions).beam_plugins
+    assert beam_engine.runner_name(options) == "DataflowRunner"
+    assert beam_engine.console_url(options, "2026-01-01_00_00_00-123") == (
+        "https://console.cloud.google.com/dataflow/jobs/europe-west4/2026-01-01_00_00_00-123?project=p1")
+    assert beam_engine.runner_name(beam_engine.pipeline_options("", {}, "j")) == "DirectRunner"
+
+
+def test_beam_gcs_io_reaches_the_emulator_without_credentials(bucket):
+    """Beam's own GcsIO, built as its GCS filesystem builds it, lists the emulator at once (no 30 s ADC retries)."""
+    from apache_beam.io.gcp import gcsio
+
+    from include.ml_engine_local import beam_gcs
+
+    bucket.blob("beam-gcs-probe/a.txt").upload_from_string("a")
+    assert beam_gcs.use_emulator_without_credentials()
+    started = time.monotonic()
+    io = gcsio.GcsIO()
+    assert [name for name, _ in io.list_files(f"gs://{bucket.name}/beam-gcs-probe/")] == [
+        f"gs://{bucket.name}/beam-gcs-probe/a.txt"]
+    assert io.size(f"gs://{bucket.name}/beam-gcs-probe/a.txt") == 1
+    assert time.monotonic() - started < 10
