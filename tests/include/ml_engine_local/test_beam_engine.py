@@ -122,7 +122,7 @@ def test_beam_on_two_worker_processes_writes_what_the_local_engine_writes(ml_api
 
 
 def test_beam_job_failures_and_page(beam_service, model_uris, bucket, gcs_prefix):
-    """A model that cannot predict the inputs fails the pipeline's job with its error; the page names the engine."""
+    """The job page names the engine and the runner; jobs that cannot run end FAILED with the reason."""
     import urllib.request
 
     api = beam_service.build_api()
