@@ -165,7 +165,7 @@ def build_pipeline(pipeline: beam.Pipeline, *, inputs: list[str], data_format: s
     shards = len(inputs)
     files = (pipeline
              | "InputFiles" >> beam.Create(inputs)
-             | "Match" >> fileio.MatchAll()
+             | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)  # a vanished input fails, as locally
              | "Open" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED))
     parsed = files | "ReadInstances" >> beam.ParDo(ReadInstances(data_format, cancel_marker)).with_outputs(
         ERRORS, main="instances")

@@ -218,3 +218,25 @@ def test_beam_gcs_io_reaches_the_emulator_without_credentials(bucket):
         f"gs://{bucket.name}/beam-gcs-probe/a.txt"]
     assert io.size(f"gs://{bucket.name}/beam-gcs-probe/a.txt") == 1
     assert time.monotonic() - started < 10
+
+
+def test_a_failing_pipeline_ends_with_its_error(bucket, model_uris, tmp_path):
+    """An input that vanished between listing and reading fails the pipeline (DirectRunner in this process);
+    the engine raises batch.JobFailed with the pipeline's error, which run_job records as the job's FAILED."""
+    from include.ml_engine_local import batch, beam_engine, gcs
+    from include.ml_engine_local.context import Context
+    from include.ml_engine_local.runtime import LoadedModel
+
+    gcs.download_prefix(model_uris["single"], tmp_path / "model", max_files=100)
+    signature = LoadedModel(tmp_path / "model").signature(None)
+    ctx = Context(state_dir=tmp_path / "state", batch_engine="beam")
+    try:
+        prediction_input = {"uri": model_uris["single"], "dataFormat": "JSON",
+                            "outputPath": f"gs://{bucket.name}/beam-failing/{unique('o')}"}
+        with pytest.raises(batch.JobFailed) as excinfo:
+            beam_engine.run_pipeline(ctx, f"{PARENT}/jobs/failing", prediction_input,
+                                     [f"gs://{bucket.name}/beam-failing/vanished.json"], batch.Totals(),
+                                     tmp_path / "scratch", signature)
+    finally:
+        ctx.shutdown()
+    assert "The Beam pipeline failed" in str(excinfo.value) and "vanished.json" in str(excinfo.value)
