@@ -312,13 +312,18 @@ def run_pipeline(ctx: Context, name: str, prediction_input: dict, inputs: list[s
 
     worker = threading.Thread(target=execute, daemon=True, name=f"beam-{job_id}")
     worker.start()
-    stop_asked = ""
+    stop_asked, cancelled = "", None
     try:
         while worker.is_alive():
             worker.join(CANCEL_POLL_S)
             if not stop_asked and (ctx.cancel_event(name).is_set() or ctx.stopping.is_set()):
                 stop_asked = "cancel" if ctx.cancel_event(name).is_set() else "stop"
-                _stop_pipeline(outcome.get("result"), cancel_marker, name)
+                if cancel_marker:
+                    Path(cancel_marker).touch()  # DirectRunner: its workers stop at their next batch
+            result = outcome.get("result")
+            if stop_asked and result is not None and cancelled is not result:  # also once submission ends
+                cancelled = result
+                _cancel_through_runner(result, name)
     finally:
         _IN_PROCESS_SIGNATURES.pop(key, None)
     if stop_asked == "cancel" or ctx.cancel_event(name).is_set():
@@ -337,12 +342,9 @@ def run_pipeline(ctx: Context, name: str, prediction_input: dict, inputs: list[s
         raise batch.JobFailed(f"The Beam pipeline ended {state}.")
 
 
-def _stop_pipeline(result, cancel_marker: str, name: str) -> None:
-    """Cancel through the runner where it can (Dataflow, Flink, Spark); DirectRunner workers see the marker."""
-    if cancel_marker:
-        Path(cancel_marker).touch()
-    if result is not None:
-        try:
-            result.cancel()
-        except (NotImplementedError, RuntimeError, ValueError) as error:
-            log.info("job %s: the runner cannot cancel (%s); waiting for the workers to stop", name, error)
+def _cancel_through_runner(result, name: str) -> None:
+    """Cancel a submitted pipeline (Dataflow, Flink, Spark); a runner that cannot is waited for."""
+    try:
+        result.cancel()
+    except Exception as error:  # a runner that cannot cancel (or already ended) must not crash the job thread
+        log.info("job %s: the runner cannot cancel (%s); waiting for the workers to stop", name, error)
