@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.beam_engine import bench_beam_engine, print_beam_table
 from bench.dag_parse import parse_times
 from bench.rss import PeakSampler, hwm_mb
 from tools import devstack
@@ -257,6 +258,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-instances", type=int, default=50_000,
                         help="one more job per variant on this many instances, for peak RSS (0: skip)")
     parser.add_argument("--no-dag-parse", dest="dag_parse", action="store_false", help="skip DAG parse timing")
+    parser.add_argument("--beam-modes", default="in_process,multi_processing",
+                        help="beam engine modes to measure beside the local engine (bench/beam_engine.py; '' skips)")
+    parser.add_argument("--beam-instances", type=int, default=8192)
+    parser.add_argument("--beam-rounds", type=int, default=3)
     parser.add_argument("--output", type=Path,
                         default=Path(os.environ.get("STATE_DIR", ".state")) / "bench" / "latest.json")
     args = parser.parse_args(argv)
@@ -279,12 +284,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"bench: {args.instances} instances, batch size {args.batch_size}, {args.image_size}px images, "
               f"{args.rounds} alternating rounds, {os.cpu_count()} CPUs, engine {ENGINE}")
         results = [bench_variant(v, args, api, bucket, ml_server, workdir) for v in args.variants.split(",")]
+        beam = bench_beam_engine(args, api=api, bucket=bucket, workdir=workdir, gcs_host=gcs_host,
+                                 token_file=token_file, local_server=ml_server, bucket_name=BUCKET,
+                                 deploy=_deploy, job_seconds=_job_seconds, raw_seconds=_raw_batch_seconds,
+                                 export=_export, make_instances=_instances, images=_images) \
+            if args.beam_modes else {}
         service_hwm_mb = hwm_mb(ml_server.process.pid)
     finally:
         ml_server.stop()
         gcs_server.stop()
     parse = parse_times() if args.dag_parse else []
     _print_table(results, parse)
+    if beam:
+        print_beam_table(beam)
     report = {
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
@@ -299,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
         "service_lifetime_peak_rss_mb": service_hwm_mb,
         "variants": {r["variant"]: r for r in results},
         "dag_parse": parse,
+        "beam_engine": beam,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

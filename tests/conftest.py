@@ -117,6 +117,24 @@ def ml_service(gcs_emulator, tmp_path_factory) -> ServiceHandle:
     handle.server.stop()
 
 
+def start_beam_service(gcs_host: str, state_dir: Path, beam_options: str = "") -> ServiceHandle:
+    """The service with `--batch-engine beam` set by environment (ML_ENGINE_BATCH_ENGINE), as compose does."""
+    port = devstack.free_port()
+    token_file = session_token_file()
+    server = devstack.ml_service(port=port, state_dir=state_dir, gcs_host=gcs_host,
+                                 log_path=state_dir / "service.log", token_file=token_file, enable_faults=True)
+    server.env.update(ML_ENGINE_BATCH_ENGINE="beam", ML_ENGINE_BEAM_OPTIONS=beam_options)
+    return ServiceHandle(server=server.start(timeout=120), port=port, token=token_file.read_text().strip())
+
+
+@pytest.fixture(scope="session")
+def beam_service(gcs_emulator, tmp_path_factory) -> ServiceHandle:
+    """A second service whose batch jobs run as Apache Beam pipelines on DirectRunner, in its own process."""
+    handle = start_beam_service(gcs_emulator, tmp_path_factory.mktemp("ml_engine_beam_state"))
+    yield handle
+    handle.server.stop()
+
+
 @pytest.fixture(scope="session")
 def ml_api(ml_service):
     """googleapiclient's ml/v1 resource, unchanged, pointed at the local service."""

@@ -118,8 +118,10 @@ def test_env_vars_refer_to_real_settings(services):
     from airflow.configuration import conf, retrieve_configuration_description
 
     options = retrieve_configuration_description()
-    # ML_* settings are read by include/config.py, or by the plugin's hook (ML_ENGINE_TOKEN_FILE)
-    config_source = (ROOT / "include" / "config.py").read_text() + (ROOT / "plugins/ml_engine/hooks.py").read_text()
+    # ML_* settings are read by include/config.py, the plugin's hook (ML_ENGINE_TOKEN_FILE) or the ml/v1
+    # service's command line (ML_ENGINE_BATCH_ENGINE, ML_ENGINE_BEAM_OPTIONS)
+    config_source = "".join((ROOT / path).read_text() for path in (
+        "include/config.py", "plugins/ml_engine/hooks.py", "include/ml_engine_local/__main__.py"))
     for name, service in services.items():
         for key, value in _env(service).items():
             if key.startswith("AIRFLOW__"):

@@ -30,6 +30,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--enable-faults", action="store_true",
                         default=os.environ.get("ML_ENGINE_ENABLE_FAULTS", "") == "1",
                         help="serve the /_local/faults test switch (env ML_ENGINE_ENABLE_FAULTS=1)")
+    parser.add_argument("--batch-engine", choices=("local", "beam"),
+                        default=os.environ.get("ML_ENGINE_BATCH_ENGINE", "local"),
+                        help="batch prediction engine: local (in process, the default) or beam (Apache Beam "
+                             "RunInference on the runner ML_ENGINE_BEAM_OPTIONS names; env ML_ENGINE_BATCH_ENGINE)")
+    parser.add_argument("--beam-options", default=os.environ.get("ML_ENGINE_BEAM_OPTIONS", ""),
+                        help="pipeline options of the beam engine, e.g. '--runner=DataflowRunner --project=P "
+                             "--region=R --temp_location=gs://B/tmp' (env ML_ENGINE_BEAM_OPTIONS)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -39,12 +46,13 @@ def main(argv: list[str] | None = None) -> None:
     sys.setswitchinterval(float(os.environ.get("ML_ENGINE_SWITCH_INTERVAL_S", "0.0005")))
     state_dir = args.state_dir.resolve()
     logging.getLogger("ml_engine_local").info(
-        "ml/v1 service on http://%s:%d/ (state in %s, GCS %s)", args.host, args.port, state_dir,
-        os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com")
+        "ml/v1 service on http://%s:%d/ (state in %s, GCS %s, batch engine %s)", args.host, args.port, state_dir,
+        os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com", args.batch_engine)
     # A long keep-alive: httplib2 (googleapiclient) reuses idle connections and fails on a closed one.
     guard = Guard.from_settings(token=read_token(args.token_file), bind_host=args.host,
                                 allowed_hosts=args.allowed_hosts)
-    app = create_app(state_dir, guard=guard, enable_faults=args.enable_faults)
+    app = create_app(state_dir, guard=guard, enable_faults=args.enable_faults, batch_engine=args.batch_engine,
+                     beam_options=args.beam_options)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_keep_alive=600,
                 log_level=args.log_level.lower())
 

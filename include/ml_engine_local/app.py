@@ -282,20 +282,30 @@ def _warm_tensorflow() -> None:
     log.info("TensorFlow ready in %.1f s", time.monotonic() - started)
 
 
+def _warm_beam() -> None:
+    """Import Apache Beam and its runner in the background (several seconds) so the first beam job is not slow."""
+    from include.ml_engine_local import beam_engine
+
+    beam_engine.warm()
+
+
 def _error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.code)
 
 
-def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bool = False) -> FastAPI:
+def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bool = False,
+               batch_engine: str = "local", beam_options: str = "") -> FastAPI:
     """
     The local ml/v1 service as an ASGI app; work interrupted by a crash resumes when it starts.
 
     :param state_dir: The service's store, deployed models and job work.
     :param guard: The token and allowed hosts; default: anonymous, loopback only.
     :param enable_faults: Expose the fault switch (``/_local/faults``) for tests.
+    :param batch_engine: ``local`` runs batch jobs in this process, ``beam`` as Apache Beam pipelines.
+    :param beam_options: Pipeline options for the beam engine (runner, project, region, temp_location...).
     :return: the FastAPI app.
     """
-    ctx = Context(state_dir=state_dir)
+    ctx = Context(state_dir=state_dir, batch_engine=batch_engine, beam_options=beam_options)
     guard = guard or Guard()
     faults = FaultInjector()
 
@@ -304,6 +314,8 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
         """Resume interrupted work before serving; on a graceful stop release attempts (not a crash)."""
         guard.announce()
         threading.Thread(target=_warm_tensorflow, daemon=True, name="tf-import").start()
+        if ctx.batch_engine == "beam":
+            threading.Thread(target=_warm_beam, daemon=True, name="beam-import").start()
         recovery.recover(ctx)
         deploy.resume(ctx)
         batch.resume(ctx)

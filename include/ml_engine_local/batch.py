@@ -151,9 +151,14 @@ def run_job(ctx: Context, name: str) -> None:
             raise JobCancelled()  # the only move away from PREPARING is a cancel
         log.info("job %s RUNNING (attempt %d): %d input file(s), batch size %d", name, attempt, len(inputs),
                  batch_size(prediction_input))
-        for shard, uri in enumerate(inputs):
-            _check_cancel(ctx, name)
-            _run_shard(ctx, name, signature, uri, prediction_input, shard, len(inputs), totals, scratch)
+        if ctx.batch_engine == "beam":
+            from include.ml_engine_local import beam_engine  # Apache Beam loads only when used
+
+            beam_engine.run_pipeline(ctx, name, prediction_input, inputs, totals, scratch, signature)
+        else:
+            for shard, uri in enumerate(inputs):
+                _check_cancel(ctx, name)
+                _run_shard(ctx, name, signature, uri, prediction_input, shard, len(inputs), totals, scratch)
         _check_cancel(ctx, name)
     except JobCancelled:
         _end(ctx, name, "CANCELLED", predictionOutput=totals.output(output_path))
@@ -267,27 +272,32 @@ def _instances(uri: str, data_format: str) -> Iterator[tuple[object, str | None]
     """(instance, None) for each good input and (None, error) for each bad one."""
     text = data_format in ("JSON", "TEXT")
     with gcs.open_read(uri, chunk_size=FIRST_READ_BYTES if text else 4 * 1024 * 1024) as raw:
-        if text:
-            for number, line in enumerate(_lines(raw), start=1):
-                if line is None:
-                    yield None, f"Input line {number} is longer than the limit of {MAX_LINE_BYTES} bytes."
-                    continue
-                if not line.strip():
-                    continue
-                try:
-                    yield loads(line), None
-                except orjson.JSONDecodeError as error:
-                    yield None, f"Failed to parse input line {number} as JSON: {error.__class__.__name__}"
-            return
-        stream = gzip.GzipFile(fileobj=raw) if data_format == "TF_RECORD_GZIP" else raw
-        try:
-            for number, record in enumerate(_records(stream), start=1):
-                if record is None:
-                    yield None, f"TFRecord record {number} is longer than the limit of {MAX_RECORD_BYTES} bytes."
-                else:
-                    yield record, None
-        except (ValueError, OSError, EOFError) as error:
-            yield None, f"Corrupt TFRecord input: {error}"
+        yield from read_instances(raw, data_format)
+
+
+def read_instances(raw, data_format: str) -> Iterator[tuple[object, str | None]]:
+    """Instances of one input file's byte stream, as both batch engines read them (see `_instances`)."""
+    if data_format in ("JSON", "TEXT"):
+        for number, line in enumerate(_lines(raw), start=1):
+            if line is None:
+                yield None, f"Input line {number} is longer than the limit of {MAX_LINE_BYTES} bytes."
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield loads(line), None
+            except orjson.JSONDecodeError as error:
+                yield None, f"Failed to parse input line {number} as JSON: {error.__class__.__name__}"
+        return
+    stream = gzip.GzipFile(fileobj=raw) if data_format == "TF_RECORD_GZIP" else raw
+    try:
+        for number, record in enumerate(_records(stream), start=1):
+            if record is None:
+                yield None, f"TFRecord record {number} is longer than the limit of {MAX_RECORD_BYTES} bytes."
+            else:
+                yield record, None
+    except (ValueError, OSError, EOFError) as error:
+        yield None, f"Corrupt TFRecord input: {error}"
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:
@@ -404,6 +414,13 @@ def _predict_batch(signature: Signature, batch: InputBatch, errors: Counter, sta
         except PredictionError as error:
             errors[str(error)] += 1
     return rows
+
+
+def predict_instances(signature: Signature, instances: list, staging: Path | None) -> tuple[list[dict], Counter]:
+    """One batch the way the local engine predicts it: rows of the good instances, error messages counted."""
+    errors: Counter = Counter()
+    prepared = next(_prepare_batches(iter([[(instance, None) for instance in instances]]), signature, staging))
+    return _predict_batch(signature, prepared, errors, staging), errors
 
 
 def _run_shard(ctx: Context, name: str, signature: Signature, uri: str, prediction_input: dict, shard: int,

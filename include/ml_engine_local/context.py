@@ -69,6 +69,8 @@ class Context:
     cancel_events: dict[str, threading.Event] = field(default_factory=dict)
     stopping: threading.Event = field(default_factory=threading.Event)
     crash: CrashPoints = field(default_factory=CrashPoints)
+    batch_engine: str = "local"  # "local" (in process) or "beam" (Apache Beam RunInference, see beam_engine)
+    beam_options: str = ""  # extra pipeline options for the beam engine, as on a command line
 
     def __post_init__(self):
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from include.ml_engine_local import jobs, models, operations, training
 from include.ml_engine_local.context import Context
 from include.ml_engine_local.errors import ApiError, PredictionError
+from include.ml_engine_local.names import job_name
 from include.ml_engine_local.runtime import dumps, loads
 
 _STYLE = """<style>body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem}
@@ -113,6 +114,19 @@ def _training_log(ctx: Context, job: dict, project: str, lines: int = 500) -> st
             "</pre>")
 
 
+def _batch_engine(ctx: Context, project: str, job: dict) -> str:
+    """Where a batch job ran: the engine, Beam's runner and, on Dataflow, its job id and console page."""
+    stored = ctx.store.get(job_name(project, job["jobId"])) or {}
+    rows = [("Batch engine", _esc(stored.get("_batchEngine", "local")))]
+    if stored.get("_beamRunner"):
+        rows.append(("Beam runner", _esc(stored["_beamRunner"])))
+    if stored.get("_beamJobId"):
+        job_id = _esc(stored["_beamJobId"])
+        url = stored.get("_beamConsoleUrl")
+        rows.append(("Beam job", f"<a href='{_esc(url)}'>{job_id}</a>" if url else job_id))
+    return "<table>" + "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows) + "</table>"
+
+
 def render(ctx: Context, path: str, form, csrf: str = "") -> tuple[int, str]:
     """Route a ``/ui/...`` page; resource paths are the ml/v1 names; ``csrf`` goes into the upload form."""
     parts = path.strip("/").split("/")
@@ -122,7 +136,8 @@ def render(ctx: Context, path: str, form, csrf: str = "") -> tuple[int, str]:
         if len(parts) == 4 and parts[2] == "jobs":
             job = jobs.get_job(ctx, parts[1], parts[3])
             return 200, _page(f"Job {parts[3]}", f"<pre>{_esc(json.dumps(job, indent=2))}</pre>"
-                              + (_training_log(ctx, job, parts[1]) if "trainingInput" in job else ""))
+                              + (_training_log(ctx, job, parts[1]) if "trainingInput" in job else "")
+                              + (_batch_engine(ctx, parts[1], job) if "predictionInput" in job else ""))
         if len(parts) == 4 and parts[2] == "operations":
             operation = operations.get(ctx, path.strip("/"))
             return 200, _page(f"Operation {parts[3]}", f"<pre>{_esc(json.dumps(operation, indent=2))}</pre>")
