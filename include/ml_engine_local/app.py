@@ -32,6 +32,7 @@ from include.ml_engine_local import (
     deploy,
     jobs,
     models,
+    numeric_json,
     operations,
     pages,
     recovery,
@@ -65,11 +66,11 @@ class Call:
     query: dict[str, str]
     raw: bytes
 
-    def json(self) -> object:
+    def json(self, reader: Callable[[bytes], object] = loads) -> object:
         if not self.raw.strip():
             return {}
         try:
-            return loads(self.raw)
+            return reader(self.raw)
         except orjson.JSONDecodeError as error:
             raise invalid_argument(f"Invalid JSON payload received. {error}") from None
 
@@ -99,7 +100,7 @@ def _predict_call(ctx: Context, call: Call, *, inline: bool = False) -> dict | N
     could block, i.e. a model not loaded yet or inputs to stage from GCS."""
     if len(call.raw) > PREDICT_LIMIT_BYTES:
         raise invalid_argument(f"Request payload size exceeds the limit: {PREDICT_LIMIT_BYTES} bytes.")
-    body = call.json()
+    body = call.json(numeric_json.loads)  # image-sized number arrays skip Python floats
     if not isinstance(body, dict) or "instances" not in body:
         raise invalid_argument('The request body must be a JSON object with "instances".')
     version = models.resolve_for_prediction(ctx, call.params["name"])

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import orjson
 
-from include.ml_engine_local import deploy, gcs, models, runtime
+from include.ml_engine_local import deploy, gcs, models, numeric_json, runtime
 from include.ml_engine_local.context import MAX_ATTEMPTS, Context, now_rfc3339, revise, transition
 from include.ml_engine_local.errors import ApiError, PredictionError
-from include.ml_engine_local.runtime import BadModel, LoadedModel, PreparedBatch, Signature, dumps, loads
+from include.ml_engine_local.runtime import BadModel, LoadedModel, PreparedBatch, Signature, dumps
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 5.0
@@ -285,7 +285,7 @@ def read_instances(raw, data_format: str) -> Iterator[tuple[object, str | None]]
             if not line.strip():
                 continue
             try:
-                yield loads(line), None
+                yield numeric_json.loads(line), None
             except orjson.JSONDecodeError as error:
                 yield None, f"Failed to parse input line {number} as JSON: {error.__class__.__name__}"
         return

@@ -273,7 +273,15 @@ def set_default(ctx: Context, project: str, model: str, version: str) -> dict:
 
 
 def resolve_for_prediction(ctx: Context, name: str) -> dict:
-    """A READY version from ``projects/P/models/M`` (its default) or ``.../versions/V``."""
+    """A READY version from ``projects/P/models/M`` (its default) or ``.../versions/V``.
+
+    Remembered until the store's next write (setDefault, a version created, deleted or
+    changed...), so a stream of online predictions reads no SQLite.
+    """
+    return ctx.store.memo(("prediction version", name), lambda: _resolve_for_prediction(ctx, name))
+
+
+def _resolve_for_prediction(ctx: Context, name: str) -> dict:
     parts = name.split("/")
     if len(parts) == 4:
         model = get_model(ctx, parts[1], parts[3])

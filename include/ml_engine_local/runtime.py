@@ -25,6 +25,7 @@ import orjson
 
 from include.ml_engine_local import gcs
 from include.ml_engine_local.errors import PredictionError
+from include.ml_engine_local.numeric_json import NumericArray, plain
 
 log = logging.getLogger(__name__)
 DEFAULT_SIGNATURE = "serving_default"
@@ -161,7 +162,13 @@ def _decode_b64(value: Any) -> Any:
 
 
 def _columns(instances: list, inputs: dict[str, Any]) -> dict[str, list]:
-    """Instances (rows) -> one list of values per input alias (columns)."""
+    """Instances (rows) -> one list of values per input alias (columns).
+
+    A single-input model's instances read as one `NumericArray` stay one: that column whole.
+    """
+    if isinstance(instances, NumericArray) and len(inputs) == 1 and len(instances):
+        return {next(iter(inputs)): instances}
+    instances = plain(instances)
     if not isinstance(instances, list) or not instances:
         raise PredictionError("'instances' must be a non-empty list.")
     aliases = list(inputs)
@@ -175,7 +182,7 @@ def _columns(instances: list, inputs: dict[str, Any]) -> dict[str, list]:
             continue
         if not isinstance(instance, dict):
             raise PredictionError(f"Instance {index} must be an object keyed by the model's inputs "
-                                  f"{aliases}, got {type(instance).__name__}.")
+                                  f"{aliases}, got {type(plain(instance)).__name__}.")
         missing = [alias for alias in aliases if alias not in instance]
         unknown = [key for key in instance if key not in inputs]
         if missing or unknown:
@@ -216,9 +223,35 @@ def _float_tensor(values: list, spec: Any) -> Any:
         return None
 
 
+#: Float dtypes a float64 array casts to exactly as TensorFlow's converter casts Python numbers.
+_NATIVE_FLOATS = ("float32", "float64")
+
+
+def _stacked(values: list, spec: Any) -> np.ndarray | None:
+    """A float32/float64 column whose values all came as same-shaped `NumericArray`s, as one array.
+
+    Equal to what the list path builds: JSON numbers read as float64 then cast, as
+    TensorFlow's converter casts Python floats (and ints below 2**53).
+    """
+    if spec.dtype.name not in _NATIVE_FLOATS or not all(isinstance(v, NumericArray) for v in values):
+        return None
+    shape = values[0].values.shape
+    if any(value.values.shape != shape for value in values):
+        return None
+    return np.stack([value.values for value in values]).astype(spec.dtype.as_numpy_dtype, copy=False)
+
+
 def _tensor(alias: str, values: list, spec: Any) -> Any:
     """One input column as an array (or eager tensor) of the spec's dtype and a compatible shape."""
-    if spec.dtype.name == "string":
+    if isinstance(values, NumericArray):  # a whole column read as one array
+        if spec.dtype.name not in _NATIVE_FLOATS:
+            return _tensor(alias, values.as_json(), spec)
+        array = values.values.astype(spec.dtype.as_numpy_dtype, copy=False)
+    elif (array := _stacked(values, spec)) is not None:
+        pass
+    elif any(isinstance(value, NumericArray) for value in values):
+        return _tensor(alias, [plain(value) for value in values], spec)
+    elif spec.dtype.name == "string":
         array = np.empty(len(values), dtype=object)
         for i, value in enumerate(values):
             value = _decode_b64(value)
@@ -235,7 +268,7 @@ def _tensor(alias: str, values: list, spec: Any) -> Any:
     else:
         try:
             array = np.asarray(values, dtype=spec.dtype.as_numpy_dtype)
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, OverflowError) as error:  # OverflowError: an int out of the dtype's range
             raise PredictionError(f"Input '{alias}' cannot be read as {spec.dtype.name} "
                                   f"(ragged or non-numeric values): {error}") from None
     if not spec.shape.is_compatible_with(array.shape):
@@ -321,7 +354,7 @@ def prepare(signature: Signature, instances: list, staging_dir: Path | None = No
             if spec.dtype.name == "string" and alias.endswith("_url"):
                 if batch.staging is None:
                     batch.staging = tempfile.TemporaryDirectory(dir=staging_dir)
-                values = _stage_urls(alias, values, Path(batch.staging.name))
+                values = _stage_urls(alias, plain(values), Path(batch.staging.name))
             array = _tensor(alias, values, spec)
             batch.feeds[alias] = array if isinstance(array, tf.Tensor) else tf.constant(array, dtype=spec.dtype)
     except RecursionError:  # a deeply nested value: the instance's fault, not the service's

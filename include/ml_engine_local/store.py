@@ -39,6 +39,8 @@ class Store:
         self._db.executescript(_SCHEMA)
         self._lock = threading.RLock()
         self._depth = 0  # nesting of transaction() in the thread holding the lock
+        self._generation = 0  # moves on every write (and rollback): what `memo` results are valid for
+        self._memo: dict[object, tuple[int, object]] = {}
 
     @contextmanager
     def transaction(self) -> Iterator[Store]:
@@ -61,6 +63,7 @@ class Store:
                 yield self
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._generation += 1
                 raise
             finally:
                 self._depth = 0
@@ -77,11 +80,13 @@ class Store:
                 "INSERT INTO resources (name, kind, parent, created, body) VALUES (?, ?, ?, ?, ?)",
                 (name, kind, parent, time.time(), json.dumps(body)),
             )
+            self._generation += 1
         return body
 
     def put(self, name: str, body: dict) -> dict:
         with self._lock:
             self._db.execute("UPDATE resources SET body = ? WHERE name = ?", (json.dumps(body), name))
+            self._generation += 1
         return body
 
     def update(self, name: str, change: Callable[[dict], None]) -> dict | None:
@@ -96,6 +101,25 @@ class Store:
     def delete(self, name: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM resources WHERE name = ?", (name,))
+            self._generation += 1
+
+    def memo(self, key: object, compute: Callable[[], object], max_entries: int = 1024) -> object:
+        """`compute()`, reused until the next write to the store (a read-only answer derived from it).
+
+        A write while `compute` runs leaves its answer uncached. Callers must not change the result.
+        """
+        with self._lock:
+            hit = self._memo.get(key)
+            if hit is not None and hit[0] == self._generation:
+                return hit[1]
+            generation = self._generation
+        value = compute()
+        with self._lock:
+            if generation == self._generation:
+                if len(self._memo) >= max_entries:
+                    self._memo.clear()
+                self._memo[key] = (generation, value)
+        return value
 
     def list(self, kind: str, parent: str | None = None) -> list[dict]:
         """Documents of one kind (under one parent), oldest first."""

@@ -159,3 +159,33 @@ def test_version_page_and_upload_form(ml_service, deploy):
     with urllib.request.urlopen(request) as response:
         page = response.read().decode()
     assert "<h2>Prediction</h2>" in page and "brightness" in page
+
+
+def test_default_version_follows_every_change(ml_api, deploy, model_uris):
+    """The remembered model -> version lookup never outlives a change: create, setDefault, delete."""
+    model, v1 = deploy("tiny")
+    instances = [{"x": [1.0, 2.0], "key": "a"}]
+    versions = ml_api.projects().models().versions()
+    assert predict_json(ml_api, model, instances) == [{"y": 6.0, "key": "a"}]
+    created = versions.create(parent=model, body={"name": "v2", "deploymentUri": model_uris["tiny3"]}).execute()
+    assert "error" not in wait_operation(ml_api, created["name"])
+    assert predict_json(ml_api, model, instances) == [{"y": 6.0, "key": "a"}]  # v1 is still the default
+    versions.setDefault(name=f"{model}/versions/v2", body={}).execute()
+    assert predict_json(ml_api, model, instances) == [{"y": 9.0, "key": "a"}]
+    versions.setDefault(name=v1, body={}).execute()
+    assert predict_json(ml_api, model, instances) == [{"y": 6.0, "key": "a"}]
+    assert predict_json(ml_api, f"{model}/versions/v2", instances) == [{"y": 9.0, "key": "a"}]
+    deleted = versions.delete(name=f"{model}/versions/v2").execute()
+    wait_operation(ml_api, deleted["name"])
+    with pytest.raises(HttpError) as raised:
+        predict_json(ml_api, f"{model}/versions/v2", instances)
+    assert raised.value.resp.status == 404
+
+
+def test_large_number_arrays_single_and_named(ml_api, deploy):
+    """Instances whose arrays are large enough for the numeric fast path answer like small ones."""
+    single, _ = deploy("single")
+    rows = [[0.25, 0.5, 1]] * 200  # one 200x3 array: the whole `instances` list is read natively
+    assert predict_json(ml_api, single, rows) == [{"total": 1.75}] * 200
+    with pytest.raises(RuntimeError, match="ragged"):  # irregular: read as lists, answered as before
+        predict_json(ml_api, single, [*rows, [1, 2]])
