@@ -223,6 +223,9 @@ class AirflowStack:
         if done.returncode:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
             raise RuntimeError(f"airflow db migrate failed ({log}):\n{tail}")
+        conn = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+        if conn.startswith("sqlite:///"):
+            use_wal(Path(conn.removeprefix("sqlite:///")))
 
     def start(self, *, timeout: float = 240) -> AirflowStack:
         """Services (if local), DB migration, the four components; returns when all are healthy and DAGs parsed."""
@@ -322,6 +325,23 @@ class AirflowStack:
         for name, process in self.processes.items():
             if process.process is not None and process.process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {process.process.returncode}:\n{process.log_tail()}")
+
+
+def use_wal(db_path: Path) -> None:
+    """Switch the metadata database to SQLite's write-ahead log (the mode stays with the file).
+
+    In SQLite's default rollback-journal mode a connection that merely holds a read
+    transaction blocks every writer's commit. The api-server reads on one connection and
+    writes on another within the same process, so under load a request could wait the whole
+    busy timeout on itself: a REST trigger or a task's start hung 60 s, then failed with
+    "database is locked". With WAL, readers never block the writer.
+    """
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db_path, timeout=SQLITE_CONNECT_ARGS["timeout"])) as db:
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise RuntimeError(f"{db_path}: SQLite kept journal_mode {mode!r}, not WAL")
 
 
 def _with_stack_token(connection_env: dict[str, str], token: str) -> dict[str, str]:

@@ -11,8 +11,10 @@ batch summary; the promotion Asset must have started batch_prediction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -127,6 +129,8 @@ def test_stack_is_healthy_and_dags_are_ready(stack):
     health = stack.health()
     for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"):
         assert health[part]["status"] == "healthy", health
+    with contextlib.closing(sqlite3.connect(stack.airflow_home / "airflow.db")) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # readers never block a writer
     dags = stack.wait_dags(timeout=30)
     for dag_id in ("model_lifecycle", "batch_prediction", "model_maintenance"):
         assert not dags[dag_id]["is_paused"], f"{dag_id} should be active (registered paused by `make run`)"
