@@ -21,6 +21,17 @@ def tfrecord(records: list[bytes]) -> bytes:
     return out
 
 
+def image_examples(keys: list[str]) -> list[bytes]:
+    """Serialized tf.Examples of one grey 8x8 JPEG under ``image/encoded``, each with its ``key``."""
+    import tensorflow as tf
+
+    jpeg = tf.io.encode_jpeg(tf.fill([8, 8, 3], tf.constant(128, tf.uint8))).numpy()
+    return [tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
+        "key": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key.encode()]))})).SerializeToString()
+        for key in keys]
+
+
 def read_outputs(bucket, prefix: str) -> tuple[list[dict], list[tuple[str, int]], list[str]]:
     results, errors, names = [], [], []
     for blob in bucket.list_blobs(prefix=prefix + "/"):
@@ -72,17 +83,8 @@ def test_json_job_with_bad_lines_over_two_files(ml_api, deploy, bucket, gcs_pref
 
 
 def test_tfrecord_and_gzip_jobs_on_a_version(ml_api, deploy, bucket, gcs_prefix):
-    import tensorflow as tf
-
     _, version = deploy("images")
-    jpeg = tf.io.encode_jpeg(tf.fill([8, 8, 3], tf.constant(128, tf.uint8))).numpy()
-
-    def example(key: str) -> bytes:
-        return tf.train.Example(features=tf.train.Features(feature={
-            "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
-            "key": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key.encode()]))})).SerializeToString()
-
-    records = [example(f"r{i}") for i in range(10)] + [b"not an example"]
+    records = [*image_examples([f"r{i}" for i in range(10)]), b"not an example"]
     bucket.blob(f"{gcs_prefix}/in.tfrecord").upload_from_string(tfrecord(records))
     bucket.blob(f"{gcs_prefix}/in.tfrecord.gz").upload_from_string(gzip.compress(tfrecord(records[:4])))
     for data_format, path, expected in (("TF_RECORD", "in.tfrecord", 10), ("TF_RECORD_GZIP", "in.tfrecord.gz", 4)):

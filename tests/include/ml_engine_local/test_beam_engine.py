@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import start_beam_service
 
 from .conftest import PARENT, unique, wait_job, wait_operation
-from .test_batch import prediction_input, read_outputs, start_job, tfrecord
+from .test_batch import image_examples, prediction_input, read_outputs, start_job, tfrecord
 
 MULTI_PROCESS_OPTIONS = "--direct_running_mode=multi_processing --direct_num_workers=2"
 
@@ -46,22 +46,13 @@ def deploy_on(api, model_uri: str) -> tuple[str, str]:
 def equivalence_inputs(bucket):
     """Inputs with every kind of outcome: good lines, bad JSON, instances the model refuses, two files,
     TFRecord with a record that is no tf.Example, the same gzipped."""
-    import tensorflow as tf
-
     root = f"beam-equivalence-{unique('in')}"
     good = [json.dumps({"x": [i, 1], "key": f"k{i}"}) for i in range(30)]
     bucket.blob(f"{root}/json/part-0.json").upload_from_string("\n".join(
         [*good[:17], "{broken json", json.dumps({"x": [-5, 1], "key": "neg"}), "", "[1, 2"]))
     bucket.blob(f"{root}/json/part-1.json").upload_from_string("\n".join(
         [*good[17:], '{"x": [1], "key": "short"}', json.dumps({"x": [-1, 1], "key": "neg2"})]))
-    jpeg = tf.io.encode_jpeg(tf.fill([8, 8, 3], tf.constant(128, tf.uint8))).numpy()
-
-    def example(key: str) -> bytes:
-        return tf.train.Example(features=tf.train.Features(feature={
-            "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
-            "key": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key.encode()]))})).SerializeToString()
-
-    records = [example(f"r{i}") for i in range(9)] + [b"not an example"]
+    records = [*image_examples([f"r{i}" for i in range(9)]), b"not an example"]
     bucket.blob(f"{root}/tf/in.tfrecord").upload_from_string(tfrecord(records))
     bucket.blob(f"{root}/gz/in.tfrecord.gz").upload_from_string(gzip.compress(tfrecord(records[4:])))
     return f"gs://{bucket.name}/{root}"
