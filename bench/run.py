@@ -308,6 +308,9 @@ def main(argv: list[str] | None = None) -> None:
         "rounds": args.rounds,
         "online_requests": args.online_requests,
         "engine": ENGINE,
+        # the service's TensorFlow setting and batch concurrency; the raw reference keeps TF's defaults
+        "service_intra_op_threads": int(os.environ.get("ML_ENGINE_INTRA_OP_THREADS", "1")),
+        "predict_in_flight": max(2, len(os.sched_getaffinity(0))),
         "service_lifetime_peak_rss_mb": service_hwm_mb,
         "variants": {r["variant"]: r for r in results},
         "dag_parse": parse,

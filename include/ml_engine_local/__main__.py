@@ -37,10 +37,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--beam-options", default=os.environ.get("ML_ENGINE_BEAM_OPTIONS", ""),
                         help="pipeline options of the beam engine, e.g. '--runner=DataflowRunner --project=P "
                              "--region=R --temp_location=gs://B/tmp' (env ML_ENGINE_BEAM_OPTIONS)")
+    parser.add_argument("--intra-op-threads", type=int,
+                        default=int(os.environ.get("ML_ENGINE_INTRA_OP_THREADS", "1")),
+                        help="threads TensorFlow gives one op (env ML_ENGINE_INTRA_OP_THREADS; default 1, as on "
+                             "ml/v1's one-vCPU mls1-c1-m2 nodes; 0 keeps TensorFlow's own choice, all cores). Batch "
+                             "jobs keep one call in flight per core instead (README: Performance)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.intra_op_threads > 0:  # read once, when TensorFlow starts (it is imported later, in the background)
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(args.intra_op_threads)
     # A batch job's predicting thread wants the GIL back the moment TensorFlow returns, while its
     # reader and writer threads hold it in short bursts; Python's default 5 ms turn starves it.
     sys.setswitchinterval(float(os.environ.get("ML_ENGINE_SWITCH_INTERVAL_S", "0.0005")))

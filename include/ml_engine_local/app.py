@@ -3,8 +3,9 @@
 ml/v1 paths end in custom verbs (``...:predict``, ``...:setDefault``) that path
 templates handle badly, so every ``/v1/...`` request goes through one small
 regex routing table below, which mirrors the discovery document. Online
-prediction, the one latency-bound call, has its own route in front of it
-(``_predict_endpoint``): same answers, less machinery.
+prediction, the one latency-bound call, is handed to ``_predict_endpoint`` by a
+plain ASGI middleware ahead of FastAPI's router (``predict_route``): same answers,
+less machinery.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from include.ml_engine_local import (
 from include.ml_engine_local.context import Context
 from include.ml_engine_local.errors import ApiError, PredictionError, invalid_argument, unimplemented
 from include.ml_engine_local.names import check_name
+from include.ml_engine_local.predict_route import PredictRoute
 from include.ml_engine_local.request_log import RequestLog
 from include.ml_engine_local.runtime import BadModel, dumps, loads
 from include.ml_engine_local.security import CallerCheck, Guard, check_json_body
@@ -331,9 +333,6 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
     if enable_faults and os.environ.get(crashpoints.ENV_RULES):
         ctx.crash.arm_from(os.environ[crashpoints.ENV_RULES])  # armed before anything resumes
 
-    app.add_middleware(CallerCheck, guard=guard)  # added last, so it runs first
-    app.add_middleware(RequestLog)
-
     @app.get("/healthz")
     def _health() -> dict:
         return {"status": "ok"}
@@ -375,10 +374,10 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
             return JSONResponse(error.body(), status_code=error.code)
 
     async def _predict_endpoint(request: StarletteRequest) -> Response:
-        """``...:predict``, a plain Starlette route (no FastAPI parameter solving); small requests for a
+        """``POST ...:predict``, reached through ``PredictRoute`` (no FastAPI routing); small requests for a
         loaded model are answered on the event loop, the rest like any /v1 call in a worker thread."""
-        path = request.url.path[len("/v1/"):]
-        if (status := faults.take("POST", request.url.path)) is not None:
+        path = request.scope["path"][len("/v1/"):]
+        if (status := faults.take("POST", request.scope["path"])) is not None:
             error = ApiError(status, _STATUS_NAMES.get(status, "UNKNOWN"), f"Injected fault {status}.")
             return JSONResponse(error.body(), status_code=status)
         try:
@@ -395,9 +394,10 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
             answer = await run_in_threadpool(dispatch, ctx, "POST", path, query, raw)
         return Response(dumps(answer[1]), status_code=answer[0], media_type="application/json")
 
-    for template in ("/v1/projects/{project}/models/{model}:predict",
-                     "/v1/projects/{project}/models/{model}/versions/{version}:predict"):
-        app.add_route(template, _predict_endpoint, methods=["POST"])
+    # Each one added wraps the ones before: the request log runs first, then the caller check.
+    app.add_middleware(PredictRoute, endpoint=_predict_endpoint)
+    app.add_middleware(CallerCheck, guard=guard)
+    app.add_middleware(RequestLog)
 
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PATCH", "DELETE", "PUT"])
     async def _v1(path: str, request: Request) -> Response:

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import queue
 import re
 import shutil
 import struct
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +47,8 @@ MAX_LINE_BYTES = 1_572_864  # one JSON/TEXT input line: ml/v1's online request l
 MAX_RECORD_BYTES = 16 * 1024 * 1024  # one TFRecord record (a serialized tf.Example)
 SHARD_NAME = re.compile(r"prediction\.(results|errors_stats)-\d{5}-of-\d{5}$")
 ACTIVE = ("PREPARING", "RUNNING")
+#: Batches in TensorFlow at once: one per usable core, at least two (see _predict_shard).
+PREDICT_IN_FLIGHT = max(2, len(os.sched_getaffinity(0)))
 
 
 def batch_size(prediction_input: dict) -> int:
@@ -448,16 +452,23 @@ def _run_shard(ctx: Context, name: str, signature: Signature, uri: str, predicti
 
 def _predict_shard(ctx: Context, name: str, signature: Signature, batches: Iterator[InputBatch], results: WriteBehind,
                    errors: Counter, totals: Totals, scratch: Path, *, progress: str, output: str) -> None:
-    """Predict every batch of one input file, writing result lines as they come."""
+    """Predict every batch of one input file, writing result lines in input order as they come.
+
+    PREDICT_IN_FLIGHT batches are in TensorFlow at once. One call alone leaves cores idle
+    between its ops; calls side by side, each op on one thread (the service's default
+    intra-op setting), ran ~1.4x as many instances/s as TensorFlow's defaults one call
+    at a time on 2 cores (README: Performance).
+    """
     cancel = ctx.cancel_event(name)
     last_report = time.monotonic()
-    for batch in batches:
-        if cancel.is_set():
-            raise JobCancelled()
-        if ctx.stopping.is_set():
-            raise ServiceStopping()
+    in_flight: deque[tuple[InputBatch, Future]] = deque()
+
+    def finish_oldest() -> None:
+        nonlocal last_report
+        batch, future = in_flight.popleft()
+        rows, batch_errors = future.result()
         errors.update(batch.read_errors)
-        rows = _predict_batch(signature, batch, errors, scratch) if batch.instances else []
+        errors.update(batch_errors)
         if rows:
             results.write_rows(rows)
         ctx.crash.reach("batch.predicting")
@@ -468,6 +479,26 @@ def _predict_shard(ctx: Context, name: str, signature: Signature, batches: Itera
             revise(ctx, name, predictionOutput=totals.output(output))
             log.info("job %s: %d predictions, %d errors so far (%s)", name, totals.predictions, totals.errors,
                      progress)
+
+    # Leaving the block waits for calls still running, so the scratch directory outlives them.
+    with ThreadPoolExecutor(PREDICT_IN_FLIGHT, thread_name_prefix="batch-predict") as pool:
+        for batch in batches:
+            if cancel.is_set():
+                raise JobCancelled()
+            if ctx.stopping.is_set():
+                raise ServiceStopping()
+            in_flight.append((batch, pool.submit(_predict_counted, signature, batch, scratch)))
+            if len(in_flight) == PREDICT_IN_FLIGHT:
+                finish_oldest()
+        while in_flight:
+            finish_oldest()
+
+
+def _predict_counted(signature: Signature, batch: InputBatch, scratch: Path) -> tuple[list[dict], Counter]:
+    """One batch's rows and its own error counts (merged by the consumer, so no Counter is shared)."""
+    errors: Counter = Counter()
+    rows = _predict_batch(signature, batch, errors, scratch) if batch.instances else []
+    return rows, errors
 
 
 def resume(ctx: Context) -> None:
