@@ -9,6 +9,12 @@ serving variants), same instances, same batch size:
   connection, against the raw signature call on the same instance, the two
   alternating call by call.
 
+Two raw references: TensorFlow's defaults, one call at a time, in this
+process (the issue's reference), and "matched": TensorFlow the way the
+service runs it (one thread per op, PREDICT_IN_FLIGHT batch calls at once) in
+a child process (bench/raw_reference.py). The first ratio says what a user
+gets against plain TensorFlow; the second isolates the service's own cost.
+
 Rounds alternate service and raw runs so machine noise hits both alike;
 medians are reported. The service's peak RSS is sampled during every job, and
 once more on a large input (`--memory-instances`) to show memory stays flat.
@@ -36,13 +42,20 @@ import numpy as np
 
 from bench.beam_engine import bench_beam_engine, print_beam_table
 from bench.dag_parse import parse_times
+from bench.raw_reference import MatchedReference
 from bench.rss import PeakSampler, hwm_mb
+from include.ml_engine_local.batch import PREDICT_IN_FLIGHT
 from tools import devstack
 
 PROJECT = "bench-project"
 BUCKET = "bench-bucket"
 ENGINE = "local"
 GOALS = {"b64": 0.9, "instances": 0.7}
+
+
+def service_intra_op_threads() -> int:
+    """The service's TensorFlow intra-op setting as the bench starts it (environment, else the default 1)."""
+    return int(os.environ.get("ML_ENGINE_INTRA_OP_THREADS", "1"))
 
 
 def _images(count: int, size: int, seed: int = 0) -> np.ndarray:
@@ -165,13 +178,18 @@ def bench_variant(variant: str, args, api, bucket, ml_server, workdir: Path) -> 
     input_uri = f"gs://{BUCKET}/inputs/{variant}.json"
 
     _raw_batch_seconds(signature, variant, instances[: args.batch_size * 2], args.batch_size)  # warm up
-    raw, service = [], []
+    matched = MatchedReference(directory=directory, variant=variant, instances=args.instances,
+                               image_size=args.image_size, batch_size=args.batch_size,
+                               intra_op_threads=service_intra_op_threads(), in_flight=PREDICT_IN_FLIGHT)
+    raw, matched_raw, service = [], [], []
     sampler = PeakSampler(ml_server.process.pid)
     for round_number in range(args.rounds):
         raw.append(_raw_batch_seconds(signature, variant, instances, args.batch_size))
+        matched_raw.append(matched.batch_seconds())
         service.append(_job_seconds(api, model, input_uri, f"gs://{BUCKET}/out/{variant}/{round_number}",
                                     args.batch_size, variant, sampler))
     raw_rate = args.instances / statistics.median(raw)
+    matched_rate = args.instances / statistics.median(matched_raw)
     service_rate = args.instances / statistics.median(service)
     memory = {"peak_rss_mb": sampler.peak_mb, "rss_before_jobs_mb": sampler.start_mb}
     if args.memory_instances:
@@ -203,11 +221,13 @@ def bench_variant(variant: str, args, api, bucket, ml_server, workdir: Path) -> 
     for _ in range(20):
         http_predict()
         raw_predict()
-    raw_ms, http_ms = [], []
+    raw_ms, matched_ms, http_ms = [], [], []
     for _ in range(args.online_requests):  # call by call, so load spikes on a shared machine hit both alike
         raw_ms += _latencies(raw_predict, 1)
+        matched_ms.append(matched.online_ms())
         http_ms += _latencies(http_predict, 1)
     connection.close()
+    matched.close()
     return {
         "variant": variant,
         "engine": ENGINE,
@@ -221,6 +241,13 @@ def bench_variant(variant: str, args, api, bucket, ml_server, workdir: Path) -> 
         "online_p50_ratio": _percentile(http_ms, 50) / _percentile(raw_ms, 50),
         "online_p50_overhead_ms": _percentile(http_ms, 50) - _percentile(raw_ms, 50),
         "online_p95_ratio": _percentile(http_ms, 95) / _percentile(raw_ms, 95),
+        # the same against TensorFlow run with the service's settings (bench/raw_reference.py)
+        "batch_raw_matched_per_s": matched_rate,
+        "batch_ratio_matched": service_rate / matched_rate,
+        "online_raw_matched_p50_ms": _percentile(matched_ms, 50),
+        "online_raw_matched_p95_ms": _percentile(matched_ms, 95),
+        "online_p50_overhead_matched_ms": _percentile(http_ms, 50) - _percentile(matched_ms, 50),
+        "online_p95_ratio_matched": _percentile(http_ms, 95) / _percentile(matched_ms, 95),
         **memory,
     }
 
@@ -236,6 +263,14 @@ def _print_table(results: list[dict], parse: list[dict]) -> None:
               f"{r['batch_ratio']:>6.2f} | {r['online_raw_p50_ms']:>8.2f} {r['online_raw_p95_ms']:>8.2f} "
               f"{r['online_service_p50_ms']:>8.2f} {r['online_service_p95_ms']:>8.2f} "
               f"{r['online_p50_overhead_ms']:>8.2f} | {r['peak_rss_mb']:>11.0f} {large:>13}")
+    print("\nmatched raw reference (TensorFlow with the service's settings: "
+          f"{service_intra_op_threads() or 'default'} intra-op thread(s), {PREDICT_IN_FLIGHT} batch calls at once):")
+    print(f"{'variant':<10} {'raw TF/s':>9} {'ratio':>6} | {'raw p50':>8} {'raw p95':>8} {'p50 +ms':>8} "
+          f"{'p95 x':>6}")
+    for r in results:
+        print(f"{r['variant']:<10} {r['batch_raw_matched_per_s']:>9.0f} {r['batch_ratio_matched']:>6.2f} | "
+              f"{r['online_raw_matched_p50_ms']:>8.2f} {r['online_raw_matched_p95_ms']:>8.2f} "
+              f"{r['online_p50_overhead_matched_ms']:>8.2f} {r['online_p95_ratio_matched']:>6.2f}")
     print("\ngoals: batch ratio >= " + ", ".join(f"{v} {g:.2f}" for v, g in GOALS.items())
           + " (job createTime->endTime, GCS in and out included); online p50 overhead <= 1 ms, "
           "p95 <= 2x raw p95; peak RSS flat with input size")
@@ -308,9 +343,10 @@ def main(argv: list[str] | None = None) -> None:
         "rounds": args.rounds,
         "online_requests": args.online_requests,
         "engine": ENGINE,
-        # the service's TensorFlow setting and batch concurrency; the raw reference keeps TF's defaults
-        "service_intra_op_threads": int(os.environ.get("ML_ENGINE_INTRA_OP_THREADS", "1")),
-        "predict_in_flight": max(2, len(os.sched_getaffinity(0))),
+        # the service's TensorFlow setting and batch concurrency: the "matched" reference uses them too,
+        # the plain raw reference keeps TensorFlow's defaults, one call at a time
+        "service_intra_op_threads": service_intra_op_threads(),
+        "predict_in_flight": PREDICT_IN_FLIGHT,
         "service_lifetime_peak_rss_mb": service_hwm_mb,
         "variants": {r["variant"]: r for r in results},
         "dag_parse": parse,

@@ -82,6 +82,38 @@ def test_json_job_with_bad_lines_over_two_files(ml_api, deploy, bucket, gcs_pref
     assert "must not be negative" in messages and "shape" in messages
 
 
+def test_results_keep_input_order_and_every_error_with_batches_in_flight(ml_api, deploy, bucket, gcs_prefix):
+    """Batches run PREDICT_IN_FLIGHT at a time; the result file is still in input order and each
+    batch's errors (bad JSON, a bad shape, a value the model refuses) are counted once."""
+    model, _ = deploy("tiny")
+    lines, expected_keys = [], []
+    for i in range(90):
+        if i % 13 == 4:
+            lines.append("{broken json")
+        elif i % 11 == 7:
+            lines.append(json.dumps({"x": [1], "key": f"short{i}"}))
+        elif i % 17 == 9:
+            lines.append(json.dumps({"x": [-i, 1], "key": f"neg{i}"}))
+        else:
+            lines.append(json.dumps({"x": [i, 1], "key": f"k{i}"}))
+            expected_keys.append(f"k{i}")
+    bucket.blob(f"{gcs_prefix}/in/lines.json").upload_from_string("\n".join(lines))
+    job_id = start_job(ml_api, prediction_input({"modelName": model}, [f"gs://{bucket.name}/{gcs_prefix}/in/lines.json"],
+                                                f"gs://{bucket.name}/{gcs_prefix}/out", batchSize=3))
+    job = wait_job(ml_api, job_id)
+    assert job["state"] == "SUCCEEDED", job
+    results, errors, _ = read_outputs(bucket, f"{gcs_prefix}/out")
+    assert [r["key"] for r in results] == expected_keys
+    assert all(r["y"] == 2.0 * (int(r["key"][1:]) + 1) for r in results)
+    by_kind = {"json": 0, "negative": 0, "shape": 0}
+    for message, count in errors:
+        kind = "json" if "as JSON" in message else "negative" if "must not be negative" in message else "shape"
+        by_kind[kind] += count
+    assert by_kind == {"json": 7, "negative": 4, "shape": 8}
+    assert job["predictionOutput"]["errorCount"] == "19"
+    assert job["predictionOutput"]["predictionCount"] == str(len(expected_keys))
+
+
 def test_tfrecord_and_gzip_jobs_on_a_version(ml_api, deploy, bucket, gcs_prefix):
     _, version = deploy("images")
     records = [*image_examples([f"r{i}" for i in range(10)]), b"not an example"]

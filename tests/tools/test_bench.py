@@ -1,0 +1,40 @@
+"""`make bench` in miniature: the real harness end to end, checking the latest.json contract (not the speed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PER_VARIANT = ("batch_raw_per_s", "batch_service_per_s", "batch_ratio", "online_raw_p50_ms",
+               "online_service_p50_ms", "online_p50_overhead_ms", "online_raw_p95_ms", "online_service_p95_ms",
+               "peak_rss_mb", "engine", "batch_raw_matched_per_s", "batch_ratio_matched",
+               "online_raw_matched_p50_ms", "online_p50_overhead_matched_ms")
+
+
+@pytest.mark.slow
+def test_bench_writes_every_figure_for_both_variants(tmp_path):
+    output = tmp_path / "latest.json"
+    env = {**os.environ, "STATE_DIR": str(tmp_path / "state"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("ML_ENGINE_INTRA_OP_THREADS", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--instances", "128", "--rounds", "1", "--online-requests", "10",
+         "--memory-instances", "256", "--no-dag-parse", "--beam-modes=", "--output", str(output)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "matched raw reference" in done.stdout
+    report = json.loads(output.read_text())
+    assert report["cpu_count"] == os.cpu_count()
+    assert report["service_intra_op_threads"] == 1 and report["predict_in_flight"] >= 2
+    assert set(report["variants"]) == {"b64", "instances"}
+    for variant, figures in report["variants"].items():
+        missing = [key for key in PER_VARIANT if key not in figures]
+        assert not missing, f"{variant}: {missing}"
+        assert figures["engine"] == "local"
+        assert all(figures[key] > 0 for key in PER_VARIANT if key != "engine"), figures
+        assert figures["large_instances"] == 256 and figures["large_peak_rss_mb"] > 0
