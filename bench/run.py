@@ -44,6 +44,7 @@ from bench.beam_engine import bench_beam_engine, print_beam_table
 from bench.dag_parse import parse_times
 from bench.raw_reference import MatchedReference
 from bench.rss import PeakSampler, hwm_mb
+from bench.transport_floor import TransportFloor
 from include.ml_engine_local.batch import PREDICT_IN_FLIGHT
 from tools import devstack
 
@@ -208,23 +209,29 @@ def bench_variant(variant: str, args, api, bucket, ml_server, workdir: Path) -> 
     connection = http.client.HTTPConnection("127.0.0.1", args.ml_port)
     path = f"/v1/projects/{PROJECT}/models/{model}:predict"
 
-    def http_predict() -> None:
+    def http_predict() -> int:
         connection.request("POST", path, body=body, headers=headers)
         response = connection.getresponse()
         payload = response.read()
         if response.status != 200 or b'"predictions"' not in payload[:40]:
             raise RuntimeError(f"predict failed: {response.status} {payload[:200]!r}")
+        return len(payload)
 
     def raw_predict() -> None:
         {name: tensor.numpy() for name, tensor in signature(**raw_feeds).items()}
 
+    floor = TransportFloor(request_body=body, response_bytes=http_predict())
     for _ in range(20):
         http_predict()
         raw_predict()
-    raw_ms, http_ms = [], []
-    for _ in range(args.online_requests):  # call by call, so load spikes on a shared machine hit both alike
+        floor.call_ms()
+    raw_ms, http_ms, floor_ms = [], [], []
+    for _ in range(args.online_requests):  # call by call, so load spikes on a shared machine hit all alike
         raw_ms += _latencies(raw_predict, 1)
         http_ms += _latencies(http_predict, 1)
+        raw_ms += _latencies(raw_predict, 1)
+        floor_ms.append(floor.call_ms())  # after a raw call too: the floor server slept as long
+    floor.close()
     # A pass of its own: a third process's TensorFlow call between the two above would slow both
     matched_ms, http_matched_ms = [], []
     for _ in range(args.online_requests):
@@ -245,6 +252,10 @@ def bench_variant(variant: str, args, api, bucket, ml_server, workdir: Path) -> 
         "online_p50_ratio": _percentile(http_ms, 50) / _percentile(raw_ms, 50),
         "online_p50_overhead_ms": _percentile(http_ms, 50) - _percentile(raw_ms, 50),
         "online_p95_ratio": _percentile(http_ms, 95) / _percentile(raw_ms, 95),
+        # an empty HTTP endpoint called the same way (bench/transport_floor.py): the part of the overhead
+        # that is the client, loopback and process wake-ups, before any service code
+        "online_floor_p50_ms": _percentile(floor_ms, 50),
+        "online_p50_overhead_net_ms": _percentile(http_ms, 50) - _percentile(raw_ms, 50) - _percentile(floor_ms, 50),
         # the same against TensorFlow run with the service's settings (bench/raw_reference.py)
         "batch_raw_matched_per_s": matched_rate,
         "batch_ratio_matched": service_rate / matched_rate,
@@ -260,14 +271,16 @@ def bench_variant(variant: str, args, api, bucket, ml_server, workdir: Path) -> 
 def _print_table(results: list[dict], parse: list[dict]) -> None:
     print()
     print(f"{'variant':<10} {'raw TF/s':>9} {'job/s':>8} {'ratio':>6} | {'raw p50':>8} {'raw p95':>8} "
-          f"{'svc p50':>8} {'svc p95':>8} {'p50 +ms':>8} | {'peak RSS MB':>11} {'large':>13}")
+          f"{'svc p50':>8} {'svc p95':>8} {'p50 +ms':>8} {'floor':>6} {'net':>6} | {'peak RSS MB':>11} {'large':>13}")
     for r in results:
         large = (f"{r['large_peak_rss_mb']:>6.0f} @{r['large_instances'] // 1000}k"
                  if "large_peak_rss_mb" in r else "-")
         print(f"{r['variant']:<10} {r['batch_raw_per_s']:>9.0f} {r['batch_service_per_s']:>8.0f} "
               f"{r['batch_ratio']:>6.2f} | {r['online_raw_p50_ms']:>8.2f} {r['online_raw_p95_ms']:>8.2f} "
               f"{r['online_service_p50_ms']:>8.2f} {r['online_service_p95_ms']:>8.2f} "
-              f"{r['online_p50_overhead_ms']:>8.2f} | {r['peak_rss_mb']:>11.0f} {large:>13}")
+              f"{r['online_p50_overhead_ms']:>8.2f} {r['online_floor_p50_ms']:>6.2f} "
+              f"{r['online_p50_overhead_net_ms']:>6.2f} | "
+              f"{r['peak_rss_mb']:>11.0f} {large:>13}")
     print("\nmatched raw reference (TensorFlow with the service's settings: "
           f"{service_intra_op_threads() or 'default'} intra-op thread(s), {PREDICT_IN_FLIGHT} batch calls at once):")
     print(f"{'variant':<10} {'raw TF/s':>9} {'ratio':>6} | {'raw p50':>8} {'raw p95':>8} {'p50 +ms':>8} "
@@ -276,6 +289,7 @@ def _print_table(results: list[dict], parse: list[dict]) -> None:
         print(f"{r['variant']:<10} {r['batch_raw_matched_per_s']:>9.0f} {r['batch_ratio_matched']:>6.2f} | "
               f"{r['online_raw_matched_p50_ms']:>8.2f} {r['online_raw_matched_p95_ms']:>8.2f} "
               f"{r['online_p50_overhead_matched_ms']:>8.2f} {r['online_p95_ratio_matched']:>6.2f}")
+    print("floor: an empty HTTP endpoint called the same way (client, loopback, wake-ups); net = p50 +ms - floor")
     print("\ngoals: batch ratio >= " + ", ".join(f"{v} {g:.2f}" for v, g in GOALS.items())
           + " (job createTime->endTime, GCS in and out included); online p50 overhead <= 1 ms, "
           "p95 <= 2x raw p95; peak RSS flat with input size")

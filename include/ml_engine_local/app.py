@@ -20,12 +20,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request as StarletteRequest
 
 from include.ml_engine_local import (
     batch,
@@ -43,7 +43,7 @@ from include.ml_engine_local import (
 from include.ml_engine_local.context import Context
 from include.ml_engine_local.errors import ApiError, PredictionError, invalid_argument, unimplemented
 from include.ml_engine_local.names import check_name
-from include.ml_engine_local.predict_route import PredictRoute
+from include.ml_engine_local.predict_route import PredictRoute, header, read_body
 from include.ml_engine_local.request_log import RequestLog
 from include.ml_engine_local.runtime import BadModel, dumps, loads
 from include.ml_engine_local.security import CallerCheck, Guard, check_json_body
@@ -260,21 +260,8 @@ class FaultInjector:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (400, nothing changed) once it passes ``limit`` bytes.
-
-    An oversize body is still read to its end (and thrown away) so the client
-    gets the error instead of a broken pipe.
-    """
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size <= limit:
-            chunks.append(chunk)
-        elif chunks:
-            chunks.clear()
-    if size > limit:
-        raise invalid_argument(f"Request payload size exceeds the limit: {limit} bytes.")
-    return b"".join(chunks)
+    """A FastAPI route's body, at most ``limit`` bytes (see ``predict_route.read_body``)."""
+    return await read_body(request.receive, limit)
 
 
 def _warm_tensorflow() -> None:
@@ -373,26 +360,27 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
         except ApiError as error:
             return JSONResponse(error.body(), status_code=error.code)
 
-    async def _predict_endpoint(request: StarletteRequest) -> Response:
+    async def _predict_endpoint(scope: dict, receive) -> tuple[int, bytes]:
         """``POST ...:predict``, reached through ``PredictRoute`` (no FastAPI routing); small requests for a
         loaded model are answered on the event loop, the rest like any /v1 call in a worker thread."""
-        path = request.scope["path"][len("/v1/"):]
-        if (status := faults.take("POST", request.scope["path"])) is not None:
+        path = scope["path"][len("/v1/"):]
+        if (status := faults.take("POST", scope["path"])) is not None:
             error = ApiError(status, _STATUS_NAMES.get(status, "UNKNOWN"), f"Injected fault {status}.")
-            return JSONResponse(error.body(), status_code=status)
+            return status, dumps(error.body())
         try:
-            raw = await _read_body(request, PREDICT_LIMIT_BYTES)
+            raw = await read_body(receive, PREDICT_LIMIT_BYTES)
         except ApiError as error:
-            return _error_response(error)
-        if error := check_json_body("POST", request.headers.get("content-type"), raw):
-            return _error_response(error)
-        query = dict(request.query_params)
+            return error.code, dumps(error.body())
+        if error := check_json_body("POST", header(scope, b"content-type"), raw):
+            return error.code, dumps(error.body())
+        query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)) \
+            if scope["query_string"] else {}
         answer = None
         if len(raw) <= INLINE_PREDICT_BYTES and (match := PREDICT_PATH.match(path)):
             answer = _answer("POST", path, _predict_inline, ctx, Call(match.groupdict(), query, raw))
         if answer is None or answer[1] is None:
             answer = await run_in_threadpool(dispatch, ctx, "POST", path, query, raw)
-        return Response(dumps(answer[1]), status_code=answer[0], media_type="application/json")
+        return answer[0], dumps(answer[1])
 
     # Each one added wraps the ones before: the request log runs first, then the caller check.
     app.add_middleware(PredictRoute, endpoint=_predict_endpoint)

@@ -167,12 +167,15 @@ class CallerCheck:
         await self.app(scope, receive, send)
 
     def _check(self, scope) -> ApiError | None:
-        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
-        host = headers.get("host")
+        wanted = {b"host": None, b"origin": None, b"authorization": None}  # the last value of each counts
+        for key, value in scope["headers"]:
+            if key in wanted:
+                wanted[key] = value.decode("latin-1")
+        host = wanted[b"host"]
         protected = scope["path"].startswith(PROTECTED_PREFIXES)
         error = self.guard.check_host(host)
         if error is None and (protected or scope["method"] != "GET"):
-            error = self.guard.check_origin(headers.get("origin"), host)
+            error = self.guard.check_origin(wanted[b"origin"], host)
         if error is None and protected:
-            error = self.guard.check_token(headers.get("authorization"))
+            error = self.guard.check_token(wanted[b"authorization"])
         return error

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PER_VARIANT = ("batch_raw_per_s", "batch_service_per_s", "batch_ratio", "online_raw_p50_ms",
                "online_service_p50_ms", "online_p50_overhead_ms", "online_raw_p95_ms", "online_service_p95_ms",
                "peak_rss_mb", "engine", "batch_raw_matched_per_s", "batch_ratio_matched",
-               "online_raw_matched_p50_ms", "online_p50_overhead_matched_ms")
+               "online_raw_matched_p50_ms", "online_p50_overhead_matched_ms", "online_floor_p50_ms")
 
 
 @pytest.mark.slow

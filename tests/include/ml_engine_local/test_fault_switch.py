@@ -22,6 +22,7 @@ def _local(url: str, method: str, body: dict | None = None) -> dict:
 
 
 def test_probabilistic_unlimited_rule(ml_api, ml_service):
+    _local(ml_service.url, "DELETE")  # spent rules other tests left stay listed until cleared
     _local(ml_service.url, "POST", {"status": 429, "times": -1, "probability": 0.5, "method": "GET",
                                     "path_regex": "/models$"})
     try:
