@@ -173,11 +173,18 @@ def open_read(uri: str, *, chunk_size: int = 4 * 1024 * 1024) -> IO[bytes]:
         raise _translate(uri, error) from error
 
 
+#: Bytes a streaming writer holds before it sends them as one resumable-upload chunk. Fewer,
+#: larger chunks mean fewer round trips to GCS, and the emulator rewrites the whole partial
+#: object on every chunk (so its cost grows with the square of the object over the chunk
+#: size): a 100 MB results file cost it 1.09 s of CPU in 4 MB chunks, 0.49 s in 16 MB chunks.
+WRITE_CHUNK_BYTES = 16 * 1024 * 1024
+
+
 def open_write(uri: str, *, binary: bool = False) -> IO:
-    """A streaming writer (resumable upload in chunks), text unless ``binary``."""
+    """A streaming writer (resumable upload in WRITE_CHUNK_BYTES chunks), text unless ``binary``."""
     bucket, path = split_uri(uri)
     try:
-        return client().bucket(bucket).blob(path).open("wb" if binary else "w", chunk_size=4 * 1024 * 1024)
+        return client().bucket(bucket).blob(path).open("wb" if binary else "w", chunk_size=WRITE_CHUNK_BYTES)
     except gexc.GoogleAPIError as error:
         raise _translate(uri, error) from error
 
