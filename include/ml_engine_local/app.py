@@ -43,10 +43,10 @@ from include.ml_engine_local import (
 from include.ml_engine_local.context import Context
 from include.ml_engine_local.errors import ApiError, PredictionError, invalid_argument, unimplemented
 from include.ml_engine_local.names import check_name
-from include.ml_engine_local.predict_route import PredictRoute, header, read_body
+from include.ml_engine_local.predict_route import PredictRoute, read_body
 from include.ml_engine_local.request_log import RequestLog
 from include.ml_engine_local.runtime import BadModel, dumps, loads
-from include.ml_engine_local.security import CallerCheck, Guard, check_json_body
+from include.ml_engine_local.security import CallerCheck, Guard, check_json_body, header
 
 log = logging.getLogger("ml_engine_local")
 

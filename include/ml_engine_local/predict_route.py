@@ -43,15 +43,6 @@ class PredictRoute:
         await self.app(scope, receive, send)
 
 
-def header(scope, name: bytes) -> str | None:
-    """One request header (its last value), ``name`` in lower case as ASGI gives them."""
-    found = None
-    for key, value in scope["headers"]:
-        if key == name:
-            found = value
-    return None if found is None else found.decode("latin-1")
-
-
 async def read_body(receive: Callable[[], Awaitable[dict]], limit: int) -> bytes:
     """The body, refusing (400, nothing changed) once it passes ``limit`` bytes.
 

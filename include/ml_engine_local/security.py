@@ -136,6 +136,15 @@ class Guard:
         return isinstance(given, str) and hmac.compare_digest(given.encode(), self.csrf_token(path).encode())
 
 
+def header(scope, name: bytes) -> str | None:
+    """One request header (its last value), ``name`` in lower case as ASGI gives them."""
+    found = None
+    for key, value in scope["headers"]:
+        if key == name:
+            found = value
+    return None if found is None else found.decode("latin-1")
+
+
 def check_json_body(method: str, content_type: str | None, body: bytes) -> ApiError | None:
     """POST/PATCH/PUT carry JSON or nothing: a body must say application/json (googleapiclient always
     does), and so must any Content-Type given, even on an empty body (an HTML form always sends one)."""
@@ -167,15 +176,11 @@ class CallerCheck:
         await self.app(scope, receive, send)
 
     def _check(self, scope) -> ApiError | None:
-        wanted = {b"host": None, b"origin": None, b"authorization": None}  # the last value of each counts
-        for key, value in scope["headers"]:
-            if key in wanted:
-                wanted[key] = value.decode("latin-1")
-        host = wanted[b"host"]
+        host = header(scope, b"host")
         protected = scope["path"].startswith(PROTECTED_PREFIXES)
         error = self.guard.check_host(host)
         if error is None and (protected or scope["method"] != "GET"):
-            error = self.guard.check_origin(wanted[b"origin"], host)
+            error = self.guard.check_origin(header(scope, b"origin"), host)
         if error is None and protected:
-            error = self.guard.check_token(wanted[b"authorization"])
+            error = self.guard.check_token(header(scope, b"authorization"))
         return error
