@@ -3,8 +3,9 @@
 Every operator is safe to re-run: names are normalised deterministically
 (:mod:`ml_engine.names`) and the hook resolves a 409 to the existing resource when
 it matches, so a cleared task converges on the same version or job. Long waits
-(version creation, version deletion, batch jobs) can defer to the triggerer with
-``deferrable=True``; ``on_kill`` cancels the remote operation or job.
+(version creation, version deletion, training and batch jobs) can defer to the
+triggerer with ``deferrable=True``, after ``defer_after`` seconds of polling in the
+worker; ``on_kill`` cancels the remote operation or job.
 
 The endpoint comes from the connection (see :mod:`ml_engine.hooks`) unless the
 ``endpoint`` argument names one.
@@ -13,7 +14,7 @@ The endpoint comes from the connection (see :mod:`ml_engine.hooks`) unless the
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,8 @@ from ml_engine.names import (
     version_path,
 )
 from ml_engine.states import JOB_TERMINAL_STATES, describe_job
+
+DEFER_AFTER_SECONDS = 10  # a deferrable wait polls this long in the worker before it defers
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -88,7 +91,15 @@ class _MLEngineBaseOperator(BaseOperator):
 
 
 class _MLEngineWaitingOperator(_MLEngineBaseOperator):
-    """An operator that waits for something remote: in the worker, or deferred to the triggerer."""
+    """An operator that waits for something remote: in the worker, or deferred to the triggerer.
+
+    A deferrable wait first polls in the worker for ``defer_after`` seconds. Deferring
+    costs a task exit, a trigger and a resumed task (seconds of scheduling), so a wait
+    shorter than that (a local version is READY in under a second) ends where it began.
+    That also keeps quick waits clear of Airflow 3.3's defer/resume race
+    (apache/airflow#72716), where a task whose trigger fires while its deferring
+    worker is still exiting is marked FAILED after it succeeded.
+    """
 
     def __init__(
         self,
@@ -96,28 +107,51 @@ class _MLEngineWaitingOperator(_MLEngineBaseOperator):
         wait_timeout: float | None,
         poll_interval: float,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        defer_after: float = DEFER_AFTER_SECONDS,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.wait_timeout = wait_timeout
         self.poll_interval = poll_interval
         self.deferrable = deferrable
+        self.defer_after = defer_after
+
+    def _wait_here_first(self, wait: Callable[[float | None], dict]) -> dict | None:
+        """What ``wait(timeout)`` returns when the wait ends in this worker; None when the task should defer."""
+        if not self.deferrable or (self.wait_timeout is not None and self.wait_timeout <= self.defer_after):
+            return wait(self.wait_timeout)
+        if self.defer_after <= 0:
+            return None
+        from ml_engine.hooks import MLEngineTimeoutError
+
+        try:
+            return wait(self.defer_after)
+        except MLEngineTimeoutError:
+            self.log.info("Still running after %g s: deferring the wait to the triggerer", self.defer_after)
+            return None
+
+    def _trigger_timeout(self) -> float | None:
+        """The trigger's share of wait_timeout: what the worker's first polls left."""
+        return None if self.wait_timeout is None else max(self.wait_timeout - max(self.defer_after, 0), 1)
 
     def _wait_for_operation(self, operation_name: str) -> dict:
         """The finished operation: polled here, or (deferrable) the task defers and resumes in execute_complete."""
-        if self.deferrable:
+        operation = self._wait_here_first(
+            lambda timeout: self.hook.wait_for_operation(
+                operation_name=operation_name, timeout=timeout, poll_interval=self.poll_interval
+            )
+        )
+        if operation is None:
             from ml_engine.triggers import MLEngineOperationTrigger
 
             self.defer(
                 trigger=MLEngineOperationTrigger(
                     operation_name=operation_name,
-                    **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
+                    **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self._trigger_timeout()),
                 ),
                 method_name="execute_complete",
             )
-        return self.hook.wait_for_operation(
-            operation_name=operation_name, timeout=self.wait_timeout, poll_interval=self.poll_interval
-        )
+        return operation
 
     @staticmethod
     def _raise_for_event(event: dict[str, Any], what: str) -> None:
@@ -163,6 +197,7 @@ class MLEngineCreateVersionOperator(_MLEngineWaitingOperator):
     :param wait_timeout: Seconds to wait for READY before failing.
     :param poll_interval: First interval between status polls, in seconds (it grows).
     :param deferrable: Wait in the triggerer instead of the worker.
+    :param defer_after: A deferrable wait polls in the worker this many seconds first (0: defer at once).
     :param project_id: Project; defaults to the connection's project (templated).
     :param gcp_conn_id: The connection ID to use connecting to Google Cloud.
     :param impersonation_chain: Optional service account to impersonate (templated).
@@ -320,6 +355,7 @@ class MLEngineDeleteVersionOperator(_MLEngineWaitingOperator):
     :param wait_timeout: Seconds to wait for the delete operation.
     :param poll_interval: First interval between status polls, in seconds (it grows).
     :param deferrable: Wait in the triggerer instead of the worker.
+    :param defer_after: A deferrable wait polls in the worker this many seconds first (0: defer at once).
     :param project_id: Project; defaults to the connection's project (templated).
     :param gcp_conn_id: The connection ID to use connecting to Google Cloud.
     :param impersonation_chain: Optional service account to impersonate (templated).
@@ -449,7 +485,7 @@ class _MLEngineJobOperator(_MLEngineWaitingOperator):
         return import_string(self.trigger_path)(
             project_id=project_id,
             job_id=job_id,
-            **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self.wait_timeout),
+            **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self._trigger_timeout()),
         )
 
     def _check_job(self, job: dict) -> Any:
@@ -470,9 +506,16 @@ class _MLEngineJobOperator(_MLEngineWaitingOperator):
         if ended and not self.wait_when_ended:
             return self._check_job(job)
         self._job_id, self._project_id = job_id, project_id
-        if not ended and self.deferrable:
+        if ended or not self.deferrable:
+            return self._check_job(self._wait(project_id, job_id))
+        job = self._wait_here_first(
+            lambda timeout: self.hook.wait_for_job(
+                project_id=project_id, job_id=job_id, timeout=timeout, poll_interval=self.poll_interval
+            )
+        )
+        if job is None:
             self.defer(trigger=self._trigger(project_id, job_id), method_name="execute_complete")
-        return self._check_job(self._wait(project_id, job_id))
+        return self.execute_complete(context, {"status": "success", "job": job, "job_id": job_id})
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         self._resumed(event)
@@ -522,6 +565,7 @@ class MLEngineStartBatchPredictionJobOperator(_MLEngineJobOperator):
     :param wait_timeout: Seconds to wait for the job before failing.
     :param poll_interval: First interval between status polls, in seconds (it grows).
     :param deferrable: Wait in the triggerer instead of the worker.
+    :param defer_after: A deferrable wait polls in the worker this many seconds first (0: defer at once).
     :param project_id: Project; defaults to the connection's project (templated).
     :param gcp_conn_id: The connection ID to use connecting to Google Cloud.
     :param impersonation_chain: Optional service account to impersonate (templated).
@@ -667,6 +711,7 @@ class MLEngineStartTrainingJobOperator(_MLEngineJobOperator):
     :param wait_timeout: Seconds to wait for the job before failing.
     :param poll_interval: First interval between status (and log) polls, in seconds (it grows to 30).
     :param deferrable: Wait in the triggerer instead of the worker.
+    :param defer_after: A deferrable wait polls in the worker this many seconds first (0: defer at once).
     :param project_id: Project; defaults to the connection's project (templated).
     :param gcp_conn_id: The connection ID to use connecting to Google Cloud.
     :param impersonation_chain: Optional service account to impersonate (templated).

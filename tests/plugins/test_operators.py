@@ -242,7 +242,8 @@ def test_deferrable_operators_defer_with_resolved_endpoint(deployed, bucket, gcs
     from ml_engine.triggers import MLEngineJobTrigger
 
     source = write_lines(bucket, f"{gcs_prefix}/in.json", instances(3))
-    op = _batch_operator(deployed, source, f"gs://test-bucket/{gcs_prefix}/out", deferrable=True, batch_size=1)
+    op = _batch_operator(deployed, source, f"gs://test-bucket/{gcs_prefix}/out", deferrable=True, batch_size=1,
+                         defer_after=0)
     with pytest.raises(TaskDeferred) as deferred:
         op.execute({"ti": _TI()})
     trigger = deferred.value.trigger
@@ -252,6 +253,43 @@ def test_deferrable_operators_defer_with_resolved_endpoint(deployed, bucket, gcs
     assert op.execute_complete({"ti": _TI()}, event)["predictionCount"] == "3"
     with pytest.raises(AirflowException, match="not finished within"):
         op.execute_complete({"ti": _TI()}, {"status": "error", "message": "Job x not finished within 5 s"})
+
+
+def test_deferrable_waits_that_end_within_defer_after_finish_in_the_worker(deployed, bucket, gcs_prefix, hook,
+                                                                           tiny_model_uri_v2, capsys):
+    """A quick operation or job never defers: no triggerer round trip, no window for Airflow's defer race."""
+    from ml_engine.operators import MLEngineCreateVersionOperator
+
+    version = MLEngineCreateVersionOperator(
+        task_id="create", model_name=deployed, version={"name": "quick", "deploymentUri": tiny_model_uri_v2},
+        poll_interval=0.2, deferrable=True, defer_after=60,
+    )
+    assert version.execute({"ti": _TI()})["state"] == "READY"  # no TaskDeferred raised
+
+    source = write_lines(bucket, f"{gcs_prefix}/in.json", instances(3))
+    batch = _batch_operator(deployed, source, f"gs://test-bucket/{gcs_prefix}/out", deferrable=True, defer_after=60)
+    assert batch.execute({"ti": _TI()})["predictionCount"] == "3"
+    assert "deferring" not in capsys.readouterr().out
+
+
+def test_deferrable_wait_still_running_after_defer_after_defers_with_the_rest_of_its_timeout(
+    deployed, bucket, gcs_prefix, hook, capsys
+):
+    from airflow.providers.common.compat.sdk import TaskDeferred
+
+    source = write_lines(bucket, f"{gcs_prefix}/many.json", instances(3000))
+    op = _batch_operator(deployed, source, f"gs://test-bucket/{gcs_prefix}/out", batch_size=1,
+                         deferrable=True, defer_after=0.5, wait_timeout=600)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TaskDeferred) as deferred:
+            op.execute({"ti": _TI()})
+        assert 0.5 <= time.monotonic() - started < 30
+        assert deferred.value.trigger.timeout == pytest.approx(599.5)
+        assert "Still running after 0.5 s: deferring the wait to the triggerer" in capsys.readouterr().out
+        assert hook.get_job(job_id=op._job_id)["state"] in ("QUEUED", "PREPARING", "RUNNING")
+    finally:
+        hook.cancel_job(job_id=op._job_id)
 
 
 class _TI:

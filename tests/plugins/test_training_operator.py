@@ -110,7 +110,7 @@ def test_deferrable_trigger_logs_lines_and_completes(ml_conn, hook, tiny_trainer
     from ml_engine.triggers import MLEngineTrainingJobTrigger
 
     op = _operator(tiny_trainer_package, f"gs://{bucket.name}/{gcs_prefix}/job", ["--seconds", "1"],
-                   deferrable=True)
+                   deferrable=True, defer_after=0)
     ti = FakeTI()
     with pytest.raises(TaskDeferred) as deferred:
         op.execute({"ti": ti})
@@ -134,6 +134,17 @@ def test_deferrable_trigger_logs_lines_and_completes(ml_conn, hook, tiny_trainer
     failed = dict(event, job={**event["job"], "state": "FAILED", "errorMessage": "boom"})
     with pytest.raises(AirflowException, match="ended FAILED: boom"):
         op.execute_complete({"ti": ti}, failed)
+
+
+def test_deferrable_job_that_ends_within_defer_after_prints_its_log_once_without_deferring(
+    hook, tiny_trainer_package, bucket, gcs_prefix, capsys
+):
+    op = _operator(tiny_trainer_package, f"gs://{bucket.name}/{gcs_prefix}/job", ["--seconds", "1"],
+                   deferrable=True, defer_after=120)
+    ti = FakeTI()
+    result = op.execute({"ti": ti})  # no TaskDeferred
+    assert result["state"] == "SUCCEEDED"
+    assert capsys.readouterr().out.count(f"[{ti.xcom['job_id']}] tick 1") == 1
 
 
 def test_logs_on_google_come_from_cloud_logging(ml_conn, monkeypatch):

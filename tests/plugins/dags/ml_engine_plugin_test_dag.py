@@ -2,7 +2,7 @@
 
 Names come from params and `ds`, so two runs on the same day (or a cleared run)
 address the same model, versions and job: that is what the idempotency test checks.
-v2 and the batch job use deferrable=True, so a deferred wait completes in the run.
+v2 and the batch job use deferrable=True and defer_after=0, so a deferred wait completes in the run.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def ml_engine_plugin_test():
         version={"name": "{{ ds }}-b", "deploymentUri": "{{ params.model_uri_v2 }}"},
         poll_interval=0.5,
         deferrable=True,
+        defer_after=0,  # defer at once, even though the wait is short
     )
     predict_inline = MLEnginePredictOperator(
         task_id="predict_inline",
@@ -70,6 +71,7 @@ def ml_engine_plugin_test():
         max_error_rate=0.0,
         poll_interval=0.5,
         deferrable=True,
+        defer_after=0,  # defer at once, even though the wait is short
     )
     create_tmp = MLEngineCreateVersionOperator(
         task_id="create_tmp",
