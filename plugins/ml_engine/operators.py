@@ -14,6 +14,7 @@ The endpoint comes from the connection (see :mod:`ml_engine.hooks`) unless the
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from ml_engine.names import (
 from ml_engine.states import JOB_TERMINAL_STATES, describe_job
 
 DEFER_AFTER_SECONDS = 10  # a deferrable wait polls this long in the worker before it defers
+RESUME_MARGIN_SECONDS = 5  # the scheduler's loops, on top of the deferring worker's report lag (resume_hold)
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -80,15 +82,6 @@ class _MLEngineBaseOperator(BaseOperator):
             )
         return project_id
 
-    def _trigger_kwargs(self, *, poll_interval: float, timeout: float | None) -> dict[str, Any]:
-        return {
-            "gcp_conn_id": self.gcp_conn_id,
-            "impersonation_chain": self.impersonation_chain,
-            "endpoint": self.hook.endpoint,
-            "poll_interval": poll_interval,
-            "timeout": timeout,
-        }
-
 
 class _MLEngineWaitingOperator(_MLEngineBaseOperator):
     """An operator that waits for something remote: in the worker, or deferred to the triggerer.
@@ -99,6 +92,14 @@ class _MLEngineWaitingOperator(_MLEngineBaseOperator):
     That also keeps quick waits clear of Airflow 3.3's defer/resume race
     (apache/airflow#72716), where a task whose trigger fires while its deferring
     worker is still exiting is marked FAILED after it succeeded.
+
+    A wait that does defer is guarded against that race by ``resume_hold``: the
+    trigger fires no earlier than that many seconds after the task deferred. Airflow
+    3.3's worker reports a deferred task's exit up to ``[workers] min_heartbeat_interval``
+    (5 s) late, always that late here, and a resumed attempt that the scheduler queues
+    before it has read that report is marked FAILED. The default is that interval plus
+    RESUME_MARGIN_SECONDS for the scheduler's loops, so only a job that ends within
+    ~10 s of deferring waits longer, and by at most that.
     """
 
     def __init__(
@@ -108,6 +109,7 @@ class _MLEngineWaitingOperator(_MLEngineBaseOperator):
         poll_interval: float,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         defer_after: float = DEFER_AFTER_SECONDS,
+        resume_hold: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -115,6 +117,7 @@ class _MLEngineWaitingOperator(_MLEngineBaseOperator):
         self.poll_interval = poll_interval
         self.deferrable = deferrable
         self.defer_after = defer_after
+        self.resume_hold = resume_hold
 
     def _wait_here_first(self, wait: Callable[[float | None], dict]) -> dict | None:
         """What ``wait(timeout)`` returns when the wait ends in this worker; None when the task should defer."""
@@ -129,6 +132,21 @@ class _MLEngineWaitingOperator(_MLEngineBaseOperator):
         except MLEngineTimeoutError:
             self.log.info("Still running after %g s: deferring the wait to the triggerer", self.defer_after)
             return None
+
+    def _resume_hold(self) -> float:
+        if self.resume_hold is not None:
+            return self.resume_hold
+        return conf.getfloat("workers", "min_heartbeat_interval", fallback=5) + RESUME_MARGIN_SECONDS
+
+    def _trigger_kwargs(self, *, poll_interval: float, timeout: float | None) -> dict[str, Any]:
+        return {
+            "gcp_conn_id": self.gcp_conn_id,
+            "impersonation_chain": self.impersonation_chain,
+            "endpoint": self.hook.endpoint,
+            "poll_interval": poll_interval,
+            "timeout": timeout,
+            "not_before": time.time() + self._resume_hold(),
+        }
 
     def _trigger_timeout(self) -> float | None:
         """The trigger's share of wait_timeout: what the worker's first polls left."""
@@ -198,6 +216,8 @@ class MLEngineCreateVersionOperator(_MLEngineWaitingOperator):
     :param poll_interval: First interval between status polls, in seconds (it grows).
     :param deferrable: Wait in the triggerer instead of the worker.
     :param defer_after: A deferrable wait polls in the worker this many seconds first (0: defer at once).
+    :param resume_hold: A deferred wait's trigger fires no earlier than this many seconds after deferring
+        (None: ``[workers] min_heartbeat_interval`` + 5 s; see apache/airflow#72716).
     :param project_id: Project; defaults to the connection's project (templated).
     :param gcp_conn_id: The connection ID to use connecting to Google Cloud.
     :param impersonation_chain: Optional service account to impersonate (templated).
@@ -356,6 +376,8 @@ class MLEngineDeleteVersionOperator(_MLEngineWaitingOperator):
     :param poll_interval: First interval between status polls, in seconds (it grows).
     :param deferrable: Wait in the triggerer instead of the worker.
     :param defer_after: A deferrable wait polls in the worker this many seconds first (0: defer at once).
+    :param resume_hold: A deferred wait's trigger fires no earlier than this many seconds after deferring
+        (None: ``[workers] min_heartbeat_interval`` + 5 s; see apache/airflow#72716).
     :param project_id: Project; defaults to the connection's project (templated).
     :param gcp_conn_id: The connection ID to use connecting to Google Cloud.
     :param impersonation_chain: Optional service account to impersonate (templated).
@@ -566,6 +588,8 @@ class MLEngineStartBatchPredictionJobOperator(_MLEngineJobOperator):
     :param poll_interval: First interval between status polls, in seconds (it grows).
     :param deferrable: Wait in the triggerer instead of the worker.
     :param defer_after: A deferrable wait polls in the worker this many seconds first (0: defer at once).
+    :param resume_hold: A deferred wait's trigger fires no earlier than this many seconds after deferring
+        (None: ``[workers] min_heartbeat_interval`` + 5 s; see apache/airflow#72716).
     :param project_id: Project; defaults to the connection's project (templated).
     :param gcp_conn_id: The connection ID to use connecting to Google Cloud.
     :param impersonation_chain: Optional service account to impersonate (templated).
@@ -712,6 +736,8 @@ class MLEngineStartTrainingJobOperator(_MLEngineJobOperator):
     :param poll_interval: First interval between status (and log) polls, in seconds (it grows to 30).
     :param deferrable: Wait in the triggerer instead of the worker.
     :param defer_after: A deferrable wait polls in the worker this many seconds first (0: defer at once).
+    :param resume_hold: A deferred wait's trigger fires no earlier than this many seconds after deferring
+        (None: ``[workers] min_heartbeat_interval`` + 5 s; see apache/airflow#72716).
     :param project_id: Project; defaults to the connection's project (templated).
     :param gcp_conn_id: The connection ID to use connecting to Google Cloud.
     :param impersonation_chain: Optional service account to impersonate (templated).

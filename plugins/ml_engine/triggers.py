@@ -4,6 +4,11 @@ The triggers only read (operations.get, jobs.get): they have no side effects, so
 the triggerer may run, restart or duplicate them safely. serialize() carries every
 argument, including the connection id and the resolved endpoint, so the triggerer
 talks to the same service as the worker even when its environment differs.
+
+Every trigger fires no earlier than ``not_before`` (Unix time, set by the deferring
+operator): a task resumed while the worker that deferred it is still being reported
+gone is marked FAILED by Airflow 3.3 (apache/airflow#72716; see the operators'
+``resume_hold``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from ml_engine.states import JOB_TERMINAL_STATES, describe_job
 
 
 class _MLEnginePollTrigger(BaseTrigger):
-    """Shared poll loop: growing intervals up to max_poll_interval, optional timeout."""
+    """Shared poll loop: growing intervals up to max_poll_interval, optional timeout, one event at not_before."""
 
     def __init__(
         self,
@@ -31,6 +36,7 @@ class _MLEnginePollTrigger(BaseTrigger):
         poll_interval: float = 10,
         max_poll_interval: float = 60,
         timeout: float | None = None,
+        not_before: float | None = None,
     ) -> None:
         super().__init__()
         self.gcp_conn_id = gcp_conn_id
@@ -39,6 +45,7 @@ class _MLEnginePollTrigger(BaseTrigger):
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
         self.timeout = timeout
+        self.not_before = not_before
 
     def _common_kwargs(self) -> dict[str, Any]:
         return {
@@ -48,6 +55,7 @@ class _MLEnginePollTrigger(BaseTrigger):
             "poll_interval": self.poll_interval,
             "max_poll_interval": self.max_poll_interval,
             "timeout": self.timeout,
+            "not_before": self.not_before,
         }
 
     def _get_async_hook(self) -> MLEngineAsyncHook:
@@ -56,6 +64,19 @@ class _MLEnginePollTrigger(BaseTrigger):
             impersonation_chain=self.impersonation_chain,
             endpoint=self.endpoint,
         )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        event = await self._wait()
+        held = (self.not_before or 0) - time.time()
+        if held > 0:
+            self.log.info("Done; firing in %.1f s, once Airflow has seen the deferring worker exit "
+                          "(apache/airflow#72716)", held)
+            await asyncio.sleep(held)
+        yield event
+
+    async def _wait(self) -> TriggerEvent:
+        """Poll until done: the one event to fire."""
+        raise NotImplementedError
 
     async def _sleep_or_time_out(self, start: float, interval: float) -> float | None:
         """Sleep before the next poll; None when the timeout has passed."""
@@ -83,6 +104,7 @@ class MLEngineOperationTrigger(_MLEnginePollTrigger):
     :param poll_interval: First interval between polls, in seconds; grows by 1.5x.
     :param max_poll_interval: Longest interval between polls, in seconds.
     :param timeout: Seconds after which the wait fails (None: no limit).
+    :param not_before: Unix time before which the event is not fired (None: at once).
     """
 
     def __init__(self, *, operation_name: str, **kwargs: Any) -> None:
@@ -95,7 +117,7 @@ class MLEngineOperationTrigger(_MLEnginePollTrigger):
             {"operation_name": self.operation_name, **self._common_kwargs()},
         )
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
+    async def _wait(self) -> TriggerEvent:
         hook = self._get_async_hook()
         start = time.monotonic()
         interval: float | None = self.poll_interval
@@ -110,14 +132,12 @@ class MLEngineOperationTrigger(_MLEnginePollTrigger):
                     elapsed,
                 )
                 if operation.get("done"):
-                    yield TriggerEvent({"status": "success", "operation": operation})
-                    return
+                    return TriggerEvent({"status": "success", "operation": operation})
                 interval = await self._sleep_or_time_out(start, interval)
         except Exception as err:
             self.log.exception("Polling operation %s failed", self.operation_name)
-            yield TriggerEvent({"status": "error", "message": f"Polling {self.operation_name} failed: {err}"})
-            return
-        yield TriggerEvent(
+            return TriggerEvent({"status": "error", "message": f"Polling {self.operation_name} failed: {err}"})
+        return TriggerEvent(
             {
                 "status": "error",
                 "message": f"Operation {self.operation_name} not done within {self.timeout} s",
@@ -141,6 +161,7 @@ class MLEngineJobTrigger(_MLEnginePollTrigger):
     :param poll_interval: First interval between polls, in seconds; grows by 1.5x.
     :param max_poll_interval: Longest interval between polls, in seconds.
     :param timeout: Seconds after which the wait fails (None: no limit).
+    :param not_before: Unix time before which the event is not fired (None: at once).
     """
 
     what = "Job"  # how the poll log names the job
@@ -163,7 +184,7 @@ class MLEngineJobTrigger(_MLEnginePollTrigger):
     def _event(self, **payload: Any) -> TriggerEvent:
         return TriggerEvent(payload)
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
+    async def _wait(self) -> TriggerEvent:
         hook = self._get_async_hook()
         start = time.monotonic()
         interval: float | None = self.poll_interval
@@ -175,14 +196,12 @@ class MLEngineJobTrigger(_MLEnginePollTrigger):
                               time.monotonic() - start)
                 if job.get("state") in JOB_TERMINAL_STATES:
                     await self._after_poll(hook)
-                    yield self._event(status="success", job=job)
-                    return
+                    return self._event(status="success", job=job)
                 interval = await self._sleep_or_time_out(start, interval)
         except Exception as err:
             self.log.exception("Polling %s %s failed", self.what.lower(), self.job_id)
-            yield self._event(status="error", message=f"Polling job {self.job_id} failed: {err}")
-            return
-        yield self._event(status="error", message=f"Job {self.job_id} not finished within {self.timeout} s")
+            return self._event(status="error", message=f"Polling job {self.job_id} failed: {err}")
+        return self._event(status="error", message=f"Job {self.job_id} not finished within {self.timeout} s")
 
 
 class MLEngineTrainingJobTrigger(MLEngineJobTrigger):
@@ -204,6 +223,7 @@ class MLEngineTrainingJobTrigger(MLEngineJobTrigger):
     :param poll_interval: First interval between polls, in seconds; grows by 1.5x.
     :param max_poll_interval: Longest interval between polls, in seconds.
     :param timeout: Seconds after which the wait fails (None: no limit).
+    :param not_before: Unix time before which the event is not fired (None: at once).
     """
 
     what = "Training job"

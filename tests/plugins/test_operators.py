@@ -199,6 +199,7 @@ def test_triggers_serialize_every_argument_and_complete(deployed, hook, bucket, 
         "poll_interval": 0.2,
         "max_poll_interval": 1,
         "timeout": 120,
+        "not_before": time.time() - 1,  # already passed: fire at once
     }
     source = write_lines(bucket, f"{gcs_prefix}/in.json", instances(3))
     job_id = f"{deployed}_trig"
@@ -243,16 +244,47 @@ def test_deferrable_operators_defer_with_resolved_endpoint(deployed, bucket, gcs
 
     source = write_lines(bucket, f"{gcs_prefix}/in.json", instances(3))
     op = _batch_operator(deployed, source, f"gs://test-bucket/{gcs_prefix}/out", deferrable=True, batch_size=1,
-                         defer_after=0)
+                         defer_after=0, resume_hold=1.5)
     with pytest.raises(TaskDeferred) as deferred:
         op.execute({"ti": _TI()})
+    deferred_at = time.time()
     trigger = deferred.value.trigger
     assert isinstance(trigger, MLEngineJobTrigger)
     assert trigger.endpoint == hook.endpoint
+    assert trigger.not_before == pytest.approx(deferred_at + 1.5, abs=1)
     event = _first_event(trigger)
+    # The 3-instance job is done well within the hold; the event still waits for it.
+    assert time.time() >= trigger.not_before
     assert op.execute_complete({"ti": _TI()}, event)["predictionCount"] == "3"
     with pytest.raises(AirflowException, match="not finished within"):
         op.execute_complete({"ti": _TI()}, {"status": "error", "message": "Job x not finished within 5 s"})
+
+
+def test_a_deferred_wait_holds_its_event_past_the_deferring_workers_reported_exit(deployed, hook,
+                                                                                  tiny_model_uri_v2, capsys):
+    """Airflow 3.3 marks a task FAILED if it resumes before its deferring worker is reported gone
+    (apache/airflow#72716). That report comes [workers] min_heartbeat_interval late, so by default the
+    trigger fires no earlier than that interval plus RESUME_MARGIN_SECONDS after the task deferred."""
+    from airflow.providers.common.compat.sdk import TaskDeferred, conf
+    from ml_engine.operators import RESUME_MARGIN_SECONDS, MLEngineCreateVersionOperator
+
+    version = MLEngineCreateVersionOperator(
+        task_id="create", model_name=deployed, version={"name": "held", "deploymentUri": tiny_model_uri_v2},
+        poll_interval=0.2, deferrable=True, defer_after=0,
+    )
+    with pytest.raises(TaskDeferred) as deferred:
+        version.execute({"ti": _TI()})
+    default_hold = conf.getfloat("workers", "min_heartbeat_interval") + RESUME_MARGIN_SECONDS
+    trigger = deferred.value.trigger
+    assert trigger.not_before == pytest.approx(time.time() + default_hold, abs=2)
+    assert trigger.serialize()[1]["not_before"] == trigger.not_before  # a restarted triggerer holds it too
+
+    trigger.not_before = time.time() + 2  # the same hold, shorter, for the test's sake
+    started = time.monotonic()
+    event = _first_event(trigger)
+    assert event["status"] == "success" and event["operation"]["done"] is True
+    assert time.monotonic() - started >= 1.5
+    assert "Done; firing in " in capsys.readouterr().out
 
 
 def test_deferrable_waits_that_end_within_defer_after_finish_in_the_worker(deployed, bucket, gcs_prefix, hook,

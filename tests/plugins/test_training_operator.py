@@ -110,10 +110,11 @@ def test_deferrable_trigger_logs_lines_and_completes(ml_conn, hook, tiny_trainer
     from ml_engine.triggers import MLEngineTrainingJobTrigger
 
     op = _operator(tiny_trainer_package, f"gs://{bucket.name}/{gcs_prefix}/job", ["--seconds", "1"],
-                   deferrable=True, defer_after=0)
+                   deferrable=True, defer_after=0, resume_hold=0)
     ti = FakeTI()
     with pytest.raises(TaskDeferred) as deferred:
         op.execute({"ti": ti})
+    deferred_at = time.time()
     trigger = deferred.value.trigger
     assert isinstance(trigger, MLEngineTrainingJobTrigger)
     path, kwargs = trigger.serialize()
@@ -121,7 +122,7 @@ def test_deferrable_trigger_logs_lines_and_completes(ml_conn, hook, tiny_trainer
     assert kwargs == {"project_id": "test-project", "job_id": ti.xcom["job_id"], "log_cursor": None,
                       "gcp_conn_id": "google_cloud_default", "impersonation_chain": None,
                       "endpoint": ml_conn.url, "poll_interval": 0.2, "max_poll_interval": 10,
-                      "timeout": 24 * 3600}
+                      "timeout": 24 * 3600, "not_before": pytest.approx(deferred_at, abs=5)}
     capsys.readouterr()
     event = _first_event(MLEngineTrainingJobTrigger(**kwargs))
     assert event["status"] == "success" and event["job"]["state"] == "SUCCEEDED"

@@ -46,6 +46,7 @@ def ml_engine_plugin_test():
         poll_interval=0.5,
         deferrable=True,
         defer_after=0,  # defer at once, even though the wait is short
+        resume_hold=0,  # dag.test runs the trigger in-process: no deferring worker to wait for
     )
     predict_inline = MLEnginePredictOperator(
         task_id="predict_inline",
@@ -72,6 +73,7 @@ def ml_engine_plugin_test():
         poll_interval=0.5,
         deferrable=True,
         defer_after=0,  # defer at once, even though the wait is short
+        resume_hold=0,  # dag.test runs the trigger in-process: no deferring worker to wait for
     )
     create_tmp = MLEngineCreateVersionOperator(
         task_id="create_tmp",
