@@ -121,7 +121,7 @@ def test_env_vars_refer_to_real_settings(services):
     # ML_* settings are read by include/config.py, the plugin's hook (ML_ENGINE_TOKEN_FILE) or the ml/v1
     # service's command line (ML_ENGINE_BATCH_ENGINE, ML_ENGINE_BEAM_OPTIONS, ML_ENGINE_INTRA_OP_THREADS)
     config_source = "".join((ROOT / path).read_text() for path in (
-        "include/config.py", "plugins/ml_engine/hooks.py", "include/ml_engine_local/__main__.py"))
+        "include/config.py", "plugins/ml_engine/hooks.py", "include/local_platform/__main__.py"))
     for name, service in services.items():
         for key, value in _env(service).items():
             if key.startswith("AIRFLOW__"):

@@ -182,7 +182,7 @@ def ml_service(*, port: int, state_dir: Path, gcs_host: str, log_path: Path, tok
     :param enable_faults: Expose the fault switch (``/_local/faults``) for tests.
     :return: the process handle; ``start()`` it.
     """
-    argv = [sys.executable, "-m", "include.ml_engine_local", "--host", "127.0.0.1",
+    argv = [sys.executable, "-m", "include.local_platform", "--host", "127.0.0.1",
             "--port", str(port), "--state-dir", str(state_dir)]
     if token_file is not None:
         argv += ["--token-file", str(token_file)]

@@ -3,7 +3,7 @@
 GCS object names are arbitrary strings: `prefix//tmp/x` (an empty segment, so the
 rest reads as an absolute path), `a/../../x`, or a NUL byte are all valid names on
 real GCS. Written to disk unchecked they land outside the staging directory.
-The ml/v1 service (include/ml_engine_local/gcs.py) keeps its own twin of this
+The ml/v1 service (include/local_platform/gcs.py) keeps its own twin of this
 check, since it is a separate service that imports nothing from the trainer.
 """
 

@@ -145,7 +145,7 @@ def test_training_job_logs_stream_into_the_task_log(scenario):
     succeeded = next(i for i, line in enumerate(lines) if f"Training job {JOB_A}: state SUCCEEDED" in line)
     running = [i for i, line in enumerate(lines) if f"Training job {JOB_A}: state RUNNING" in line]
     assert running and epochs[0] < succeeded  # printed while the job ran, before its end was seen
-    assert any(f"[{JOB_A}] [ml_engine_local] running python -m trainer.task --data-uri" in line for line in lines)
+    assert any(f"[{JOB_A}] [local_platform] running python -m trainer.task --data-uri" in line for line in lines)
     # the cleared run of A reused the staged package and the finished job: no second training
     assert scenario["lifecycle_a_again"]["tasks"]["train_job"] == "success"
     assert any(f"Job {JOB_A} already exists (state SUCCEEDED); reusing it" in line for line in lines)

@@ -30,7 +30,7 @@ def test_dag_run_converges_through_kill_9_at_every_crash_point(
 ):
     from ml_engine.hooks import MLEngineHook
 
-    from tests.include.ml_engine_local.conftest import post_fault
+    from tests.include.local_platform.conftest import post_fault
 
     monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", json.dumps({
         "conn_type": "google_cloud_platform",

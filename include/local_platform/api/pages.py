@@ -1,0 +1,147 @@
+"""Small HTML pages: what is deployed, each version and job, and an upload-an-image form.
+
+These are the pages the Airflow extra links open when the endpoint is local.
+The form sends the image through the same prediction path as the API.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from include.local_platform.context import Context
+from include.local_platform.errors import ApiError, PredictionError
+from include.local_platform.resources import jobs, models, operations
+from include.local_platform.resources.names import job_name
+from include.local_platform.serving.runtime import dumps, loads
+from include.local_platform.workers import training
+
+_STYLE = """<style>body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}
+.READY,.SUCCEEDED{color:#070}.FAILED{color:#b00}pre{background:#f4f4f4;padding:.6rem;overflow:auto}</style>"""
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{_STYLE}"
+            f"</head><body><p><a href='/ui'>ml/v1 local service</a></p><h1>{html.escape(title)}</h1>"
+            f"{body}</body></html>")
+
+
+def _esc(value: object) -> str:
+    return html.escape(str(value))
+
+
+def index(ctx: Context) -> str:
+    rows = []
+    for model in ctx.store.list("model"):
+        default = (model.get("defaultVersion") or {}).get("name", "")
+        for version in ctx.store.list("version", model["name"]):
+            marker = " (default)" if version["name"] == default else ""
+            rows.append(f"<tr><td>{_esc(model['name'])}</td><td><a href='/ui/{_esc(version['name'])}'>"
+                        f"{_esc(version['name'].rsplit('/', 1)[-1])}</a>{marker}</td>"
+                        f"<td class='{_esc(version['state'])}'>{_esc(version['state'])}</td>"
+                        f"<td>{_esc(version['createTime'])}</td></tr>")
+    job_rows = [
+        f"<tr><td><a href='/ui/{_esc(job['_name'])}'>{_esc(job['jobId'])}</a></td>"
+        f"<td class='{_esc(job['state'])}'>{_esc(job['state'])}</td><td>{_esc(job['createTime'])}</td></tr>"
+        for job in reversed(ctx.store.list("job"))
+    ]
+    return _page("Models, versions and jobs",
+                 "<h2>Versions</h2><table><tr><th>model</th><th>version</th><th>state</th><th>created</th></tr>"
+                 + "".join(rows) + "</table><h2>Jobs</h2><table><tr><th>job</th><th>state</th>"
+                 "<th>created</th></tr>" + "".join(job_rows[:200]) + "</table>")
+
+
+def refusal(message: str) -> str:
+    return _page("Refused", f"<p>{_esc(message)}</p>")
+
+
+def _version_page(ctx: Context, project: str, model: str, version: str, form, csrf: str) -> str:
+    current = models.with_default_flag(ctx, models.get_version(ctx, project, model, version))
+    result = ""
+    if form is not None and form.get("image") is not None:
+        result = _predict_upload(ctx, current["name"], form)
+    upload = ("<h2>Try it</h2><form method='post' enctype='multipart/form-data'>"
+              f"<input type='hidden' name='csrf_token' value='{_esc(csrf)}'>"
+              "<input type='file' name='image' accept='image/jpeg,image/png'> "
+              "<button type='submit'>Predict</button></form>") if current["state"] == "READY" else ""
+    return _page(f"Version {version} of {model}",
+                 f"<pre>{_esc(json.dumps(current, indent=2))}</pre>{upload}{result}")
+
+
+def _predict_upload(ctx: Context, version_name: str, form) -> str:
+    """Predict on an uploaded image: JPEG bytes for ``*_bytes`` inputs, a float tensor for image inputs."""
+    import tensorflow as tf
+
+    data = form["image"].file.read()
+    version = models.resolve_for_prediction(ctx, version_name)
+    signature = ctx.models.get(version["name"], Path(version["_path"])).signature(None)
+    instance: dict = {}
+    try:
+        for alias, spec in signature.inputs.items():
+            if alias == "key":
+                instance[alias] = "upload"
+            elif spec.dtype.name == "string":
+                instance[alias] = {"b64": base64.b64encode(data).decode("ascii")}
+            else:
+                height, width = spec.shape.as_list()[1:3]
+                image = tf.image.resize(tf.io.decode_image(data, channels=3, expand_animations=False),
+                                        (height, width)) / 255.0
+                instance[alias] = image.numpy().tolist()
+        prediction = loads(dumps(signature([instance], ctx.scratch_dir)[0]))
+    except (PredictionError, tf.errors.OpError, ValueError) as error:
+        return f"<h2>Prediction failed</h2><pre>{_esc(error)}</pre>"
+    shown = {key: (value if len(json.dumps(value)) < 2000 else f"<{len(json.dumps(value))} bytes of JSON>")
+             for key, value in prediction.items()}
+    heatmap = prediction.get("heatmap")
+    picture = ""
+    if heatmap is not None:
+        pixels = tf.cast(tf.clip_by_value(tf.constant(heatmap)[..., None], 0, 1) * 255, tf.uint8)
+        png = tf.io.encode_png(tf.image.resize(pixels, (256, 256), method="nearest")).numpy()
+        picture = f"<p><img alt='heatmap' src='data:image/png;base64,{base64.b64encode(png).decode()}'></p>"
+    return f"<h2>Prediction</h2>{picture}<pre>{_esc(json.dumps(shown, indent=2))}</pre>"
+
+
+def _training_log(ctx: Context, job: dict, project: str, lines: int = 500) -> str:
+    """The trainer's last lines; the page reloads itself every 3 s while the job is active."""
+    tail = training.tail_lines(training.log_path(ctx, f"projects/{project}/jobs/{job['jobId']}"), lines)
+    active = job["state"] not in ("SUCCEEDED", "FAILED", "CANCELLED")
+    refresh = "<meta http-equiv='refresh' content='3'>" if active else ""
+    endpoint = f"/_local/projects/{_esc(project)}/jobs/{_esc(job['jobId'])}/logs?offset=0"
+    return (f"{refresh}<h2>Training log</h2><p>Last {lines} lines{' (refreshing)' if active else ''}; "
+            f"all of it: <a href='{endpoint}'>{endpoint}</a></p><pre id='training-log'>{_esc(chr(10).join(tail))}"
+            "</pre>")
+
+
+def _batch_engine(ctx: Context, project: str, job: dict) -> str:
+    """Where a batch job ran: the engine, Beam's runner and, on Dataflow, its job id and console page."""
+    stored = ctx.store.get(job_name(project, job["jobId"])) or {}
+    rows = [("Batch engine", _esc(stored.get("_batchEngine", "local")))]
+    if stored.get("_beamRunner"):
+        rows.append(("Beam runner", _esc(stored["_beamRunner"])))
+    if stored.get("_beamJobId"):
+        job_id = _esc(stored["_beamJobId"])
+        url = stored.get("_beamConsoleUrl")
+        rows.append(("Beam job", f"<a href='{_esc(url)}'>{job_id}</a>" if url else job_id))
+    return "<table>" + "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows) + "</table>"
+
+
+def render(ctx: Context, path: str, form, csrf: str = "") -> tuple[int, str]:
+    """Route a ``/ui/...`` page; resource paths are the ml/v1 names; ``csrf`` goes into the upload form."""
+    parts = path.strip("/").split("/")
+    try:
+        if len(parts) == 6 and parts[2] == "models" and parts[4] == "versions":
+            return 200, _version_page(ctx, parts[1], parts[3], parts[5], form, csrf)
+        if len(parts) == 4 and parts[2] == "jobs":
+            job = jobs.get_job(ctx, parts[1], parts[3])
+            return 200, _page(f"Job {parts[3]}", f"<pre>{_esc(json.dumps(job, indent=2))}</pre>"
+                              + (_training_log(ctx, job, parts[1]) if "trainingInput" in job else "")
+                              + (_batch_engine(ctx, parts[1], job) if "predictionInput" in job else ""))
+        if len(parts) == 4 and parts[2] == "operations":
+            operation = operations.get(ctx, path.strip("/"))
+            return 200, _page(f"Operation {parts[3]}", f"<pre>{_esc(json.dumps(operation, indent=2))}</pre>")
+    except ApiError as error:
+        return error.code, _page("Not found", f"<p>{_esc(error.message)}</p>")
+    return 404, _page("Not found", f"<p>No page for {_esc(path)}.</p>")

@@ -1,0 +1,352 @@
+"""The beam batch engine: a batch prediction job as an Apache Beam pipeline built on RunInference.
+
+Hosted ml/v1 ran batch prediction as Dataflow pipelines; this engine does the
+same, so one `jobs.create` runs on Beam's DirectRunner here and on Dataflow,
+Flink or Spark at scale (runner and options from ML_ENGINE_BEAM_OPTIONS).
+
+The pipeline reuses the local engine's code, not a copy of it: input files are
+read by `batch.read_instances` (same line/record framing and error messages),
+instances are predicted by `batch.predict_instances` (same tensor conversion,
+same one-by-one isolation of a failing instance) and rows are encoded by
+`runtime.dumps`. So both engines write the same rows and error counts into the
+same files: one `prediction.results-SSSSS-of-NNNNN` and one
+`prediction.errors_stats-SSSSS-of-NNNNN` per input file, through Beam's own
+sharded text writer.
+
+Job state stays in `batch.run_job` (attempts, stale shards, final states); this
+module runs the pipeline, maps cancel and shutdown onto it and reports Beam's
+metrics as the job's counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import ModelHandler, RunInference
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    GoogleCloudOptions,
+    PipelineOptions,
+    SetupOptions,
+    StandardOptions,
+    WorkerOptions,
+)
+
+from include.local_platform import gcs
+from include.local_platform.context import Context, revise
+from include.local_platform.resources import models
+from include.local_platform.serving.runtime import LoadedModel, Signature, dumps
+from include.local_platform.workers import batch, beam_gcs
+
+log = logging.getLogger(__name__)
+METRICS_NAMESPACE = "ml_engine_batch"
+ERRORS = "errors"
+SHARD_TEMPLATE = "-SSSSS-of-NNNNN"  # Beam's template for ml/v1's `-00000-of-00002`
+BEAM_TEMP = re.compile(r"beam-temp-prediction\.(results|errors_stats)-")
+DIRECT_RUNNERS = ("DirectRunner", "SwitchingDirectRunner")
+CANCEL_POLL_S = 0.2
+#: Signatures the service has loaded already, for pipelines that run in its own process (DirectRunner
+#: in_memory): their workers use the service's model instead of loading a second copy.
+_IN_PROCESS_SIGNATURES: dict[str, Signature] = {}
+
+
+class PipelineCancelled(Exception):
+    """Raised inside a DirectRunner worker when the job's cancel marker appears."""
+
+
+def _check_marker(marker: str) -> None:
+    if marker and os.path.exists(marker):
+        raise PipelineCancelled("the job was cancelled")
+
+
+class ReadInstances(beam.DoFn):
+    """One input file -> its instances; a bad line or record goes to the `errors` output (never fails)."""
+
+    def __init__(self, data_format: str, cancel_marker: str):
+        self._data_format = data_format
+        self._cancel_marker = cancel_marker
+        self._errors = Metrics.counter(METRICS_NAMESPACE, "errors")
+
+    def process(self, readable: fileio.ReadableFile):
+        # Raw bytes: TF_RECORD_GZIP is inflated by read_instances, as in the local engine.
+        with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+            for count, (instance, error) in enumerate(batch.read_instances(raw, self._data_format)):
+                if count % 4096 == 0:
+                    _check_marker(self._cancel_marker)
+                if error is None:
+                    yield instance
+                else:
+                    self._errors.inc()
+                    yield beam.pvalue.TaggedOutput(ERRORS, error)
+
+
+class SignatureModelHandler(ModelHandler[Any, tuple, Signature]):
+    """RunInference's view of an ml/v1 version: its SavedModel signature, predicted as the service does.
+
+    Each result is ("row", bytes) for a predicted instance (one JSON line) or
+    ("error", message) for an instance the model refused.
+    """
+
+    def __init__(self, *, model_uri: str, local_path: str, signature_name: str | None, batch_size: int,
+                 in_process_key: str, cancel_marker: str):
+        self._model_uri = model_uri
+        self._local_path = local_path
+        self._signature_name = signature_name
+        self._batch_size = batch_size
+        self._in_process_key = in_process_key
+        self._cancel_marker = cancel_marker
+
+    def load_model(self) -> Signature:
+        """The service's own signature in its process; else the SavedModel from this machine or from GCS."""
+        signature = _IN_PROCESS_SIGNATURES.get(self._in_process_key)
+        if signature is not None:
+            return signature
+        path = Path(self._local_path) if self._local_path else None
+        if path is None or not path.is_dir():
+            path = Path(tempfile.mkdtemp(prefix="ml-engine-model-"))
+            if gcs.download_prefix(self._model_uri, path, max_files=1000) == 0:
+                raise batch.JobFailed(f"Model directory {self._model_uri} is empty or does not exist.")
+        return LoadedModel(path).signature(self._signature_name)
+
+    def run_inference(self, batch_: list, model: Signature, inference_args: dict | None = None) -> list[tuple]:
+        _check_marker(self._cancel_marker)
+        rows, errors = batch.predict_instances(model, list(batch_), None)
+        return [("row", dumps(row)) for row in rows] + [
+            ("error", message) for message, count in errors.items() for _ in range(count)]
+
+    def batch_elements_kwargs(self) -> dict:
+        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
+
+    def get_num_bytes(self, batch_: list) -> int:
+        """Cheap size for RunInference's metrics (its default pickles the whole batch once more)."""
+        return sum(len(item) for item in batch_ if isinstance(item, bytes))
+
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE
+
+
+class SplitOutcomes(beam.DoFn):
+    """("row", line) to the main output, ("error", message) to `errors`; counted in Beam metrics."""
+
+    def __init__(self):
+        self._predictions = Metrics.counter(METRICS_NAMESPACE, "predictions")
+        self._errors = Metrics.counter(METRICS_NAMESPACE, "errors")
+
+    def process(self, outcome: tuple):
+        kind, value = outcome
+        if kind == "row":
+            self._predictions.inc()
+            yield value
+        else:
+            self._errors.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, value)
+
+
+def _errors_stats_line(message_count: tuple[str, int]) -> str:
+    """One errors_stats line, as the local engine writes it: `('message', count)`."""
+    return repr(tuple(message_count))
+
+
+def build_pipeline(pipeline: beam.Pipeline, *, inputs: list[str], data_format: str, output_path: str,
+                   handler: SignatureModelHandler, cancel_marker: str, reshuffle: bool) -> None:
+    """Read -> parse (bad input to a dead-letter output) -> RunInference -> sharded results and errors_stats."""
+    shards = len(inputs)
+    files = (pipeline
+             | "InputFiles" >> beam.Create(inputs)
+             | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)  # a vanished input fails, as locally
+             | "Open" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED))
+    parsed = files | "ReadInstances" >> beam.ParDo(ReadInstances(data_format, cancel_marker)).with_outputs(
+        ERRORS, main="instances")
+    instances = parsed.instances
+    if reshuffle:  # spread one file's instances over every worker
+        instances = instances | "Spread" >> beam.Reshuffle()
+    outcomes = (instances
+                | "Predict" >> RunInference(handler)
+                | "Split" >> beam.ParDo(SplitOutcomes()).with_outputs(ERRORS, main="rows"))
+    _ = (outcomes.rows
+         | "WriteResults" >> beam.io.WriteToText(f"{output_path}/prediction.results", num_shards=shards,
+                                                 shard_name_template=SHARD_TEMPLATE))
+    _ = ((parsed[ERRORS], outcomes[ERRORS])
+         | "AllErrors" >> beam.Flatten()
+         | "CountErrors" >> beam.combiners.Count.PerElement()
+         | "ErrorLines" >> beam.Map(_errors_stats_line)
+         | "WriteErrorsStats" >> beam.io.WriteToText(f"{output_path}/prediction.errors_stats", num_shards=shards,
+                                                     shard_name_template=SHARD_TEMPLATE))
+
+
+def pipeline_options(beam_options: str, prediction_input: dict, job_id: str) -> PipelineOptions:
+    """The service's options plus the job's: maxWorkerCount -> max workers, region -> region, as ml/v1 did."""
+    options = PipelineOptions(shlex.split(beam_options or ""))
+    if prediction_input.get("maxWorkerCount"):
+        options.view_as(WorkerOptions).max_num_workers = int(prediction_input["maxWorkerCount"])
+    if prediction_input.get("region"):
+        options.view_as(GoogleCloudOptions).region = prediction_input["region"]
+    cloud = options.view_as(GoogleCloudOptions)
+    if not cloud.job_name:
+        cloud.job_name = re.sub(r"[^a-z0-9-]", "-", f"ml-batch-{job_id}".lower())[:63].rstrip("-")
+    setup = options.view_as(SetupOptions)
+    setup.beam_plugins = sorted(set(setup.beam_plugins or []) | {beam_gcs.__name__})
+    return options
+
+
+def runner_name(options: PipelineOptions) -> str:
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    return runner if isinstance(runner, str) else type(runner).__name__
+
+
+def warm() -> None:
+    """Import what a pipeline needs beyond this module (the FnApiRunner, Beam's GCS IO) before the first job."""
+    started = time.monotonic()
+    from apache_beam.io.gcp import gcsio  # noqa: F401
+    from apache_beam.runners.portability.fn_api_runner import fn_runner  # noqa: F401
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle  # noqa: F401
+
+    log.info("Apache Beam %s ready in %.1f s", beam.__version__, time.monotonic() - started)
+
+
+def _direct_runner(options: PipelineOptions):
+    """Beam's DirectRunner minus its Prism attempt (Prism downloads a Go binary at run time): the FnApiRunner,
+    configured as SwitchingDirectRunner configures it (direct_running_mode, direct_num_workers honoured)."""
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
+def _model_source(ctx: Context, prediction_input: dict, scratch: Path) -> tuple[str, str]:
+    """(gs:// URI, directory on this machine) of the SavedModel the job predicts with."""
+    if prediction_input.get("uri"):
+        return prediction_input["uri"], str(scratch / "model")  # where batch._load_signature put it
+    version = models.resolve_for_prediction(ctx, prediction_input.get("versionName")
+                                            or prediction_input["modelName"])
+    return version.get("deploymentUri", ""), version.get("_path", "")
+
+
+def _delete_beam_temp(output_path: str) -> None:
+    """Beam's temporary shard folders an interrupted run left under the output path."""
+    prefix = output_path.rstrip("/") + "/"
+    for uri in gcs.list_objects(prefix):
+        if BEAM_TEMP.match(uri[len(prefix):]):
+            gcs.delete_matching(uri.rsplit("/", 1)[0], re.compile(r".*"))
+
+
+def console_url(options: PipelineOptions, job_id: str) -> str:
+    cloud = options.view_as(GoogleCloudOptions)
+    return (f"https://console.cloud.google.com/dataflow/jobs/{cloud.region}/{job_id}"
+            f"?project={cloud.project}")
+
+
+def counters(result) -> dict[str, int]:
+    """The pipeline's prediction and error counts from Beam metrics (committed where the runner has them)."""
+    totals: dict[str, int] = {}
+    for counter in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+    return totals
+
+
+def _pipeline_error(error: BaseException) -> str:
+    """The line of a pipeline failure that says what went wrong (runners wrap worker errors in tracebacks)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Failed|Cancelled): ", line)]
+    return ((named or lines or [type(error).__name__])[-1])[:800]
+
+
+def run_pipeline(ctx: Context, name: str, prediction_input: dict, inputs: list[str], totals: batch.Totals,
+                 scratch: Path, signature: Signature) -> None:
+    """Run the job's pipeline to its end, raising batch.JobCancelled, ServiceStopping or JobFailed as the
+    local engine does; `totals` gets Beam's counts.
+
+    :param signature: the signature the service loaded, used by pipelines running in its own process.
+    """
+    output_path = prediction_input["outputPath"].rstrip("/")
+    job_id = name.rsplit("/", 1)[-1]
+    options = pipeline_options(ctx.beam_options, prediction_input, job_id)
+    runner = runner_name(options)
+    direct = runner in DIRECT_RUNNERS
+    scratch.mkdir(parents=True, exist_ok=True)
+    cancel_marker = str(scratch / f"cancel-{uuid.uuid4().hex}") if direct else ""
+    model_uri, local_path = _model_source(ctx, prediction_input, scratch)
+    key = f"{name}#{uuid.uuid4().hex}"
+    mode = options.view_as(DirectOptions).direct_running_mode if direct else ""
+    if direct and mode == "in_memory":
+        _IN_PROCESS_SIGNATURES[key] = signature
+    handler = SignatureModelHandler(model_uri=model_uri, local_path=local_path if direct else "",
+                                    signature_name=prediction_input.get("signatureName"),
+                                    batch_size=batch.batch_size(prediction_input), in_process_key=key,
+                                    cancel_marker=cancel_marker)
+    _delete_beam_temp(output_path)
+    pipeline = beam.Pipeline(runner=_direct_runner(options) if direct else runner, options=options)
+    build_pipeline(pipeline, inputs=inputs, data_format=prediction_input["dataFormat"], output_path=output_path,
+                   handler=handler, cancel_marker=cancel_marker, reshuffle=not (direct and mode == "in_memory"))
+    revise(ctx, name, _batchEngine="beam", _beamRunner=runner + (f" ({mode})" if direct else ""))
+    log.info("job %s: Beam pipeline on %s%s", name, runner, f" ({mode})" if direct else "")
+    outcome: dict[str, Any] = {}
+
+    def execute() -> None:
+        try:
+            outcome["result"] = result = pipeline.run()
+            if not direct:
+                job = result.job_id() if callable(getattr(result, "job_id", None)) else ""
+                if job:
+                    revise(ctx, name, _beamJobId=job, _beamConsoleUrl=console_url(options, job)
+                           if runner == "DataflowRunner" else "")
+            result.wait_until_finish()
+        except BaseException as error:  # handed to the job's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=execute, daemon=True, name=f"beam-{job_id}")
+    worker.start()
+    stop_asked, cancelled = "", None
+    try:
+        while worker.is_alive():
+            worker.join(CANCEL_POLL_S)
+            if not stop_asked and (ctx.cancel_event(name).is_set() or ctx.stopping.is_set()):
+                stop_asked = "cancel" if ctx.cancel_event(name).is_set() else "stop"
+                if cancel_marker:
+                    Path(cancel_marker).touch()  # DirectRunner: its workers stop at their next batch
+            result = outcome.get("result")
+            if stop_asked and result is not None and cancelled is not result:  # also once submission ends
+                cancelled = result
+                _cancel_through_runner(result, name)
+    finally:
+        _IN_PROCESS_SIGNATURES.pop(key, None)
+    if stop_asked == "cancel" or ctx.cancel_event(name).is_set():
+        raise batch.JobCancelled()
+    if stop_asked == "stop" or ctx.stopping.is_set():
+        raise batch.ServiceStopping()
+    result = outcome.get("result")
+    if result is not None:
+        counts = counters(result)
+        totals.predictions = counts.get("predictions", 0)
+        totals.errors = counts.get("errors", 0)
+    if "error" in outcome:
+        raise batch.JobFailed(f"The Beam pipeline failed: {_pipeline_error(outcome['error'])}")
+    state = str(getattr(result, "state", "DONE"))
+    if "DONE" not in state:
+        raise batch.JobFailed(f"The Beam pipeline ended {state}.")
+
+
+def _cancel_through_runner(result, name: str) -> None:
+    """Cancel a submitted pipeline (Dataflow, Flink, Spark); a runner that cannot is waited for."""
+    try:
+        result.cancel()
+    except Exception as error:  # a runner that cannot cancel (or already ended) must not crash the job thread
+        log.info("job %s: the runner cannot cancel (%s); waiting for the workers to stop", name, error)
