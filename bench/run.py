@@ -45,7 +45,7 @@ from bench.dag_parse import parse_times
 from bench.raw_reference import MatchedReference
 from bench.rss import PeakSampler, hwm_mb
 from bench.transport_floor import TransportFloor
-from include.local_platform.workers.batch import PREDICT_IN_FLIGHT
+from include.local_platform.workers.local_engine import PREDICT_IN_FLIGHT
 from tools import devstack
 
 PROJECT = "bench-project"

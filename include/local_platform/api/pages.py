@@ -11,12 +11,19 @@ import html
 import json
 from pathlib import Path
 
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse
+from starlette.concurrency import run_in_threadpool
+
+from include.local_platform.api.security import Guard
 from include.local_platform.context import Context
 from include.local_platform.errors import ApiError, PredictionError
 from include.local_platform.resources import jobs, models, operations
 from include.local_platform.resources.names import job_name
-from include.local_platform.serving.runtime import dumps, loads
-from include.local_platform.workers import training
+from include.local_platform.serving import prediction
+from include.local_platform.serving.numeric_json import dumps
+from include.local_platform.workers import trainer_process, training
 
 _STYLE = """<style>body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}
@@ -90,12 +97,12 @@ def _predict_upload(ctx: Context, version_name: str, form) -> str:
                 image = tf.image.resize(tf.io.decode_image(data, channels=3, expand_animations=False),
                                         (height, width)) / 255.0
                 instance[alias] = image.numpy().tolist()
-        prediction = loads(dumps(signature([instance], ctx.scratch_dir)[0]))
+        answer = orjson.loads(dumps(prediction.predict(signature, [instance], ctx.scratch_dir)[0]))
     except (PredictionError, tf.errors.OpError, ValueError) as error:
         return f"<h2>Prediction failed</h2><pre>{_esc(error)}</pre>"
     shown = {key: (value if len(json.dumps(value)) < 2000 else f"<{len(json.dumps(value))} bytes of JSON>")
-             for key, value in prediction.items()}
-    heatmap = prediction.get("heatmap")
+             for key, value in answer.items()}
+    heatmap = answer.get("heatmap")
     picture = ""
     if heatmap is not None:
         pixels = tf.cast(tf.clip_by_value(tf.constant(heatmap)[..., None], 0, 1) * 255, tf.uint8)
@@ -106,7 +113,7 @@ def _predict_upload(ctx: Context, version_name: str, form) -> str:
 
 def _training_log(ctx: Context, job: dict, project: str, lines: int = 500) -> str:
     """The trainer's last lines; the page reloads itself every 3 s while the job is active."""
-    tail = training.tail_lines(training.log_path(ctx, f"projects/{project}/jobs/{job['jobId']}"), lines)
+    tail = trainer_process.tail_lines(training.log_path(ctx, f"projects/{project}/jobs/{job['jobId']}"), lines)
     active = job["state"] not in ("SUCCEEDED", "FAILED", "CANCELLED")
     refresh = "<meta http-equiv='refresh' content='3'>" if active else ""
     endpoint = f"/_local/projects/{_esc(project)}/jobs/{_esc(job['jobId'])}/logs?offset=0"
@@ -145,3 +152,24 @@ def render(ctx: Context, path: str, form, csrf: str = "") -> tuple[int, str]:
     except ApiError as error:
         return error.code, _page("Not found", f"<p>{_esc(error.message)}</p>")
     return 404, _page("Not found", f"<p>No page for {_esc(path)}.</p>")
+
+
+def add_routes(app: FastAPI, ctx: Context, guard: Guard) -> None:
+    """``/`` and ``/ui``: the index; ``/ui/<resource name>``: a version, job or operation (POST: the upload form)."""
+
+    @app.get("/", response_class=HTMLResponse)
+    @app.get("/ui", response_class=HTMLResponse)
+    def _index() -> str:
+        return index(ctx)
+
+    @app.api_route("/ui/{path:path}", methods=["GET", "POST"], response_class=HTMLResponse)
+    async def _page_route(path: str, request: Request) -> HTMLResponse:
+        form = None
+        if request.method == "POST":
+            form = await request.form()
+            if not guard.csrf_valid(request.url.path, form.get("csrf_token")):
+                return HTMLResponse(refusal("The form has expired or did not come from this page; "
+                                            "reload the page and try again."), status_code=403)
+        csrf = guard.csrf_token(request.url.path)
+        status, page = await run_in_threadpool(render, ctx, path, form, csrf)
+        return HTMLResponse(page, status_code=status)

@@ -1,4 +1,8 @@
-"""projects.models and projects.models.versions: the resource rules of ml/v1."""
+"""projects.models and projects.models.versions: the resource rules of ml/v1.
+
+A new version is stored CREATING and handed to the deployment worker
+(``workers.deployment``), which makes it READY (or FAILED) and ends its operation.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from include.local_platform.context import Context, new_etag, now_rfc3339, public, revise
+from include.local_platform.context import Context
 from include.local_platform.errors import (
     ApiError,
     already_exists,
@@ -24,7 +28,8 @@ from include.local_platform.resources.validation import (
     labels,
     short_text,
 )
-from include.local_platform.workers import deployment
+from include.local_platform.state.clock import new_etag, now_rfc3339
+from include.local_platform.state.store import public
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +232,7 @@ def create_version(ctx: Context, project: str, model: str, body: object) -> dict
         version["_operation"] = operation["name"]
         ctx.store.insert(version["name"], "version", parent["name"], version)
     log.info("creating version %s from %s (operation %s)", version["name"], uri, operation["name"])
-    deployment.submit(ctx, version["name"])
+    ctx.work.submit("deployment", version["name"])
     return operation
 
 
@@ -275,7 +280,7 @@ def set_default(ctx: Context, project: str, model: str, version: str) -> dict:
     with ctx.store.transaction():  # check and switch atomically (a concurrent delete cannot slip between)
         current = get_version(ctx, project, model, version)
         _require_ready(current, "become the default")
-        revise(ctx, model_name(project, model), defaultVersion={"name": current["name"]})
+        ctx.store.revise(model_name(project, model), defaultVersion={"name": current["name"]})
     log.info("default version of %s is now %s", model_name(project, model), current["name"])
     return with_default_flag(ctx, current)
 

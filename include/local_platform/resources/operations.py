@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from include.local_platform.context import PROJECT_NUMBER, Context, millis, now_rfc3339, public
+from include.local_platform.context import Context
 from include.local_platform.errors import not_found
 from include.local_platform.resources.names import operation_name
+from include.local_platform.state.clock import millis, now_rfc3339
+from include.local_platform.state.store import public
 
+#: The project number shown in operation metadata (a local project has no real one).
+PROJECT_NUMBER = "1234"
 METADATA_TYPE = "type.googleapis.com/google.cloud.ml.v1.OperationMetadata"
 VERSION_TYPE = "type.googleapis.com/google.cloud.ml.v1.Version"
 MODEL_TYPE = "type.googleapis.com/google.cloud.ml.v1.Model"

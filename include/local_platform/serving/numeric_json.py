@@ -191,3 +191,9 @@ def _put_back(rest: Any, array: NumericArray) -> Any | None:
 
 def _is_placeholder(value: Any) -> bool:
     return type(value) is float and value == _PLACEHOLDER
+
+
+def dumps(value: Any) -> bytes:
+    """JSON bytes; numpy arrays and scalars are written natively (float32 at float32 precision)."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+

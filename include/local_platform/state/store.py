@@ -4,6 +4,11 @@ Models, versions, operations and jobs are stored as the exact JSON bodies the
 API returns, keyed by their full resource name, so a restart (even kill -9)
 finds them all again. Writes are serialised by one lock; SQLite runs in WAL
 mode with synchronous=NORMAL, enough for a local service.
+
+A resource's ``state`` changes in one place only, ``Store.transition``: a
+compare-and-set, so a state read earlier is never written back over a newer one
+(a cancel that arrived meanwhile, another worker that finished the work).
+Keys starting with ``_`` are the service's own bookkeeping, never shown (``public``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from include.local_platform.state.clock import new_etag
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
@@ -98,6 +105,24 @@ class Store:
             change(body)
             return self.put(name, body)
 
+    def revise(self, name: str, **changes) -> dict | None:
+        """Apply ``changes`` (never ``state``: see ``transition``) with a fresh etag; None if it is gone."""
+        if "state" in changes:
+            raise ValueError("a resource's state changes only through Store.transition")
+        return self.update(name, lambda doc: doc.update(changes, etag=new_etag()))
+
+    def transition(self, name: str, from_states: tuple[str, ...], **changes) -> dict | None:
+        """The one way a state changes: apply ``changes`` only if the resource is in one of ``from_states``.
+
+        Returns the changed resource, or None when it is gone or has moved on meanwhile.
+        """
+        with self.transaction():
+            current = self.get(name)
+            if current is None or current.get("state") not in from_states:
+                return None
+            current.update(changes, etag=new_etag())
+            return self.put(name, current)
+
     def delete(self, name: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM resources WHERE name = ?", (name,))
@@ -136,3 +161,8 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def public(resource: dict) -> dict:
+    """A stored document without the service's private bookkeeping (keys starting with ``_``)."""
+    return {key: value for key, value in resource.items() if not key.startswith("_")}

@@ -5,10 +5,10 @@ same, so one `jobs.create` runs on Beam's DirectRunner here and on Dataflow,
 Flink or Spark at scale (runner and options from ML_ENGINE_BEAM_OPTIONS).
 
 The pipeline reuses the local engine's code, not a copy of it: input files are
-read by `batch.read_instances` (same line/record framing and error messages),
-instances are predicted by `batch.predict_instances` (same tensor conversion,
+read by `batch_io.read_instances` (same line/record framing and error messages),
+instances are predicted by `batch_io.predict_instances` (same tensor conversion,
 same one-by-one isolation of a failing instance) and rows are encoded by
-`runtime.dumps`. So both engines write the same rows and error counts into the
+`numeric_json.dumps`. So both engines write the same rows and error counts into the
 same files: one `prediction.results-SSSSS-of-NNNNN` and one
 `prediction.errors_stats-SSSSS-of-NNNNN` per input file, through Beam's own
 sharded text writer.
@@ -47,10 +47,11 @@ from apache_beam.options.pipeline_options import (
 )
 
 from include.local_platform import gcs
-from include.local_platform.context import Context, revise
+from include.local_platform.context import Context
 from include.local_platform.resources import models
-from include.local_platform.serving.runtime import LoadedModel, Signature, dumps
-from include.local_platform.workers import batch, beam_gcs
+from include.local_platform.serving.numeric_json import dumps
+from include.local_platform.serving.saved_model import LoadedModel, Signature
+from include.local_platform.workers import batch_io, beam_gcs
 
 log = logging.getLogger(__name__)
 METRICS_NAMESPACE = "ml_engine_batch"
@@ -84,7 +85,7 @@ class ReadInstances(beam.DoFn):
     def process(self, readable: fileio.ReadableFile):
         # Raw bytes: TF_RECORD_GZIP is inflated by read_instances, as in the local engine.
         with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as raw:
-            for count, (instance, error) in enumerate(batch.read_instances(raw, self._data_format)):
+            for count, (instance, error) in enumerate(batch_io.read_instances(raw, self._data_format)):
                 if count % 4096 == 0:
                     _check_marker(self._cancel_marker)
                 if error is None:
@@ -119,12 +120,12 @@ class SignatureModelHandler(ModelHandler[Any, tuple, Signature]):
         if path is None or not path.is_dir():
             path = Path(tempfile.mkdtemp(prefix="ml-engine-model-"))
             if gcs.download_prefix(self._model_uri, path, max_files=1000) == 0:
-                raise batch.JobFailed(f"Model directory {self._model_uri} is empty or does not exist.")
+                raise batch_io.JobFailed(f"Model directory {self._model_uri} is empty or does not exist.")
         return LoadedModel(path).signature(self._signature_name)
 
     def run_inference(self, batch_: list, model: Signature, inference_args: dict | None = None) -> list[tuple]:
         _check_marker(self._cancel_marker)
-        rows, errors = batch.predict_instances(model, list(batch_), None)
+        rows, errors = batch_io.predict_instances(model, list(batch_), None)
         return [("row", dumps(row)) for row in rows] + [
             ("error", message) for message, count in errors.items() for _ in range(count)]
 
@@ -269,9 +270,9 @@ def _pipeline_error(error: BaseException) -> str:
     return ((named or lines or [type(error).__name__])[-1])[:800]
 
 
-def run_pipeline(ctx: Context, name: str, prediction_input: dict, inputs: list[str], totals: batch.Totals,
+def run_pipeline(ctx: Context, name: str, prediction_input: dict, inputs: list[str], totals: batch_io.Totals,
                  scratch: Path, signature: Signature) -> None:
-    """Run the job's pipeline to its end, raising batch.JobCancelled, ServiceStopping or JobFailed as the
+    """Run the job's pipeline to its end, raising batch_io.JobCancelled, ServiceStopping or JobFailed as the
     local engine does; `totals` gets Beam's counts.
 
     :param signature: the signature the service loaded, used by pipelines running in its own process.
@@ -290,13 +291,13 @@ def run_pipeline(ctx: Context, name: str, prediction_input: dict, inputs: list[s
         _IN_PROCESS_SIGNATURES[key] = signature
     handler = SignatureModelHandler(model_uri=model_uri, local_path=local_path if direct else "",
                                     signature_name=prediction_input.get("signatureName"),
-                                    batch_size=batch.batch_size(prediction_input), in_process_key=key,
+                                    batch_size=batch_io.batch_size(prediction_input), in_process_key=key,
                                     cancel_marker=cancel_marker)
     _delete_beam_temp(output_path)
     pipeline = beam.Pipeline(runner=_direct_runner(options) if direct else runner, options=options)
     build_pipeline(pipeline, inputs=inputs, data_format=prediction_input["dataFormat"], output_path=output_path,
                    handler=handler, cancel_marker=cancel_marker, reshuffle=not (direct and mode == "in_memory"))
-    revise(ctx, name, _batchEngine="beam", _beamRunner=runner + (f" ({mode})" if direct else ""))
+    ctx.store.revise(name, _batchEngine="beam", _beamRunner=runner + (f" ({mode})" if direct else ""))
     log.info("job %s: Beam pipeline on %s%s", name, runner, f" ({mode})" if direct else "")
     outcome: dict[str, Any] = {}
 
@@ -306,7 +307,7 @@ def run_pipeline(ctx: Context, name: str, prediction_input: dict, inputs: list[s
             if not direct:
                 job = result.job_id() if callable(getattr(result, "job_id", None)) else ""
                 if job:
-                    revise(ctx, name, _beamJobId=job, _beamConsoleUrl=console_url(options, job)
+                    ctx.store.revise(name, _beamJobId=job, _beamConsoleUrl=console_url(options, job)
                            if runner == "DataflowRunner" else "")
             result.wait_until_finish()
         except BaseException as error:  # handed to the job's thread
@@ -329,19 +330,19 @@ def run_pipeline(ctx: Context, name: str, prediction_input: dict, inputs: list[s
     finally:
         _IN_PROCESS_SIGNATURES.pop(key, None)
     if stop_asked == "cancel" or ctx.cancel_event(name).is_set():
-        raise batch.JobCancelled()
+        raise batch_io.JobCancelled()
     if stop_asked == "stop" or ctx.stopping.is_set():
-        raise batch.ServiceStopping()
+        raise batch_io.ServiceStopping()
     result = outcome.get("result")
     if result is not None:
         counts = counters(result)
         totals.predictions = counts.get("predictions", 0)
         totals.errors = counts.get("errors", 0)
     if "error" in outcome:
-        raise batch.JobFailed(f"The Beam pipeline failed: {_pipeline_error(outcome['error'])}")
+        raise batch_io.JobFailed(f"The Beam pipeline failed: {_pipeline_error(outcome['error'])}")
     state = str(getattr(result, "state", "DONE"))
     if "DONE" not in state:
-        raise batch.JobFailed(f"The Beam pipeline ended {state}.")
+        raise batch_io.JobFailed(f"The Beam pipeline ended {state}.")
 
 
 def _cancel_through_runner(result, name: str) -> None:

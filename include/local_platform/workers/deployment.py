@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 
 from include.local_platform import gcs
-from include.local_platform.context import MAX_ATTEMPTS, Context, new_etag, transition
+from include.local_platform.context import Context
 from include.local_platform.resources import operations
-from include.local_platform.serving.runtime import BadModel
+from include.local_platform.serving.saved_model import BadModel
+from include.local_platform.state.clock import new_etag
+from include.local_platform.workers.recovery import MAX_ATTEMPTS
 
 log = logging.getLogger(__name__)
 MAX_FILES = 1000
@@ -124,7 +126,7 @@ def _finish_ready(ctx: Context, version_name: str, operation_name: str, target: 
         operation = ctx.store.get(operation_name) or {}
         if operation.get("metadata", {}).get("isCancellationRequested"):
             raise Cancelled()  # asked while the model loaded: honoured, not lost
-        updated = transition(ctx, version_name, ("CREATING",), state="READY", _path=str(target))
+        updated = ctx.store.transition(version_name, ("CREATING",), state="READY", _path=str(target))
         if updated is None:  # deleted meanwhile
             shutil.rmtree(target, ignore_errors=True)
             ctx.models.evict(version_name)
@@ -139,7 +141,7 @@ def _fail(ctx: Context, version_name: str, operation_name: str, target: Path, me
     shutil.rmtree(target, ignore_errors=True)
     ctx.models.evict(version_name)
     with ctx.store.transaction():
-        transition(ctx, version_name, ("CREATING",), state="FAILED", errorMessage=message)
+        ctx.store.transition(version_name, ("CREATING",), state="FAILED", errorMessage=message)
         operations.finish(ctx, operation_name, error=(code, message))
     log.warning("version %s FAILED: %s", version_name, message)
 

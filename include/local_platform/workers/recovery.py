@@ -17,6 +17,9 @@ from include.local_platform.context import Context
 from include.local_platform.resources import operations
 
 log = logging.getLogger(__name__)
+#: Starts of one deployment or job: after this many interrupted ones (the service died while doing
+#: it, e.g. a poison input that kills the process) it ends FAILED instead of being resumed again.
+MAX_ATTEMPTS = 3
 
 
 def recover(ctx: Context) -> None:

@@ -14,10 +14,9 @@ import sqlite3
 
 import pytest
 
-from include.local_platform.context import MAX_ATTEMPTS
+from include.local_platform.workers.recovery import MAX_ATTEMPTS
 from tests.crashing import LIFE_TIMEOUT_S, Lives
-
-from .conftest import PARENT, post_fault, unique, wait_job, wait_operation
+from tests.include.local_platform.conftest import PARENT, post_fault, unique, wait_job, wait_operation
 
 pytestmark = pytest.mark.slow
 

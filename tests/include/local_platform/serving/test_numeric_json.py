@@ -15,8 +15,9 @@ import orjson
 import pytest
 
 from include.local_platform.errors import PredictionError
-from include.local_platform.serving import numeric_json, runtime
+from include.local_platform.serving import numeric_json, prediction
 from include.local_platform.serving.numeric_json import NumericArray
+from include.local_platform.serving.saved_model import LoadedModel, Signature
 
 RNG = np.random.default_rng(7)
 IMAGE = RNG.random((8, 8, 3)).round(4).tolist()
@@ -122,7 +123,7 @@ def test_irregular_arrays_are_left_to_orjson(name):
 
 
 @pytest.fixture(scope="module")
-def signatures(tmp_path_factory) -> dict[str, runtime.Signature]:
+def signatures(tmp_path_factory) -> dict[str, Signature]:
     """Echo models: float32 image [8, 8, 3] + key, float64 x [64], int32 n [64], string s."""
     import tensorflow as tf
 
@@ -150,18 +151,18 @@ def signatures(tmp_path_factory) -> dict[str, runtime.Signature]:
         module.serve = function
         path = Path(root / function.__name__)
         tf.saved_model.save(module, str(path), signatures={"serving_default": function})
-        loaded[function.__name__] = runtime.LoadedModel(path).signature(None)
+        loaded[function.__name__] = LoadedModel(path).signature(None)
     return loaded
 
 
-def _answer(signature: runtime.Signature, text: bytes, reader) -> bytes | str:
+def _answer(signature: Signature, text: bytes, reader) -> bytes | str:
     """What the predict route answers for a body read by `reader`: the JSON error, instance error, or rows."""
     try:
         body = reader(text)
     except orjson.JSONDecodeError as error:
         return f"JSONDecodeError: {error}"
     try:
-        return runtime.dumps({"predictions": runtime.predict(signature, body["instances"])})
+        return numeric_json.dumps({"predictions": prediction.predict(signature, body["instances"])})
     except PredictionError as error:
         return f"PredictionError: {error}"
 
@@ -187,7 +188,7 @@ def _json_ok(line: str) -> bool:
 
 def _predict_or_error(signature, rows: list) -> bytes | str:
     try:
-        return b"\n".join(runtime.dumps(row) for row in runtime.predict(signature, rows))
+        return b"\n".join(numeric_json.dumps(row) for row in prediction.predict(signature, rows))
     except PredictionError as error:
         return f"PredictionError: {error}"
 

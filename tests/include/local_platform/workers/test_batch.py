@@ -10,7 +10,7 @@ import struct
 import pytest
 from googleapiclient.errors import HttpError
 
-from .conftest import PARENT, unique, wait_job
+from tests.include.local_platform.conftest import PARENT, unique, wait_job
 
 
 def tfrecord(records: list[bytes]) -> bytes:
@@ -219,7 +219,7 @@ def test_over_long_line_and_record_are_that_inputs_errors(ml_api, model_uris, bu
     """A 2 MB JSON line and a 17 MB TFRecord record: one error each, the inputs around them still predicted."""
     import tensorflow as tf
 
-    from include.local_platform.workers.batch import MAX_LINE_BYTES, MAX_RECORD_BYTES
+    from include.local_platform.workers.batch_io import MAX_LINE_BYTES, MAX_RECORD_BYTES
 
     long_line = json.dumps([1.0] * (MAX_LINE_BYTES // 4))
     assert len(long_line) > MAX_LINE_BYTES
@@ -277,7 +277,7 @@ def test_wildcards_stay_in_one_segment_and_a_run_replaces_earlier_shards(ml_api,
 
 def test_cancel_while_preparing_is_never_lost_even_on_empty_input(ml_api, ml_service, model_uris, bucket,
                                                                   gcs_prefix):
-    from .conftest import post_fault
+    from tests.include.local_platform.conftest import post_fault
 
     bucket.blob(f"{gcs_prefix}/empty.json").upload_from_string("")
     body = prediction_input({"uri": model_uris["single"]}, [f"gs://{bucket.name}/{gcs_prefix}/empty.json"],

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from googleapiclient.errors import HttpError
 
-from .conftest import PARENT, unique, wait_operation
+from tests.include.local_platform.conftest import PARENT, unique, wait_operation
 
 
 def predict_json(api, name: str, instances: list) -> list:

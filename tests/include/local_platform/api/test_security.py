@@ -11,9 +11,8 @@ import pytest
 from googleapiclient.errors import HttpError
 
 from include.local_platform.api.security import INVALID_CREDENTIALS, MISSING_CREDENTIALS, Guard
+from tests.include.local_platform.conftest import PARENT, unique
 from tools import devstack
-
-from .conftest import PARENT, unique
 
 
 def raw(service, method: str, path: str, body: bytes | None = None, headers: dict | None = None):

@@ -7,7 +7,7 @@ import json
 import pytest
 from googleapiclient.errors import HttpError
 
-from .conftest import PARENT, unique, wait_operation
+from tests.include.local_platform.conftest import PARENT, unique, wait_operation
 
 
 def error_of(excinfo) -> dict:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from include.local_platform.serving.runtime import InputFacts, eager_tensor
+from include.local_platform.serving.saved_model import InputFacts
+from include.local_platform.serving.tensors import eager_tensor
 
 SPEC_SHAPES = [None, [], [None], [None, 3], [2, 3], [None, None, 3], [None, 32, 32, 3]]
 ARRAY_SHAPES = [(), (1,), (2,), (4, 3), (2, 3), (2, 4), (1, 32, 32, 3), (1, 32, 31, 3), (5, 7, 3)]

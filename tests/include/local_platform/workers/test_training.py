@@ -14,9 +14,8 @@ import pytest
 from googleapiclient.errors import HttpError
 
 from tests.conftest import ServiceHandle
+from tests.include.local_platform.conftest import PARENT, PROJECT, unique, wait_job
 from tools import devstack
-
-from .conftest import PARENT, PROJECT, unique, wait_job
 
 
 def training_body(package: str, job_dir: str | None, args: list[str], **extra) -> dict:

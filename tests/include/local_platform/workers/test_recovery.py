@@ -8,8 +8,7 @@ import signal
 import pytest
 
 from tests.conftest import start_service
-
-from .conftest import PARENT, unique, wait_job, wait_operation
+from tests.include.local_platform.conftest import PARENT, unique, wait_job, wait_operation
 
 
 @pytest.fixture

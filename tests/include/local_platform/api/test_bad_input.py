@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 from googleapiclient.errors import HttpError
 
-from .conftest import PARENT, PROJECT, unique
+from tests.include.local_platform.conftest import PARENT, PROJECT, unique
 
 
 def deep_stack(build: Callable[[], object]) -> object:
@@ -253,8 +253,8 @@ def test_valid_fields_are_stored_and_prediction_input_echoed_as_sent(ml_api, tar
 
 def test_batch_job_counts_bad_url_instances_and_predicts_the_rest(ml_api, target, bucket, gcs_prefix):
     """The same per-instance faults in a batch job: each is a line of errors_stats, the job SUCCEEDS."""
-    from .conftest import wait_job
-    from .test_batch import read_outputs
+    from tests.include.local_platform.conftest import wait_job
+    from tests.include.local_platform.workers.test_batch import read_outputs
 
     lines = [target.long_object, "/etc/passwd", "file:///etc/passwd", f"gs://{target.bucket}/a\x00b",
              json.dumps(nested(500, "x")), target.long_object]

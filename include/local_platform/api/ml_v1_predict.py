@@ -1,0 +1,52 @@
+"""Where an ml/v1 ``:predict`` request becomes predictions: body -> READY version -> loaded model -> rows.
+
+``projects.predict`` names a model (its default version serves) or a version.
+The body's ``instances`` go through the version's signature (``serving``); a
+failure caused by the instances is answered HTTP 200 ``{"error": "..."}``, as the
+hosted service did, and a request the API refuses raises ``ApiError``.
+``ml_v1_http`` calls this on the event loop for small requests to a loaded model
+(``inline``), else in a worker thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from include.local_platform.api.calls import Call
+from include.local_platform.context import Context
+from include.local_platform.errors import ApiError, PredictionError, invalid_argument
+from include.local_platform.resources import models
+from include.local_platform.serving import numeric_json, prediction
+from include.local_platform.serving.saved_model import BadModel
+
+PREDICT_LIMIT_BYTES = 1_572_864  # ml/v1's online prediction payload limit (1.5 MB)
+
+
+def predict(ctx: Context, call: Call) -> dict:
+    return predict_call(ctx, call)
+
+
+def predict_call(ctx: Context, call: Call, *, inline: bool = False) -> dict | None:
+    """Answer one predict call. ``inline`` (on the event loop): None instead of anything that
+    could block, i.e. a model not loaded yet or inputs to stage from GCS."""
+    if len(call.raw) > PREDICT_LIMIT_BYTES:
+        raise invalid_argument(f"Request payload size exceeds the limit: {PREDICT_LIMIT_BYTES} bytes.")
+    body = call.json(numeric_json.loads)  # image-sized number arrays skip Python floats
+    if not isinstance(body, dict) or "instances" not in body:
+        raise invalid_argument('The request body must be a JSON object with "instances".')
+    version = models.resolve_for_prediction(ctx, call.params["name"])
+    try:
+        if inline:
+            if (loaded := ctx.models.peek(version["name"])) is None:
+                return None
+        else:
+            loaded = ctx.models.get(version["name"], Path(version["_path"]))
+        signature = loaded.signature(body.get("signature_name") or body.get("signatureName"))
+        if signature.stages_files and inline:
+            return None
+        staging = ctx.scratch_dir if signature.stages_files else None
+        return {"predictions": prediction.predict(signature, body["instances"], staging)}
+    except PredictionError as error:
+        return {"error": str(error)}
+    except BadModel as error:
+        raise ApiError(500, "INTERNAL", f"Version {version['name']} cannot be loaded: {error}") from None

@@ -1,0 +1,212 @@
+"""What both batch engines share: reading instances from input files, predicting a batch, the job's totals.
+
+Input files are read as streams: JSON/TEXT lines in growing chunks, TFRecord
+records by their framing. A line over MAX_LINE_BYTES or a record over
+MAX_RECORD_BYTES is that line's or record's error, skipped without being held
+in memory; a line that is not JSON is its own error. A batch whose tensors fail
+to build or whose prediction fails is predicted again one instance at a time,
+so one bad instance costs only itself (its message is counted, the rest are
+predicted). The local engine (``local_engine``) and the Beam engine
+(``beam_engine``) both call these, so both write the same rows and error counts.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from include.local_platform import gcs
+from include.local_platform.errors import PredictionError
+from include.local_platform.serving import numeric_json, prediction, tensors
+from include.local_platform.serving.saved_model import Signature
+from include.local_platform.serving.tensors import PreparedBatch
+
+DEFAULT_BATCH_SIZE = 64  # ml/v1's default; applied here, never written into the stored predictionInput
+MAX_LINE_BYTES = 1_572_864  # one JSON/TEXT input line: ml/v1's online request limit (1.5 MB)
+MAX_RECORD_BYTES = 16 * 1024 * 1024  # one TFRecord record (a serialized tf.Example)
+
+
+def batch_size(prediction_input: dict) -> int:
+    return int(prediction_input.get("batchSize") or DEFAULT_BATCH_SIZE)
+
+
+class JobFailed(Exception):
+    pass
+
+
+class JobCancelled(Exception):
+    pass
+
+
+class ServiceStopping(Exception):
+    pass
+
+
+@dataclass
+class Totals:
+    predictions: int = 0
+    errors: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def output(self, output_path: str) -> dict:
+        return {
+            "outputPath": output_path,
+            "predictionCount": str(self.predictions),
+            "errorCount": str(self.errors),
+            "nodeHours": round((time.monotonic() - self.started) / 3600, 6),
+        }
+
+
+def _records(stream, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[bytes | None]:
+    """TFRecord framing: uint64 length, uint32 crc, data, uint32 crc; None for a record over ``max_bytes``."""
+    while True:
+        header = stream.read(12)
+        if not header:
+            return
+        if len(header) < 12:
+            raise ValueError("truncated TFRecord header")
+        (length,) = struct.unpack("<Q", header[:8])
+        if length > max_bytes:
+            _skip(stream, length + 4)  # read through in small pieces, never held whole
+            yield None
+            continue
+        data = stream.read(length)
+        if len(data) < length or len(stream.read(4)) < 4:
+            raise ValueError("truncated TFRecord record")
+        yield data
+
+
+def _skip(stream, count: int, piece: int = 1024 * 1024) -> None:
+    while count > 0:
+        read = len(stream.read(min(piece, count)))
+        if read == 0:
+            raise ValueError("truncated TFRecord record")
+        count -= read
+
+
+FIRST_READ_BYTES = 256 * 1024
+
+
+def _lines(stream, max_bytes: int = MAX_LINE_BYTES, chunk_size: int = 4 * 1024 * 1024) -> Iterator[bytes | None]:
+    """Lines of a stream read in large chunks (the GCS reader's own readline is byte-slow).
+
+    Reads start at FIRST_READ_BYTES and double up to ``chunk_size``: the first batch
+    reaches TensorFlow after one small request instead of a full chunk. A line longer
+    than ``max_bytes`` comes out as None: its bytes are dropped as they arrive, so
+    memory stays under ``max_bytes`` + one chunk.
+    """
+    pending = b""
+    too_long = False
+    size = min(FIRST_READ_BYTES, chunk_size)
+    while chunk := stream.read(size):
+        size = min(size * 2, chunk_size)
+        *ended, rest = chunk.split(b"\n")
+        for part in ended:
+            if too_long:
+                yield None
+            else:
+                line = pending + part
+                yield None if len(line) > max_bytes else line
+            pending, too_long = b"", False
+        if not too_long:
+            pending += rest
+            if len(pending) > max_bytes:
+                pending, too_long = b"", True
+    if too_long:
+        yield None
+    elif pending:
+        yield pending
+
+
+def open_instances(uri: str, data_format: str) -> Iterator[tuple[object, str | None]]:
+    """(instance, None) for each good input and (None, error) for each bad one."""
+    text = data_format in ("JSON", "TEXT")
+    with gcs.open_read(uri, chunk_size=FIRST_READ_BYTES if text else 4 * 1024 * 1024) as raw:
+        yield from read_instances(raw, data_format)
+
+
+def read_instances(raw, data_format: str) -> Iterator[tuple[object, str | None]]:
+    """Instances of one input file's byte stream, as both batch engines read them (see `open_instances`)."""
+    if data_format in ("JSON", "TEXT"):
+        for number, line in enumerate(_lines(raw), start=1):
+            if line is None:
+                yield None, f"Input line {number} is longer than the limit of {MAX_LINE_BYTES} bytes."
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield numeric_json.loads(line), None
+            except orjson.JSONDecodeError as error:
+                yield None, f"Failed to parse input line {number} as JSON: {error.__class__.__name__}"
+        return
+    stream = gzip.GzipFile(fileobj=raw) if data_format == "TF_RECORD_GZIP" else raw
+    try:
+        for number, record in enumerate(_records(stream), start=1):
+            if record is None:
+                yield None, f"TFRecord record {number} is longer than the limit of {MAX_RECORD_BYTES} bytes."
+            else:
+                yield record, None
+    except (ValueError, OSError, EOFError) as error:
+        yield None, f"Corrupt TFRecord input: {error}"
+
+
+def batches(items: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@dataclass
+class InputBatch:
+    """One batch as read: the good instances, the read errors, and (if they converted) their tensors."""
+
+    instances: list
+    read_errors: list[str]
+    prepared: PreparedBatch | None
+
+
+def prepare_batches(items: Iterator[list], signature: Signature, scratch: Path) -> Iterator[InputBatch]:
+    for batch in items:
+        good = [instance for instance, error in batch if error is None]
+        prepared = None
+        if good:
+            try:
+                prepared = tensors.prepare(signature, good, scratch)
+            except PredictionError:
+                prepared = None  # isolated one by one by the consumer
+        yield InputBatch(good, [error for _, error in batch if error is not None], prepared)
+
+
+def predict_batch(signature: Signature, batch: InputBatch, errors: Counter, staging: Path) -> list[dict]:
+    """Predict a batch; on an instance-content error, isolate the bad instances one by one."""
+    if batch.prepared is not None:
+        try:
+            return prediction.run(signature, batch.prepared)
+        except PredictionError:
+            pass
+    rows = []
+    for instance in batch.instances:
+        try:
+            rows.extend(prediction.predict(signature, [instance], staging))
+        except PredictionError as error:
+            errors[str(error)] += 1
+    return rows
+
+
+def predict_instances(signature: Signature, instances: list, staging: Path | None) -> tuple[list[dict], Counter]:
+    """One batch the way the local engine predicts it: rows of the good instances, error messages counted."""
+    errors: Counter = Counter()
+    prepared = next(prepare_batches(iter([[(instance, None) for instance in instances]]), signature, staging))
+    return predict_batch(signature, prepared, errors, staging), errors
