@@ -74,16 +74,10 @@ def batch_prediction():
         model = promoted.get("model") or params["model_name"]
         job_id = naming.job_id(dag_run.dag_id, dag_run.run_id)
         prefix = f"{CFG.batch_uri}/{model}/{job_id}"
-        try:
+        with batch_target.skipped_when_nothing_to_predict(scheduled=dag_run.run_type == "scheduled"):
             target = storage.first_choice(f"{prefix}/target.json", lambda: batch_target.resolve(
                 MLEngineHook(gcp_conn_id=CFG.gcp_conn_id), model=model, job_id=job_id, prefix=prefix,
                 wanted=params["version"].strip() or promoted.get("version"), default_variant=CFG.serving_variant))
-        except batch_target.NothingToPredict as error:
-            if dag_run.run_type != "scheduled":
-                raise
-            from airflow.sdk.exceptions import AirflowSkipException  # a fresh deployment's first daily run
-
-            raise AirflowSkipException(str(error)) from error
         log.info("Batch prediction %s on %s/%s (%s variant) -> %s", job_id, model, target["version"],
                  target["variant"], target["output_path"])
         return target

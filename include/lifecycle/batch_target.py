@@ -8,12 +8,28 @@ deployment's first daily run has nothing to predict with yet).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from include.lifecycle.errors import InvalidRequest
 from include.lifecycle.promotion import current_default
 
 
 class NothingToPredict(InvalidRequest):
     """The model does not exist or has no default version yet."""
+
+
+@contextmanager
+def skipped_when_nothing_to_predict(*, scheduled: bool) -> Iterator[None]:
+    """A scheduled run with nothing to predict with skips (AirflowSkipException); any other run fails."""
+    try:
+        yield
+    except NothingToPredict as error:
+        if not scheduled:
+            raise
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException(str(error)) from error
 
 
 def promotion_event(triggering_asset_events) -> dict:

@@ -30,6 +30,7 @@ from ml_engine.names import (
     version_path,
 )
 from ml_engine.states import JOB_TERMINAL_STATES, describe_job
+from ml_engine.triggers import MLEngineJobTrigger, MLEngineOperationTrigger, MLEngineTrainingJobTrigger
 
 DEFER_AFTER_SECONDS = 10  # a deferrable wait polls this long in the worker before it defers
 RESUME_MARGIN_SECONDS = 5  # the scheduler's loops, on top of the deferring worker's report lag (resume_hold)
@@ -160,8 +161,6 @@ class _MLEngineWaitingOperator(_MLEngineBaseOperator):
             )
         )
         if operation is None:
-            from ml_engine.triggers import MLEngineOperationTrigger
-
             self.defer(
                 trigger=MLEngineOperationTrigger(
                     operation_name=operation_name,
@@ -455,14 +454,12 @@ class MLEngineListVersionsOperator(_MLEngineBaseOperator):
 class _MLEngineJobOperator(_MLEngineWaitingOperator):
     """Submit an ml/v1 job idempotently, wait for it (in the worker or deferred), judge it, cancel it on kill.
 
-    Subclasses build the job body, name their hook calls and trigger, and judge the ended job.
+    Subclasses build the job body, override the hook calls and trigger class that differ, and judge the ended job.
     """
 
     job_kind = "Job"  # how messages name the job
     input_field = "predictionInput"  # the job resource's field with the subclass's input
-    submit_method = "create_job"  # MLEngineHook methods that create and poll the job
-    wait_method = "wait_for_job"
-    trigger_path = "ml_engine.triggers.MLEngineJobTrigger"
+    trigger_class: type[MLEngineJobTrigger] = MLEngineJobTrigger
     wait_when_ended = False  # wait (and so log) once more for a job that had already ended at submit
 
     def __init__(
@@ -494,17 +491,16 @@ class _MLEngineJobOperator(_MLEngineWaitingOperator):
 
     def _submit(self, project_id: str, body: dict) -> dict:
         """Create the job (or reuse the matching one); the job as the service has it."""
-        return getattr(self.hook, self.submit_method)(project_id=project_id, job=body)
+        return self.hook.create_job(project_id=project_id, job=body)
 
     def _wait(self, project_id: str, job_id: str) -> dict:
-        return getattr(self.hook, self.wait_method)(
+        """Poll the job until it ends (in the worker)."""
+        return self.hook.wait_for_job(
             project_id=project_id, job_id=job_id, timeout=self.wait_timeout, poll_interval=self.poll_interval
         )
 
     def _trigger(self, project_id: str, job_id: str) -> BaseTrigger:
-        from airflow.providers.common.compat.module_loading import import_string
-
-        return import_string(self.trigger_path)(
+        return self.trigger_class(
             project_id=project_id,
             job_id=job_id,
             **self._trigger_kwargs(poll_interval=self.poll_interval, timeout=self._trigger_timeout()),
@@ -769,9 +765,7 @@ class MLEngineStartTrainingJobOperator(_MLEngineJobOperator):
     operator_extra_links = (MLEngineJobLink(),)
     job_kind = "Training job"
     input_field = "trainingInput"
-    submit_method = "create_training_job"
-    wait_method = "wait_for_training_job"
-    trigger_path = "ml_engine.triggers.MLEngineTrainingJobTrigger"
+    trigger_class = MLEngineTrainingJobTrigger
     wait_when_ended = True  # a re-run of an ended job prints its log once more, then judges it
 
     def __init__(
@@ -828,6 +822,15 @@ class MLEngineStartTrainingJobOperator(_MLEngineJobOperator):
             if key in training_input:  # native rendering makes "2.11" a float
                 training_input[key] = str(training_input[key])
         return training_input
+
+    def _submit(self, project_id: str, body: dict) -> dict:
+        return self.hook.create_training_job(project_id=project_id, job=body)
+
+    def _wait(self, project_id: str, job_id: str) -> dict:
+        """Poll the job until it ends, printing the trainer's log as it grows."""
+        return self.hook.wait_for_training_job(
+            project_id=project_id, job_id=job_id, timeout=self.wait_timeout, poll_interval=self.poll_interval
+        )
 
     def _resumed(self, event: dict[str, Any]) -> None:
         """Print the lines the trainer wrote after the trigger's last read."""

@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from ml_engine.hooks import MLEngineAsyncHook
 from ml_engine.states import JOB_TERMINAL_STATES, describe_job
+
+if TYPE_CHECKING:  # the hook (googleapiclient, google-auth) is imported when a trigger runs
+    from ml_engine.hooks import MLEngineAsyncHook
 
 
 class _MLEnginePollTrigger(BaseTrigger):
@@ -59,6 +61,8 @@ class _MLEnginePollTrigger(BaseTrigger):
         }
 
     def _get_async_hook(self) -> MLEngineAsyncHook:
+        from ml_engine.hooks import MLEngineAsyncHook
+
         return MLEngineAsyncHook(
             gcp_conn_id=self.gcp_conn_id,
             impersonation_chain=self.impersonation_chain,

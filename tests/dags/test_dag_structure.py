@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import itertools
 from pathlib import Path
 
@@ -125,3 +126,26 @@ def test_every_task_has_retries_and_the_ml_tasks_share_the_connection(dags):
             if hasattr(task, "gcp_conn_id") or "gcp_conn_id" in getattr(task, "partial_kwargs", {}):
                 conn = getattr(task, "gcp_conn_id", None) or task.partial_kwargs["gcp_conn_id"]
                 assert conn == config.load().gcp_conn_id
+
+
+def _task_functions(tree: ast.AST) -> list[ast.FunctionDef]:
+    """Functions decorated with ``@task`` or ``@task.<kind>(...)``."""
+    def is_task(decorator: ast.expr) -> bool:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        while isinstance(target, ast.Attribute):
+            target = target.value
+        return isinstance(target, ast.Name) and target.id == "task"
+
+    return [node for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef) and any(is_task(d) for d in node.decorator_list)]
+
+
+def test_task_bodies_stay_short():
+    """Decisions live in include/lifecycle: a task only fetches, calls one decision, acts and logs (<= 25 lines)."""
+    long = {}
+    for path in (ROOT / "dags").glob("*.py"):
+        functions = _task_functions(ast.parse(path.read_text()))
+        assert functions or path.name == "__init__.py"
+        long |= {f"{path.name}:{f.name}": f.end_lineno - f.lineno + 1 for f in functions
+                 if f.end_lineno - f.lineno + 1 > 25}
+    assert long == {}

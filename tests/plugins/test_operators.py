@@ -332,3 +332,21 @@ class _TI:
 
     def xcom_push(self, key, value):
         self.xcom[key] = value
+
+
+def test_operators_dispatch_by_methods_not_by_names_in_strings():
+    """Job operators override the hook calls and trigger class that differ: a renamed hook method or trigger
+    fails at import or in a linter, never first in a running task (no getattr by name, no import_string)."""
+    import ast
+    import inspect
+
+    from ml_engine import operators
+    from ml_engine.triggers import MLEngineJobTrigger, MLEngineTrainingJobTrigger
+
+    tree = ast.parse(inspect.getsource(operators))
+    by_name = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+               and getattr(node.func, "id", getattr(node.func, "attr", "")) in ("getattr", "import_string")]
+    assert by_name == []
+    assert operators.MLEngineStartBatchPredictionJobOperator.trigger_class is MLEngineJobTrigger
+    assert operators.MLEngineStartTrainingJobOperator.trigger_class is MLEngineTrainingJobTrigger
+    assert operators.MLEngineStartTrainingJobOperator._wait is not operators._MLEngineJobOperator._wait
