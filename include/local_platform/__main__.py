@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
                         default=int(os.environ.get("ML_ENGINE_INTRA_OP_THREADS", "1")),
                         help="threads TensorFlow gives one op (env ML_ENGINE_INTRA_OP_THREADS; default 1, as on "
                              "ml/v1's one-vCPU mls1-c1-m2 nodes; 0 keeps TensorFlow's own choice, all cores). Batch "
-                             "jobs keep one call in flight per core instead (README: Benchmarks)")
+                             "jobs keep one call in flight per core instead (docs/benchmarks.md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -141,7 +141,7 @@ def _predict_shard(ctx: Context, name: str, signature: Signature, batches: Itera
     PREDICT_IN_FLIGHT batches are in TensorFlow at once. One call alone leaves cores idle
     between its ops; calls side by side, each op on one thread (the service's default
     intra-op setting), ran ~1.4x as many instances/s as TensorFlow's defaults one call
-    at a time on 2 cores (README: Benchmarks).
+    at a time on 2 cores (docs/benchmarks.md).
     """
     cancel = ctx.cancel_event(name)
     last_report = time.monotonic()

@@ -149,7 +149,7 @@ def test_version_refusals(ml_api, deploy, model_uris):
     versions = ml_api.projects().models().versions()
     with pytest.raises(HttpError) as excinfo:
         versions.create(parent=model, body={"name": "v1", "deploymentUri": model_uris["tiny"]}).execute()
-    assert error_of(excinfo)["code"] == 409  # Google documented no text: the model's wording (README)
+    assert error_of(excinfo)["code"] == 409  # Google documented no text: the model's wording (docs/local-service.md)
     assert error_of(excinfo)["message"] == "Field: version.name Error: A version with the same name already exists."
     with pytest.raises(HttpError) as excinfo:
         versions.create(parent=model, body={"name": "v-bad", "deploymentUri": model_uris["tiny"]}).execute()
