@@ -8,6 +8,11 @@ FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION}
 ENV PYTHONPATH=/opt/airflow:/opt/airflow/plugins \
     TF_CPP_MIN_LOG_LEVEL=2
 
+# The unprivileged user the ml/v1 service runs training jobs as (docs/security.md, "Training code").
+USER root
+RUN useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ml-trainer
+USER airflow
+
 COPY --chown=airflow:0 requirements.txt constraints.txt /opt/airflow/
 RUN pip install --no-cache-dir -r /opt/airflow/requirements.txt -c /opt/airflow/constraints.txt
 

@@ -12,9 +12,16 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
 export STATE_DIR GCS_PORT ML_PORT
 export MITMDUMP := $(abspath $(TOOLS_DIR))/mitmproxy/bin/mitmdump
 
-.PHONY: install tools test lint browser services stop run airflow bench clean
+.PHONY: install trainer-user tools test lint browser services stop run airflow bench clean
 
-install: $(STAMP)  ## create/update .venv from requirements.txt (uv, else pip)
+install: $(STAMP) trainer-user  ## create/update .venv from requirements.txt (uv, else pip)
+
+trainer-user:  ## as root: the unprivileged user training jobs run as (ml-trainer), created once
+	@if [[ $$(id -u) == 0 ]] && ! id -u "$${ML_ENGINE_TRAINER_USER:-ml-trainer}" >/dev/null 2>&1; then \
+	  echo "install: creating user $${ML_ENGINE_TRAINER_USER:-ml-trainer} for training jobs"; \
+	  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+	    "$${ML_ENGINE_TRAINER_USER:-ml-trainer}"; \
+	fi
 
 $(STAMP): requirements.txt constraints.txt scripts/install.sh
 	@bash scripts/install.sh $(VENV)

@@ -7,6 +7,7 @@ exactly as `make services` starts them.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -109,9 +110,19 @@ def start_service(gcs_host: str, state_dir: Path) -> ServiceHandle:
 
 
 @pytest.fixture(scope="session")
-def ml_service(gcs_emulator, tmp_path_factory) -> ServiceHandle:
+def passable_dir():
+    """A directory other users can pass through (pytest's own tmp dirs are closed to them), removed at the end:
+    the session service's state lives there, so its trainers run as `ml-trainer` as with `make services`."""
+    base = Path(tempfile.mkdtemp(prefix="ml-engine-tests-"))
+    base.chmod(0o711)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ml_service(gcs_emulator, passable_dir) -> ServiceHandle:
     """The service as `make services` runs it (a bearer token in a 0600 file), plus the fault switch."""
-    handle = start_service(gcs_emulator, tmp_path_factory.mktemp("ml_engine_state"))
+    handle = start_service(gcs_emulator, passable_dir / "ml_engine_state")
     os.environ["ML_ENGINE_ENDPOINT"] = handle.url
     yield handle
     handle.server.stop()

@@ -27,22 +27,43 @@ AIRFLOW_COMPONENTS = {
     "airflow-worker": "celery worker",
     "airflow-triggerer": "triggerer",
 }
-#: The official layout's services plus the project's two.
-EXPECTED_SERVICES = {"postgres", "redis", "airflow-init", "airflow-cli", "gcs-emulator", "ml-engine",
+#: The one-shot service that generates every secret before anything else starts.
+INIT = "secrets-init"
+#: The official layout's services plus the project's two and the secrets' generator.
+EXPECTED_SERVICES = {"postgres", "redis", "airflow-init", "airflow-cli", "gcs-emulator", "ml-engine", INIT,
                      *AIRFLOW_COMPONENTS}
+#: Services running Airflow (the x-airflow-common ones).
+AIRFLOW_SERVICES = {*AIRFLOW_COMPONENTS, "airflow-init", "airflow-cli"}
+#: Each volume holding secrets, and the services that may mount it besides secrets-init (which writes them all):
+#: the ml/v1 service gets its own token and nothing of Airflow's, Postgres and Redis their own password.
+SECRET_VOLUMES = {
+    "airflow-secrets": AIRFLOW_SERVICES,
+    "airflow-passwords": AIRFLOW_SERVICES,
+    "ml-engine-token": AIRFLOW_SERVICES | {"ml-engine"},
+    "postgres-secrets": {"postgres"},
+    "redis-secrets": {"redis"},
+}
+#: The users the postgres and redis images run their servers as (uid 999 in both Debian-based images).
+IMAGE_SERVER_USER = "999:999"
 #: Ports each service listens on inside the compose network.
 LISTENS = {"postgres": 5432, "redis": 6379, "airflow-apiserver": 8080, "airflow-scheduler": 8974,
            "gcs-emulator": 9023, "ml-engine": 8780}
 #: Environment variables read by code outside the project (Google libraries, Airflow's image, Celery, Postgres).
 EXTERNAL_ENV = {"PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT",
                 "DUMB_INIT_SETSID", "_AIRFLOW_DB_MIGRATE", "CONNECTION_CHECK_MAX_COUNT",
-                "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB",
-                # read by airflow-init's script: values that win over the generated ones
+                "POSTGRES_USER", "POSTGRES_PASSWORD_FILE", "POSTGRES_DB",
+                # read by secrets-init's script: values that win over the generated ones
                 "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY"}
-#: Secrets airflow-init generates into the airflow-secrets volume; components read them with `_CMD` options.
+#: Secrets secrets-init generates into the airflow-secrets volume; components read them with `_CMD` options.
 SECRETS_DIR = "/opt/airflow/secrets"
+#: Where the Airflow containers and the ml/v1 service find the service's token (the ml-engine-token volume).
+TOKEN_FILE = "/opt/airflow/ml-engine-token/ml_engine_token"
 #: [celery] options used (the Celery provider, in the official image, defines them; not installed here).
 CELERY_OPTIONS = {"broker_url", "result_backend"}
+#: Both are `sensitive: true` in the Celery provider's provider.yaml, so their `_CMD` twins are read.
+CELERY_SENSITIVE = {("celery", option) for option in CELERY_OPTIONS}
+#: Environment variables that hold (or name) a credential.
+CREDENTIAL_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY(_CMD)?$|SQL_ALCHEMY_CONN|BROKER_URL|RESULT_BACKEND")
 INTERPOLATION = re.compile(r"(?<!\$)\$\{(\w+)(:?-)([^}]*)\}")  # `$${X}` is an escaped `${X}`
 
 
@@ -83,10 +104,41 @@ def _argv(value) -> list[str]:
     return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
 
 
+def _mounts(service: dict) -> dict[str, tuple[str, bool]]:
+    """A service's mounts: target -> (source, read-only)."""
+    out = {}
+    for volume in service.get("volumes") or []:
+        source, target, *options = volume.split(":")
+        out[target] = (source, bool(options) and "ro" in options[0].split(","))
+    return out
+
+
+def _in_volume(service: dict, path: str) -> tuple[str, str]:
+    """The named volume a path in the service's container lies in, and the file's name inside it."""
+    for target, (source, _) in sorted(_mounts(service).items(), key=lambda item: -len(item[0])):
+        if path.startswith(target.rstrip("/") + "/"):
+            return source, path[len(target.rstrip("/")) + 1:]
+    raise AssertionError(f"{path} lies in no volume the service mounts")
+
+
+def _networks(service: dict) -> set[str]:
+    """The networks a service is on (Compose's `default` when it names none; none with a network_mode)."""
+    if "network_mode" in service:
+        return set()
+    return set(service.get("networks") or ["default"])
+
+
+def _cat(value: str) -> str:
+    """The file a `_CMD` option reads."""
+    match = re.fullmatch(r"cat (/\S+)", value)
+    assert match, f"{value!r} is not `cat FILE`"
+    return match.group(1)
+
+
 def test_services_are_the_official_layout_plus_the_project_services(services):
     assert set(services) == EXPECTED_SERVICES
     for name, service in services.items():
-        if name not in ("airflow-init", "airflow-cli"):
+        if name not in ("airflow-init", "airflow-cli", INIT):
             assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
         for dependency, rule in (service.get("depends_on") or {}).items():
             assert dependency in services, f"{name} depends on unknown {dependency}"
@@ -104,8 +156,9 @@ def test_airflow_components_use_celery_and_real_commands(services):
         assert subcommand.split()[0] in commands
         env = _env(service)
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
-        assert "@postgres/" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+        # the URLs (with the generated passwords) are files secrets-init writes: see the tests further down
+        assert env["AIRFLOW__CELERY__BROKER_URL_CMD"] == f"cat {SECRETS_DIR}/celery_broker_url"
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD"] == f"cat {SECRETS_DIR}/sql_alchemy_conn"
         assert service["build"] == "." and service["image"] == services["ml-engine"]["image"]
     for name in ("airflow-dag-processor", "airflow-triggerer"):
         job_check = " ".join(_argv(services[name]["healthcheck"]["test"]))
@@ -128,7 +181,8 @@ def test_env_vars_refer_to_real_settings(services):
                 section, option = key[len("AIRFLOW__"):].lower().split("__", 1)
                 if option.endswith("_cmd"):  # Airflow runs the command only for its sensitive options
                     option = option.removesuffix("_cmd")
-                    assert (section, option) in conf.sensitive_config_values, f"{name}: {key} is not read"
+                    sensitive = conf.sensitive_config_values | CELERY_SENSITIVE
+                    assert (section, option) in sensitive, f"{name}: {key} is not read"
                 known = CELERY_OPTIONS if section == "celery" else set(options.get(section, {}).get("options", {}))
                 assert option in known, f"{name}: {key} is no Airflow option"
             elif key.startswith("ML_"):
@@ -138,17 +192,21 @@ def test_env_vars_refer_to_real_settings(services):
             else:
                 assert key in EXTERNAL_ENV, f"{name}: {key} is read by nothing known"
             for url in re.findall(r"[a-z+]+://[^\s\"',]+", value):
-                _check_url(url, services, where=f"{name}.{key}")
+                _check_url(url, services, where=f"{name}.{key}", client=name)
 
 
-def _check_url(url: str, services: dict, *, where: str) -> None:
+def _check_url(url: str, services: dict, *, where: str, client: str | None = None) -> None:
     parsed = urllib.parse.urlsplit(url)
     host = parsed.hostname
     if host in (None, "localhost", "127.0.0.1") or "." in host:
         return
     assert host in services, f"{where}: {url} names no service"
-    port = parsed.port or {"redis": 6379, "postgresql": 5432}.get(parsed.scheme.split("+")[-1], 80)
+    default_ports = {"redis": 6379, "postgresql": 5432}  # by dialect: `postgresql+psycopg2`, `db+postgresql`
+    port = parsed.port or next((default_ports[p] for p in parsed.scheme.split("+") if p in default_ports), 80)
     assert LISTENS.get(host) == port, f"{where}: {url} is not the port {host} listens on"
+    if client is not None:  # and the caller can reach it
+        shared = _networks(services[client]) & _networks(services[host])
+        assert shared, f"{where}: {client} shares no network with {host}"
 
 
 def _check_connection(value: str, services: dict) -> None:
@@ -240,8 +298,8 @@ def test_safe_by_default_loopback_ports(services):
 
 
 def test_no_static_secret_in_the_file(services):
-    """Fernet key, JWT secret and API secret come from files airflow-init generates, never from the file itself."""
-    sensitive = ("FERNET_KEY", "JWT_SECRET", "SECRET_KEY")
+    """Fernet key, JWT secret and API secret come from files secrets-init generates, never from the file itself."""
+    sensitive = ("FERNET_KEY", "JWT_SECRET", "SECRET_KEY", "SQL_ALCHEMY_CONN", "BROKER_URL", "RESULT_BACKEND")
     for name, service in services.items():
         env = _env(service)
         for key, value in env.items():
@@ -249,55 +307,288 @@ def test_no_static_secret_in_the_file(services):
                 pytest.fail(f"{name}: {key} is set in the file ({value!r}); use its _CMD twin")
             if key.startswith("AIRFLOW__") and key.removesuffix("_CMD").endswith(sensitive):
                 assert re.fullmatch(rf"cat {SECRETS_DIR}/\w+", value), f"{name}: {key}={value}"
-                assert f"airflow-secrets:{SECRETS_DIR}" in service["volumes"], name
+                assert f"airflow-secrets:{SECRETS_DIR}:ro" in service["volumes"], name
             if key.startswith("AIRFLOW_") and not key.startswith("AIRFLOW__") and key in EXTERNAL_ENV:
                 assert value == "", f"{name}: {key} has a default value in the file"
         assert "admin:admin" not in json.dumps(env.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS", ""))
-    init_env = _env(services["airflow-init"])
+    init_env = _env(services[INIT])
     assert init_env["AIRFLOW_ADMIN_PASSWORD"] == ""  # generated unless the user gives one
 
 
-def _run_init(services: dict, root: Path, **given: str) -> tuple[str, dict[str, str], dict]:
-    """airflow-init's script, run by bash with /opt/airflow moved under `root` (no Docker here)."""
+def _run_init(services: dict, root: Path, **given: str) -> tuple[str, dict[str, dict[str, str]]]:
+    """secrets-init's script, run by bash with each volume it mounts moved to `root/<volume>` (no Docker here).
+
+    Returns its output and, per volume, the files in it (name -> contents).
+    """
     import os
     import subprocess
     import sys
 
-    script = services["airflow-init"]["command"][1].replace("$$", "$").replace("/opt/airflow", str(root))
-    script = script.replace("exec /entrypoint airflow version", "true")
-    script = re.sub(r'chown -R "[^"]*"', "true", script)
+    mounts = _mounts(services[INIT])
+    script = services[INIT]["command"][1].replace("$$", "$")
+    for target in sorted(mounts, key=len, reverse=True):  # /x/airflow-passwords before /x/airflow
+        script = script.replace(target, str(root / mounts[target][0]))
+    script = re.sub(r"^\s*chown .*$", "true", script, flags=re.M)  # test_init_gives_each_volume_to_its_reader
+    for source, _ in mounts.values():
+        (root / source).mkdir(parents=True, exist_ok=True)  # Docker creates the mount points
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **given}
     if "ML_ENGINE_TOKEN" not in given:  # the test session's own token is not a value given to init
         env.pop("ML_ENGINE_TOKEN", None)
     done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60, check=True)
-    secrets = {p.name: p.read_text() for p in (root / "secrets").iterdir()}
-    passwords = json.loads((root / "passwords" / "simple_auth_manager_passwords.json").read_text())
-    return done.stdout, secrets, passwords
+    volumes = {source: {p.name: p.read_text() for p in (root / source).iterdir()} for source, _ in mounts.values()}
+    return done.stdout, volumes
 
 
-def test_ml_engine_requires_the_generated_token(services):
-    ml_engine, common = services["ml-engine"], services["airflow-scheduler"]
+@pytest.fixture(scope="module")
+def generated(services, tmp_path_factory) -> dict[str, dict[str, str]]:
+    """What secrets-init writes on a first start, per volume."""
+    return _run_init(services, tmp_path_factory.mktemp("volumes"))[1]
+
+
+def test_ml_engine_requires_the_generated_token(services, generated):
+    ml_engine = services["ml-engine"]
     command = ml_engine["command"]
     token_file = command[command.index("--token-file") + 1]
-    assert token_file == f"{SECRETS_DIR}/ml_engine_token"
-    assert f"airflow-secrets:{SECRETS_DIR}:ro" in ml_engine["volumes"]
-    assert ml_engine["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
-    assert "ml-engine" not in services["airflow-init"]["depends_on"]  # no cycle: init writes the token first
-    assert _env(common)["ML_ENGINE_TOKEN_FILE"] == token_file
+    assert token_file == TOKEN_FILE
+    assert _in_volume(ml_engine, token_file) == ("ml-engine-token", "ml_engine_token")
+    assert _mounts(ml_engine)[str(Path(token_file).parent)] == ("ml-engine-token", True)  # read-only
+    assert ml_engine["depends_on"][INIT]["condition"] == "service_completed_successfully"
+    assert "ml-engine" not in services[INIT].get("depends_on", {})  # no cycle: init writes the token first
+    for name in AIRFLOW_SERVICES:  # the hook reads the same file
+        assert _env(services[name])["ML_ENGINE_TOKEN_FILE"] == token_file, name
+        assert _in_volume(services[name], token_file) == ("ml-engine-token", "ml_engine_token"), name
+    assert set(generated["ml-engine-token"]) == {"ml_engine_token"}  # the token and nothing else
+    assert len(generated["ml-engine-token"]["ml_engine_token"]) >= 40
 
 
 def test_init_generates_secrets_once_and_prints_the_admin_password(services, tmp_path):
     from cryptography.fernet import Fernet
 
-    out, secrets, passwords = _run_init(services, tmp_path)
-    assert set(secrets) == {"fernet_key", "jwt_secret", "api_secret_key", "ml_engine_token"}
+    out, volumes = _run_init(services, tmp_path)
+    secrets = volumes["airflow-secrets"]
+    passwords = json.loads(volumes["airflow-passwords"]["simple_auth_manager_passwords.json"])
+    assert set(secrets) == {"fernet_key", "jwt_secret", "api_secret_key", "sql_alchemy_conn",
+                            "celery_result_backend", "celery_broker_url"}
     Fernet(secrets["fernet_key"])  # a valid key, no trailing newline
     assert all(len(value) >= 40 and "\n" not in value for value in secrets.values())
     assert passwords["admin"] != "admin" and len(passwords["admin"]) >= 40
     assert f"generated password {passwords['admin']}" in out
-    assert all(oct(p.stat().st_mode)[-3:] == "600" for p in (tmp_path / "secrets").iterdir())
+    for volume in volumes:
+        for path in (tmp_path / volume).iterdir():
+            assert oct(path.stat().st_mode)[-3:] == "600", path
     again = _run_init(services, tmp_path)  # a restart keeps them (a new Fernet key would lose connections)
-    assert again[1:] == (secrets, passwords) and "password" not in again[0]
+    assert again[1] == volumes and "password" not in again[0]
     given = _run_init(services, tmp_path, AIRFLOW_ADMIN_PASSWORD='my "pw"', AIRFLOW_JWT_SECRET="jwt-from-env")
-    assert given[2] == {"admin": 'my "pw"'} and given[1]["jwt_secret"] == "jwt-from-env"
-    assert given[1]["fernet_key"] == secrets["fernet_key"] and "password" not in given[0]
+    assert json.loads(given[1]["airflow-passwords"]["simple_auth_manager_passwords.json"]) == {"admin": 'my "pw"'}
+    assert given[1]["airflow-secrets"]["jwt_secret"] == "jwt-from-env"
+    assert given[1]["airflow-secrets"]["fernet_key"] == secrets["fernet_key"] and "password" not in given[0]
+    assert given[1]["postgres-secrets"] == volumes["postgres-secrets"]  # the database keeps its password
+
+
+# --- security review: least privilege for secrets, networks and credentials -------------------------------
+
+
+@pytest.mark.parametrize("volume", sorted(SECRET_VOLUMES))
+def test_secret_volumes_are_mounted_only_by_their_readers(services, compose, volume):
+    """Each secrets volume is mounted by secrets-init (which writes it) and its readers only, read-only
+    where the reader never writes (SimpleAuthManager may add users to the passwords file)."""
+    assert volume in compose["volumes"]
+    mounted = {name: ro for name, service in services.items()
+               for source, ro in _mounts(service).values() if source == volume}
+    assert set(mounted) == SECRET_VOLUMES[volume] | {INIT}, volume
+    assert mounted[INIT] is False
+    if volume != "airflow-passwords":
+        assert all(ro for name, ro in mounted.items() if name != INIT), mounted
+
+
+#: What the ml/v1 service must not be handed: Airflow's secrets, the database's and the broker's credentials.
+ML_ENGINE_FORBIDDEN = ("airflow-secrets", "airflow-passwords", "postgres-secrets", "redis-secrets",
+                       "/opt/airflow/secrets", "/opt/airflow/passwords", "FERNET", "JWT", "SECRET_KEY",
+                       "SQL_ALCHEMY", "BROKER", "RESULT_BACKEND", "POSTGRES", "REDIS", "PASSWORD", "airflow:airflow")
+
+
+@pytest.mark.parametrize("needle", ML_ENGINE_FORBIDDEN)
+def test_ml_engine_gets_no_airflow_secret_and_no_database_credential(services, needle):
+    ml_engine = services["ml-engine"]
+    for part in ("environment", "volumes", "secrets", "env_file", "command", "entrypoint"):
+        assert needle.lower() not in json.dumps(ml_engine.get(part) or "").lower(), f"ml-engine {part}: {needle}"
+
+
+REACHABLE = [
+    ("ml-engine", "postgres", False),
+    ("ml-engine", "redis", False),
+    ("gcs-emulator", "postgres", False),
+    ("gcs-emulator", "redis", False),
+    ("ml-engine", "gcs-emulator", True),
+    ("airflow-init", "postgres", True),
+    *[(name, server, True) for name in [*sorted(AIRFLOW_COMPONENTS), "airflow-cli"]
+      for server in ("postgres", "redis", "ml-engine", "gcs-emulator")],
+]
+
+
+@pytest.mark.parametrize(("client", "server", "reachable"), REACHABLE)
+def test_networks_keep_the_ml_services_away_from_postgres_and_redis(services, client, server, reachable):
+    shared = _networks(services[client]) & _networks(services[server])
+    assert bool(shared) is reachable, f"{client} -> {server}: shared networks {sorted(shared)}"
+
+
+def test_networks_are_declared_and_the_backend_is_internal(compose, services):
+    used = set().union(*(_networks(service) for service in services.values()))
+    assert used <= set(compose.get("networks") or {}), used
+    for name in ("postgres", "redis"):  # no published port, no way out: only the Airflow containers reach them
+        for network in _networks(services[name]):
+            assert compose["networks"][network].get("internal") is True, (name, network)
+    assert services[INIT]["network_mode"] == "none"  # generates files, talks to no one
+
+
+def test_every_reader_of_a_secret_starts_after_secrets_init(services):
+    """Through depends_on (no cycle): each service mounting a secrets volume waits for secrets-init to finish."""
+
+    def after(name: str, seen: tuple[str, ...] = ()) -> set[str]:
+        assert name not in seen, f"depends_on cycle: {' -> '.join((*seen, name))}"
+        direct = services[name].get("depends_on") or {}
+        return set(direct).union(*(after(dependency, (*seen, name)) for dependency in direct))
+
+    for name, service in services.items():
+        readers = {source for source, _ in _mounts(service).values() if source in SECRET_VOLUMES}
+        if name != INIT and readers:
+            assert INIT in after(name), f"{name} reads {sorted(readers)} but may start before {INIT}"
+    assert not services[INIT].get("depends_on")
+    for name in ("postgres", "redis", "ml-engine"):
+        assert services[name]["depends_on"][INIT]["condition"] == "service_completed_successfully", name
+
+
+def _uncommented(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+
+
+#: Patterns of a credential written into the file itself.
+LITERAL_CREDENTIALS = {
+    "password in a URL": r"\w://[^\s/:@'\"]*:[^\s/@'\"$%]+@",
+    "Redis password": r"requirepass\s+(?!%s)[^\s'\"]",
+    "Postgres password": r"POSTGRES_PASSWORD\s*:",
+    "static admin password": r"\"admin\":\s*\"admin\"|admin:admin@",
+}
+
+
+@pytest.mark.parametrize("pattern", LITERAL_CREDENTIALS.values(), ids=list(LITERAL_CREDENTIALS))
+def test_no_literal_credential_in_the_file(pattern):
+    found = re.findall(pattern, _uncommented(COMPOSE.read_text()))
+    assert not found, found
+
+
+def test_credential_variables_hold_no_value(services):
+    """A credential variable is empty (given by the user), or names a file (`*_FILE`, `*_CMD: cat FILE`)."""
+    for name, service in services.items():
+        for key, value in _env(service).items():
+            if not CREDENTIAL_KEY.search(key):
+                continue
+            if key.endswith("_FILE"):
+                _in_volume(service, value)
+            elif key.endswith("_CMD"):
+                _in_volume(service, _cat(value))
+            else:
+                assert value == "", f"{name}: {key}={value!r} is a credential written in the file"
+
+
+def test_init_gives_each_volume_to_its_reader(services):
+    """secrets-init (root) hands each volume to the user its reader runs as: Airflow's or the image's server."""
+    mounts = _mounts(services[INIT])
+    owners = {}
+    for line in services[INIT]["command"][1].splitlines():
+        if line.strip().startswith("chown "):
+            owner, *paths = _argv(line)[2:] if "-R" in line else _argv(line)[1:]
+            for path in paths:
+                owners[mounts[path][0]] = owner
+    assert owners == {"airflow-secrets": "50000:0", "airflow-passwords": "50000:0", "ml-engine-token": "50000:0",
+                      "postgres-secrets": IMAGE_SERVER_USER, "redis-secrets": IMAGE_SERVER_USER}
+    assert services[INIT]["user"] == "0:0"
+    for name in AIRFLOW_COMPONENTS:
+        assert services[name]["user"] == "50000:0", name
+
+
+def test_ml_engine_runs_training_jobs_as_the_images_unprivileged_user(services):
+    """The service runs as root in its container only to hand each training job to `ml-trainer`, a user the
+    image creates, which can read neither its token nor its state."""
+    assert services["ml-engine"]["user"] == "0:0"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "useradd --system" in dockerfile and "ml-trainer" in dockerfile
+    assert dockerfile.rstrip().splitlines()[-1].startswith("COPY") and "USER airflow" in dockerfile
+
+
+def test_postgres_password_is_generated(services, generated):
+    postgres = services["postgres"]
+    env = _env(postgres)
+    assert "POSTGRES_PASSWORD" not in env
+    volume, name = _in_volume(postgres, env["POSTGRES_PASSWORD_FILE"])
+    password = generated[volume][name]
+    assert re.fullmatch(r"[\w-]{40,}", password), password
+    assert postgres["depends_on"][INIT]["condition"] == "service_completed_successfully"
+    assert _argv(postgres["healthcheck"]["test"]) == ["CMD", "pg_isready", "-U", env["POSTGRES_USER"]]
+
+
+def test_redis_requires_the_generated_password(services, generated):
+    redis = services["redis"]
+    command = _argv(redis["command"])
+    assert command[0] == "redis-server" and len(command) == 2  # a config file, no password on the command line
+    volume, name = _in_volume(redis, command[1])
+    match = re.fullmatch(r"requirepass ([\w-]{40,})\n", generated[volume][name])
+    assert match, generated[volume][name]
+    assert generated[volume]["password"] == match.group(1)
+    assert redis["depends_on"][INIT]["condition"] == "service_completed_successfully"
+
+
+#: The credentials the Airflow containers read, and the password (volume, file) each must carry.
+AIRFLOW_CREDENTIALS = {
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD": ("postgresql+psycopg2", ("postgres-secrets", "password")),
+    "AIRFLOW__CELERY__RESULT_BACKEND_CMD": ("db+postgresql", ("postgres-secrets", "password")),
+    "AIRFLOW__CELERY__BROKER_URL_CMD": ("redis", ("redis-secrets", "password")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AIRFLOW_SERVICES))
+@pytest.mark.parametrize("key", sorted(AIRFLOW_CREDENTIALS))
+def test_airflow_reads_database_and_broker_credentials_from_generated_files(services, generated, name, key):
+    service = services[name]
+    volume, file = _in_volume(service, _cat(_env(service)[key]))
+    assert volume == "airflow-secrets"
+    url = generated[volume][file]
+    scheme, (password_volume, password_file) = AIRFLOW_CREDENTIALS[key]
+    parsed = urllib.parse.urlsplit(url)
+    assert parsed.scheme == scheme and parsed.password == generated[password_volume][password_file], url
+    _check_url(url, services, where=f"{name}.{key}", client=name)
+
+
+def test_generated_credentials_differ(generated):
+    values = [generated["postgres-secrets"]["password"], generated["redis-secrets"]["password"],
+              generated["ml-engine-token"]["ml_engine_token"], generated["airflow-secrets"]["jwt_secret"],
+              generated["airflow-secrets"]["api_secret_key"]]
+    assert len(set(values)) == len(values)
+
+
+@pytest.mark.parametrize(("stored", "healthy"), [("right", True), ("wrong", False), ("", False)])
+def test_redis_healthcheck_authenticates_with_the_generated_password(services, tmp_path, stored, healthy):
+    """The healthcheck, run by sh against a stand-in redis-cli that answers PONG to the right password only
+    (and exits 0 on NOAUTH, so the check must read the answer, not the exit code)."""
+    import os
+    import subprocess
+
+    volumes = tmp_path / "volumes"
+    _, generated = _run_init(services, volumes)
+    redis = services["redis"]
+    password = generated["redis-secrets"]["password"]
+    if stored != "right":
+        (volumes / "redis-secrets" / "password").write_text(stored)
+    fake = tmp_path / "bin" / "redis-cli"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\nif [ "$1" = ping ] && [ "$REDISCLI_AUTH" = "{password}" ]; then echo PONG;'
+                    ' else echo "NOAUTH Authentication required."; fi\n')
+    fake.chmod(0o755)
+    kind, check = redis["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    check = check.replace("$$", "$")
+    for target, (source, _) in _mounts(redis).items():
+        check = check.replace(target, str(volumes / source))
+    done = subprocess.run(["sh", "-c", check], env={**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"},
+                          capture_output=True, text=True, timeout=30)
+    assert (done.returncode == 0) is healthy, done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -75,3 +76,75 @@ def build_tiny_sdist(root: Path) -> Path:
     subprocess.run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(out)!r})"],
                    cwd=root, check=True, capture_output=True)
     return out / "tinytrainer-0.1.tar.gz"
+
+
+PROBE_TRAINER = '''
+"""A trainer that reports what it can see and touch, then (with --hold) leaves a setsid child and waits."""
+import argparse, json, os, resource, subprocess, sys, sysconfig, time
+
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
+
+def attempt(action):
+    try:
+        action()
+        return "allowed"
+    except OSError as error:
+        return type(error).__name__
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--job-dir", required=True)
+    parser.add_argument("--secret", action="append", default=[], help="a file the trainer must not read")
+    parser.add_argument("--hold", action="store_true")
+    args = parser.parse_args()
+    venv_file = os.path.join(sysconfig.get_paths()["purelib"], "probe-was-here.txt")
+    report = {
+        "uid": os.getuid(), "env": sorted(os.environ), "cwd": os.getcwd(), "home": os.environ.get("HOME"),
+        "read": {path: attempt(lambda path=path: open(path, "rb").read(1)) for path in args.secret},
+        "list": {path: attempt(lambda path=path: os.listdir(os.path.dirname(path))) for path in args.secret},
+        "write_venv": attempt(lambda: open(venv_file, "w").write("x")),
+        "limits": {name: resource.getrlimit(getattr(resource, name))[0]
+                   for name in ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_NOFILE", "RLIMIT_NPROC")},
+        "setup_env": open(os.path.join(os.environ["HOME"], "setup_env.json")).read()
+        if os.path.exists(os.path.join(os.environ["HOME"], "setup_env.json")) else None,
+    }
+    if args.hold:
+        child = subprocess.Popen([sys.executable, "-c", "import os, time; os.setsid(); time.sleep(600)"])
+        report["child"] = child.pid
+    client = storage.Client(project="test-project", credentials=AnonymousCredentials())
+    bucket, _, prefix = args.job_dir[5:].partition("/")
+    client.bucket(bucket).blob(prefix.rstrip("/") + "/probe.json").upload_from_string(json.dumps(report))
+    print("probe written", flush=True)
+    while args.hold:
+        time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+PROBE_SETUP = '''
+import json, os
+from setuptools import setup
+
+# Runs while the service builds the package: record what the build could see, where the trainer finds it.
+with open(os.path.join(os.environ.get("HOME", "."), "setup_env.json"), "w") as out:
+    json.dump({"uid": os.getuid(), "env": sorted(os.environ)}, out)
+setup()
+'''
+
+
+def build_probe_sdist(root: Path) -> Path:
+    """`probetrainer-0.1.tar.gz` (module probetrainer.task): reports its identity, environment and access."""
+    (root / "probetrainer").mkdir(parents=True)
+    (root / "probetrainer" / "__init__.py").write_text("")
+    (root / "probetrainer" / "task.py").write_text(PROBE_TRAINER)
+    (root / "setup.py").write_text(PROBE_SETUP)
+    (root / "pyproject.toml").write_text(textwrap.dedent(PYPROJECT).replace("tinytrainer", "probetrainer"))
+    out = root / "dist"
+    subprocess.run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(out)!r})"],
+                   cwd=root, check=True, capture_output=True, env={**os.environ, "HOME": str(root)})
+    return out / "probetrainer-0.1.tar.gz"

@@ -8,7 +8,11 @@ so what the tests run is what users run.
 The stack: api-server (UI + REST API + execution API), scheduler (LocalExecutor),
 dag-processor and triggerer, one SQLite metadata database under
 ``STATE_DIR/airflow``, SimpleAuthManager with the documented local user
-``admin`` / ``admin`` (``AIRFLOW_ADMIN_PASSWORD`` changes the password). Connections
+``admin`` / ``admin`` (``AIRFLOW_ADMIN_PASSWORD`` changes the password). That
+static password is for a loopback bind only: on any other address (``--host
+0.0.0.0``) the stack generates a random one into ``STATE_DIR/airflow/admin_password``
+(0600, kept across restarts) and refuses ``admin``. Every secret file is created
+0600 from its first byte. Connections
 come from the environment (``include.config.embedded_environment()``): with the
 local services (default) the ``google_cloud_default`` connection points at the
 emulator and the local ml/v1 service; with ``--services none`` whatever
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -40,7 +45,9 @@ DEFAULT_PORT = 8080
 DEFAULT_WORKER_LOG_PORT = 8793
 DEFAULT_TRIGGER_LOG_PORT = 8794
 ADMIN_USER = "admin"
-DEFAULT_ADMIN_PASSWORD = "admin"  # local only; documented in README ("Airflow UI")
+DEFAULT_ADMIN_PASSWORD = "admin"  # loopback only; documented in README ("Airflow UI")
+ADMIN_PASSWORD_FILE = "admin_password"  # under AIRFLOW_HOME: the generated password of a non-loopback bind
+PASSWORDS_FILE = "simple_auth_manager_passwords.json"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 #: How long SQLite waits for another process's write lock. Python's default (5 s) made a trigger from the UI
 #: or the REST API fail with a 500 while a running task wrote to the database.
@@ -69,7 +76,8 @@ class AirflowStack:
     :param local_services: Point the connection at the local services; False: the environment's.
     :param start_local_services: Start the local services with the stack (the CLI starts them itself).
     :param unpause: Unpause the project's DAGs once they are registered.
-    :param password: The ``admin`` user's password.
+    :param password: The ``admin`` user's password. None: ``admin`` on a loopback bind, else a random one
+        kept in ``admin_password_file``; ``admin`` itself is refused on a non-loopback bind.
     :param extra_env: More environment for every component.
     """
 
@@ -83,10 +91,33 @@ class AirflowStack:
     local_services: bool = True
     start_local_services: bool = True
     unpause: bool = True
-    password: str = DEFAULT_ADMIN_PASSWORD
+    password: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, devstack.LocalProcess] = field(default_factory=dict)
     services: list[devstack.LocalProcess] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if is_loopback(self.host):
+            self.password = self.password or DEFAULT_ADMIN_PASSWORD
+        elif self.password == DEFAULT_ADMIN_PASSWORD:
+            raise ValueError(f"--host {self.host!r} is not loopback: the static password {DEFAULT_ADMIN_PASSWORD!r} "
+                             "would let anyone who reaches the port in; unset AIRFLOW_ADMIN_PASSWORD to get a "
+                             "generated one, or choose another")
+        elif not self.password:  # other hosts can reach the UI: a random password, made once (0600) and kept
+            self.password = devstack.secret_file(self.admin_password_file)
+
+    @property
+    def admin_password_file(self) -> Path:
+        return self.airflow_home / ADMIN_PASSWORD_FILE
+
+    def password_hint(self) -> str:
+        """How the user gets the ``admin`` password, without printing a password that is not the documented one."""
+        if self.password == DEFAULT_ADMIN_PASSWORD:
+            return f"user {ADMIN_USER}, password {DEFAULT_ADMIN_PASSWORD}"
+        path = self.admin_password_file
+        if path.exists() and path.read_text().strip() == self.password:
+            return f"user {ADMIN_USER}, generated password: cat {path}"
+        return f"user {ADMIN_USER}, the password given (AIRFLOW_ADMIN_PASSWORD)"
 
     @property
     def airflow_home(self) -> Path:
@@ -113,7 +144,7 @@ class AirflowStack:
         (a test session's DAGS_FOLDER, say, must not replace the project's).
         """
         home = self.airflow_home
-        passwords = home / "simple_auth_manager_passwords.json"
+        passwords = home / PASSWORDS_FILE
         env = {
             "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "plugins")]),
             "AIRFLOW_HOME": str(home),
@@ -179,11 +210,10 @@ class AirflowStack:
         return {conn_var: json.dumps({"conn_type": "google_cloud_platform", "extra": extra})}
 
     def write_passwords(self) -> Path:
-        """SimpleAuthManager's passwords file with the documented local password."""
-        path = self.airflow_home / "simple_auth_manager_passwords.json"
+        """SimpleAuthManager's passwords file with the ``admin`` password, never readable by others."""
+        path = self.airflow_home / PASSWORDS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({ADMIN_USER: self.password}))
-        path.chmod(0o600)
+        write_secret(path, json.dumps({ADMIN_USER: self.password}))
         return path
 
     # --- processes --------------------------------------------------------------
@@ -327,6 +357,38 @@ class AirflowStack:
                 raise RuntimeError(f"{name} exited with {process.process.returncode}:\n{process.log_tail()}")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether an address to bind is reachable from this machine only (``localhost``, 127.0.0.0/8, ::1)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:  # another name, or empty (all interfaces): it may be reachable from elsewhere
+        return False
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in a file that is mode 0600 from its creation on.
+
+    The text goes into a new file created with O_CREAT | O_EXCL and mode 0600 (so it cannot be
+    another's file or a symlink, and no umask makes it readable by others), which then replaces
+    ``path`` in one rename: the file at ``path`` never holds the text with wider permissions,
+    whatever mode an older file there had.
+    """
+    temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temp.unlink()  # left by a crash of this pid's predecessor
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        raise
+
+
 def use_wal(db_path: Path) -> None:
     """Switch the metadata database to SQLite's write-ahead log (the mode stays with the file).
 
@@ -382,8 +444,7 @@ def _start(stack: AirflowStack) -> None:
     for name, process in stack.processes.items():
         devstack.record_pid(pid_dir / f"{name}.pid", process)
     dags = stack.wait_dags(timeout=60)
-    print(f"Airflow is up in {time.monotonic() - started:.0f} s: {stack.url}  "
-          f"(user {ADMIN_USER}, password {stack.password})")
+    print(f"Airflow is up in {time.monotonic() - started:.0f} s: {stack.url}  ({stack.password_hint()})")
     for dag_id in PROJECT_DAGS:
         print(f"  {dag_id}: {'paused' if dags[dag_id]['is_paused'] else 'active'}, "
               f"schedule {dags[dag_id].get('timetable_summary')}")
@@ -414,16 +475,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.action == "stop":
         _stop(state_dir)
         return
-    stack = AirflowStack(
-        state_dir=state_dir, port=args.port, host=args.host, gcs_port=args.gcs_port, ml_port=args.ml_port,
-        worker_log_port=int(os.environ.get("AIRFLOW_WORKER_LOG_PORT", DEFAULT_WORKER_LOG_PORT)),
-        trigger_log_port=int(os.environ.get("AIRFLOW_TRIGGER_LOG_PORT", DEFAULT_TRIGGER_LOG_PORT)),
-        local_services=args.services == "local",
-        start_local_services=False,  # _start starts them the `make services` way
-        password=os.environ.get("AIRFLOW_ADMIN_PASSWORD") or DEFAULT_ADMIN_PASSWORD,
-        # Active DAGs unless the user asked for paused ones.
-        unpause=os.environ.get("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "").strip().lower() not in ("true", "1"),
-    )
+    try:
+        stack = AirflowStack(
+            state_dir=state_dir, port=args.port, host=args.host, gcs_port=args.gcs_port, ml_port=args.ml_port,
+            worker_log_port=int(os.environ.get("AIRFLOW_WORKER_LOG_PORT", DEFAULT_WORKER_LOG_PORT)),
+            trigger_log_port=int(os.environ.get("AIRFLOW_TRIGGER_LOG_PORT", DEFAULT_TRIGGER_LOG_PORT)),
+            local_services=args.services == "local",
+            start_local_services=False,  # _start starts them the `make services` way
+            # None: `admin` on loopback, a generated password on any other address
+            password=os.environ.get("AIRFLOW_ADMIN_PASSWORD") or None,
+            # Active DAGs unless the user asked for paused ones.
+            unpause=os.environ.get("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "").strip().lower()
+            not in ("true", "1"),
+        )
+    except ValueError as error:
+        print(f"Airflow not started: {error}", file=sys.stderr)
+        sys.exit(1)
     try:
         _start(stack)
     except Exception as error:

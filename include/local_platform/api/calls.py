@@ -52,6 +52,17 @@ def answer(method: str, path: str, handler: Callable[..., object], *args) -> tup
         return 500, ApiError(500, "INTERNAL", f"Internal error: {error.__class__.__name__}: {error}").body()
 
 
+def encoded(status: int, body: object, dumps: Callable[[object], bytes]) -> tuple[int, bytes]:
+    """(status, JSON bytes); an answer that cannot be written (too deep, a value JSON cannot hold) becomes a
+    logged 500 in Google's shape instead of a broken response."""
+    try:
+        return status, dumps(body)
+    except (orjson.JSONEncodeError, TypeError, RecursionError) as error:
+        log.error("an answer could not be written as JSON (%s); answering 500", error)
+        failure = ApiError(500, "INTERNAL", f"Internal error: the answer could not be written as JSON ({error}).")
+        return 500, orjson.dumps(failure.body())
+
+
 def page(items: list[dict], key: str, call: Call) -> dict:
     """pageSize / pageToken over a full list; ``{}`` when there is nothing, as Google answers."""
     try:

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from include.local_platform.api.calls import Call, answer, injected, read_body
+from include.local_platform.api.calls import Call, answer, encoded, injected, read_body
 from include.local_platform.api.faults import FaultInjector
 from include.local_platform.api.ml_v1_predict import PREDICT_LIMIT_BYTES, predict_call
 from include.local_platform.api.ml_v1_routes import PREDICT_PATH, check_path_ids, dispatch
@@ -83,7 +83,7 @@ def predict_endpoint(ctx: Context, faults: FaultInjector) -> Endpoint:
             answered = answer("POST", path, _predict_inline, ctx, Call(match.groupdict(), query, raw))
         if answered is None or answered[1] is None:
             answered = await run_in_threadpool(dispatch, ctx, "POST", path, query, raw)
-        return answered[0], dumps(answered[1])
+        return encoded(*answered, dumps)
 
     return endpoint
 
@@ -103,4 +103,5 @@ def add_routes(app: FastAPI, ctx: Context, faults: FaultInjector) -> None:
         if error := check_json_body(request.method, request.headers.get("content-type"), raw):
             return JSONResponse(error.body(), status_code=error.code)
         status, body = await run_in_threadpool(dispatch, ctx, request.method, path, dict(request.query_params), raw)
-        return Response(dumps(body), status_code=status, media_type="application/json")
+        status, data = encoded(status, body, dumps)
+        return Response(data, status_code=status, media_type="application/json")

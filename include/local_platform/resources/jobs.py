@@ -17,6 +17,7 @@ from include.local_platform.errors import (
 )
 from include.local_platform.resources import prediction_input, training_input, validation
 from include.local_platform.resources.names import check_name, job_name
+from include.local_platform.resources.proto_json import camel_case
 from include.local_platform.state.clock import new_etag, now_rfc3339
 from include.local_platform.state.store import public
 
@@ -28,6 +29,7 @@ ACTIVE_STATES = ("QUEUED", "PREPARING", "RUNNING")
 def create_job(ctx: Context, project: str, body: object) -> dict:
     if not isinstance(body, dict):
         raise invalid_argument("The request body must be a JSON object.")
+    body = camel_case(body, "job")  # both proto3 JSON spellings in; stored and answered in lowerCamelCase
     job_id = check_name("Job", body.get("jobId"), "job.job_id")
     if "trainingInput" in body:
         kind, job_input = "trainingInput", training_input.validate(body["trainingInput"])

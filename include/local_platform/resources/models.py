@@ -20,6 +20,7 @@ from include.local_platform.errors import (
 )
 from include.local_platform.resources import operations
 from include.local_platform.resources.names import check_name, model_name, version_name
+from include.local_platform.resources.proto_json import camel, camel_case
 from include.local_platform.resources.validation import (
     allowed_bucket,
     boolean,
@@ -37,22 +38,23 @@ BUSY_STATES = ("CREATING", "DELETING", "UPDATING")
 SUPPORTED_FRAMEWORKS = ("TENSORFLOW", "FRAMEWORK_UNSPECIFIED")
 
 
-def _body(body: object) -> dict:
+def _body(body: object, where: str) -> dict:
+    """The request's message with lowerCamelCase field names (both proto3 JSON spellings are accepted)."""
     if not isinstance(body, dict):
         raise invalid_argument("The request body must be a JSON object.")
-    return body
+    return camel_case(body, where)
 
 
-def _mask(update_mask: str | None, allowed: dict[str, str]) -> list[str]:
-    """Parse updateMask (camelCase or snake_case paths) into canonical field paths."""
+def _mask(update_mask: str | None, allowed: tuple[str, ...]) -> list[str]:
+    """Parse updateMask (each path in camelCase or snake_case) into lowerCamelCase field paths."""
     if not update_mask:
         raise invalid_argument("Field: update_mask Error: updateMask is required.", "update_mask")
     fields = []
     for path in update_mask.split(","):
-        canonical = allowed.get(path.strip())
-        if canonical is None:
+        canonical = ".".join(camel(part) for part in path.strip().split("."))
+        if canonical not in allowed:
             raise invalid_argument(f"Field: update_mask Error: '{path}' cannot be updated; "
-                                   f"supported: {sorted(set(allowed.values()))}.", "update_mask")
+                                   f"supported: {sorted(allowed)}.", "update_mask")
         fields.append(canonical)
     return fields
 
@@ -97,7 +99,7 @@ def get_model(ctx: Context, project: str, model: str) -> dict:
 
 
 def create_model(ctx: Context, project: str, body: object) -> dict:
-    body = _body(body)
+    body = _body(body, "model")
     name = check_name("Model", body.get("name"), "model.name")
     regions = body.get("regions") or []
     if not isinstance(regions, list) or len(regions) > 1:
@@ -121,10 +123,8 @@ def create_model(ctx: Context, project: str, body: object) -> dict:
 
 
 def patch_model(ctx: Context, project: str, model: str, body: object, update_mask: str | None) -> dict:
-    body = _body(body)
-    fields = _mask(update_mask, {"description": "description", "labels": "labels",
-                                 "defaultVersion.name": "defaultVersion.name",
-                                 "default_version.name": "defaultVersion.name"})
+    body = _body(body, "model")
+    fields = _mask(update_mask, ("description", "labels", "defaultVersion.name"))
     current = get_model(ctx, project, model)
     changes: dict = {}
     for path in fields:
@@ -199,7 +199,7 @@ def _require_not_busy(version: dict) -> None:
 
 
 def create_version(ctx: Context, project: str, model: str, body: object) -> dict:
-    body = _body(body)
+    body = _body(body, "version")
     parent = get_model(ctx, project, model)
     short = check_name("Version", body.get("name"), "version.name")
     uri = gcs_uri(body.get("deploymentUri"), "version.deployment_uri", "deploymentUri (a SavedModel directory)")
@@ -238,8 +238,8 @@ def create_version(ctx: Context, project: str, model: str, body: object) -> dict
 
 def patch_version(ctx: Context, project: str, model: str, version: str, body: object,
                   update_mask: str | None) -> dict:
-    body = _body(body)
-    fields = _mask(update_mask, {"description": "description", "labels": "labels"})
+    body = _body(body, "version")
+    fields = _mask(update_mask, ("description", "labels"))
     current = get_version(ctx, project, model, version)
     _require_not_busy(current)
     changes = {path: None if body.get(path) is None else _checked("version", path, body[path]) for path in fields}

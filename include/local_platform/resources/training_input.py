@@ -7,6 +7,8 @@ import shutil
 import subprocess
 
 from include.local_platform.errors import ApiError, invalid_argument, unimplemented
+from include.local_platform.resources import validation
+from include.local_platform.resources.proto_json import check_message
 
 MAX_PACKAGES = 100
 SCALE_TIERS = ("BASIC", "STANDARD_1", "PREMIUM_1", "BASIC_GPU", "BASIC_TPU", "CUSTOM")
@@ -31,11 +33,21 @@ def container_engine() -> str | None:
     return None
 
 
+def scale_tier(training_input: dict) -> str:
+    """scaleTier, BASIC when absent: BASIC is the enum's zero value, which proto3 JSON omits."""
+    return training_input.get("scaleTier", "BASIC")
+
+
 def validate(given: object) -> dict:
-    """Check trainingInput as ml/v1 did; the stored copy is what the request said, with defaults filled in."""
+    """Check trainingInput as ml/v1 did; the stored copy is what the request said (defaults apply when it runs).
+
+    The message must fit ml/v1's TrainingInput schema (known fields, JSON types, bounded
+    sizes), so a stored job can always be read back and answered.
+    """
     if not isinstance(given, dict):
         raise invalid_argument("Field: job.training_input Error: trainingInput must be an object.",
                                "job.training_input")
+    check_message(given, "GoogleCloudMlV1__TrainingInput", "job.training_input")
     training_input = dict(given)
     if training_input.get("hyperparameters"):
         raise unimplemented("Hyperparameter tuning (trainingInput.hyperparameters)")
@@ -63,6 +75,7 @@ def validate(given: object) -> dict:
             raise _field_error("package_uris", f"'{uri}' is not a gs:// URI of a package file.")
         if not PACKAGE_FILE_RULE.match(uri.rsplit("/", 1)[1]):
             raise _field_error("package_uris", f"'{uri}' must name a Python package file (.tar.gz, .whl or .zip).")
+        validation.allowed_bucket(uri, "training_input.package_uris")  # packages are code, as models are
     args = training_input.get("args", [])
     if not isinstance(args, list) or not all(isinstance(arg, str) for arg in args):
         raise _field_error("args", "args must be a list of strings.")
@@ -71,7 +84,7 @@ def validate(given: object) -> dict:
     job_dir = training_input.get("jobDir")
     if job_dir is not None and (not isinstance(job_dir, str) or not job_dir.startswith("gs://") or len(job_dir) <= 5):
         raise _field_error("job_dir", f"jobDir must be a gs:// path, got {job_dir!r}.")
-    tier = training_input.setdefault("scaleTier", "BASIC")
+    tier = scale_tier(training_input)
     if tier not in SCALE_TIERS:
         raise _field_error("scale_tier", f"scaleTier must be one of {list(SCALE_TIERS)}, got {tier!r}.")
     if tier == "CUSTOM" and not training_input.get("masterType"):

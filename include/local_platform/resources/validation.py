@@ -84,7 +84,8 @@ def gcs_uri(value: object, field: str, what: str) -> str:
 
 
 def allowed_bucket(uri: str, field: str) -> None:
-    """With ML_ENGINE_ALLOWED_BUCKETS set, models may only come from those buckets (models are code)."""
+    """With ML_ENGINE_ALLOWED_BUCKETS set, models and training packages come only from those buckets (both run
+    as code in the service or its trainers)."""
     allowed = {b.strip() for b in os.environ.get(ALLOWED_BUCKETS_ENV, "").split(",") if b.strip()}
     bucket = uri[5:].split("/", 1)[0]
     if allowed and bucket not in allowed:

@@ -3,12 +3,19 @@
 What hosted ml/v1 did on a job's master replica, on this machine: ``pip install``
 the job's packages into the job's own directory (the service's environment never
 changes, and TensorFlow from it is reused), then ``python -m <pythonModule> <args>
---job-dir <jobDir>`` with ``CLOUD_ML_JOB`` and ``TF_CONFIG`` set. The trainer runs
-in its own session (process group) with stdout and stderr appended to the job's
-log file, so the log survives the service; a tiny shell wrapper writes the exit
-status to a file, so it is known even when the service was down at the end; and a
-restart recognises a trainer that is still running by its pid and start time.
-Nothing here knows about the job's state: ``training`` does.
+--job-dir <jobDir>`` with ``CLOUD_ML_JOB`` and ``TF_CONFIG`` set. Both run
+sandboxed (``trainer_sandbox``: a user of their own when the service is root, an
+allow-listed environment, limits, a capped log). The trainer runs in its own
+session with its output appended to the job's log file, so the log survives the
+service; the exit status goes to a file, so it is known even when the service was
+down at the end; and a restart recognises a trainer still running by its pid and
+start time. Nothing here knows about the job's state: ``training`` does.
+
+A job's directory (``training/<project>/<job>/``) belongs to the service and holds
+``trainer.log`` and the downloaded ``packages/``; only ``home/`` inside it (HOME,
+working directory, installed packages, exit status) belongs to the trainer, so
+nothing the trainer plants there is ever opened by the service except through
+``read_small`` (no symlinks followed).
 """
 
 from __future__ import annotations
@@ -16,21 +23,24 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from include.local_platform.workers import trainer_sandbox
+from include.local_platform.workers.trainer_sandbox import Identity
+
 LOG_NAME = "trainer.log"
+HOME_NAME = "home"
 EXIT_NAME = "exit_status"
+PIP_EXIT_NAME = "pip_exit_status"
 POLL_S = 0.5
 TERMINATE_GRACE_S = 10.0
 #: Lines the service writes into a job's log start with this (the trainer's own lines do not).
 SERVICE_PREFIX = "[local_platform]"
-# `sh -c WRAPPER sh python -m module args...`: run the trainer, keep its exit status in a file.
-_WRAPPER = '"$@"; code=$?; echo "$code" > "$ML_ENGINE_EXIT_FILE"; exit "$code"'
+BUILD_ISOLATION_ENV = "ML_ENGINE_TRAINER_BUILD_ISOLATION"
 
 
 class PreparationFailed(Exception):
@@ -47,36 +57,49 @@ def append_log(log_file: Path, text: str) -> None:
         out.write(f"{SERVICE_PREFIX} {text}\n")
 
 
-def install_packages(files: list[Path], site: Path, log_file: Path, should_stop: Callable[[], bool]) -> None:
-    """``pip install --target site`` without dependencies, then only the requirements the service lacks.
+def home(directory: Path) -> Path:
+    return directory / HOME_NAME
+
+
+def install_packages(files: list[Path], directory: Path, log_file: Path, should_stop: Callable[[], bool],
+                     who: Identity) -> None:
+    """``pip install --target home/site`` without dependencies, then only the requirements the service lacks.
 
     --target alone would reinstall every dependency (TensorFlow included) into the
     job; the service's own packages satisfy most, and the rest are installed beside
-    the job's packages.
+    the job's packages. pip runs sandboxed like the trainer: a wheel installs as is, an
+    sdist is built in an isolated build environment (``ML_ENGINE_TRAINER_BUILD_ISOLATION=0``
+    builds with the service's setuptools instead, for hosts without a package index).
     """
-    base = [sys.executable, "-m", "pip", "install", "--target", str(site), "--disable-pip-version-check",
-            "--no-input", "--no-warn-script-location", "--no-build-isolation"]
-    _run_pip([*base, "--no-deps", *map(str, files)], log_file, should_stop)
+    site = home(directory) / "site"
+    base = [who.python, "-m", "pip", "install", "--target", str(site), "--disable-pip-version-check",
+            "--no-input", "--no-warn-script-location"]
+    if os.environ.get(BUILD_ISOLATION_ENV, "1") == "0":
+        base.append("--no-build-isolation")
+    _run_pip([*base, "--no-deps", *map(str, files)], directory, log_file, should_stop, who)
     missing = _missing_requirements(site)
     if missing:
         append_log(log_file, f"installing requirements missing from the runtime: {missing}")
-        _run_pip([*base, *missing], log_file, should_stop)
+        _run_pip([*base, *missing], directory, log_file, should_stop, who)
 
 
-def _run_pip(argv: list[str], log_file: Path, should_stop: Callable[[], bool]) -> None:
+def _run_pip(argv: list[str], directory: Path, log_file: Path, should_stop: Callable[[], bool],
+             who: Identity) -> None:
     append_log(log_file, "running " + " ".join(argv[2:]))
-    with log_file.open("ab") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
-        while process.poll() is None:
-            if should_stop():
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                raise Stopped()
-            time.sleep(POLL_S)
-    if process.returncode != 0:
+    exit_file = home(directory) / PIP_EXIT_NAME
+    env = trainer_sandbox.environment({"PYTHONPATH": ""}, home(directory), f"pip-{directory.name}", who.python)
+    process = trainer_sandbox.spawn(argv, env=env, cwd=home(directory), log_file=log_file, exit_file=exit_file,
+                                    who=who)
+    while process.poll() is None:
+        if should_stop():
+            trainer_sandbox.stop_tree(process.pid, f"pip-{directory.name}", grace_s=0)
+            process.wait()
+            raise Stopped()
+        time.sleep(POLL_S)
+    code = exit_status(exit_file, process.returncode)
+    if code != 0:
         raise PreparationFailed(f"pip install of the training packages failed with exit status "
-                                f"{process.returncode}: {last_error_line(log_file)}")
+                                f"{code}: {last_error_line(log_file)}")
 
 
 def _missing_requirements(site: Path) -> list[str]:
@@ -107,45 +130,50 @@ def _snake(key: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
 
 
-def environment(job: dict, site: Path, exit_file: Path) -> dict[str, str]:
-    """The environment the hosted service gave trainers: CLOUD_ML_JOB and TF_CONFIG (a single master)."""
+def task_type(training_input: dict) -> str:
+    """``chief`` for runtime versions 2.1 and later, else ``master``, as Google documents for TF_CONFIG
+    (``useChiefInTfConfig`` only concerns custom containers, which this service does not run)."""
+    match = re.match(r"^(\d+)\.(\d+)", str(training_input.get("runtimeVersion") or ""))
+    return "chief" if match and (int(match[1]), int(match[2])) >= (2, 1) else "master"
+
+
+def job_variables(job: dict, site: Path) -> dict[str, str]:
+    """The variables hosted ml/v1 gave trainers: CLOUD_ML_JOB, CLOUD_ML_JOB_ID and TF_CONFIG (one primary task)."""
     training_input = {_snake(key): value for key, value in job["trainingInput"].items()}
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update({
+    primary = task_type(job["trainingInput"])
+    return {
         "PYTHONPATH": str(site),
         "PYTHONUNBUFFERED": "1",
         "CLOUD_ML_JOB": json.dumps(training_input),
         "CLOUD_ML_JOB_ID": job["jobId"],
         "TF_CONFIG": json.dumps({
-            "cluster": {"master": ["127.0.0.1:2222"]},
-            "task": {"type": "master", "index": 0, "trial": ""},
+            "cluster": {primary: ["127.0.0.1:2222"]},
+            "task": {"type": primary, "index": 0, "trial": ""},
             "job": training_input,
             "environment": "cloud",
         }),
-        "ML_ENGINE_EXIT_FILE": str(exit_file),
-    })
-    return env
+    }
 
 
-def argv(training_input: dict) -> list[str]:
+def argv(training_input: dict, python: str = sys.executable) -> list[str]:
     """``python -m module args...``, plus ``--job-dir <jobDir>`` when the args do not already carry it."""
     args = list(training_input.get("args") or [])
     job_dir = training_input.get("jobDir")
     if job_dir and not any(arg == "--job-dir" or arg.startswith("--job-dir=") for arg in args):
         args += ["--job-dir", job_dir]
-    return [sys.executable, "-m", training_input["pythonModule"], *args]
+    return [python, "-m", training_input["pythonModule"], *args]
 
 
-def start(job: dict, directory: Path, log_file: Path) -> subprocess.Popen:
-    """Start the trainer in its own session, its output appended to ``log_file``."""
-    command = argv(job["trainingInput"])
-    env = environment(job, directory / "site", directory / EXIT_NAME)
+def start(job: dict, directory: Path, log_file: Path, marker: str, who: Identity) -> subprocess.Popen:
+    """Start the trainer sandboxed in its own session, its output appended to ``log_file``."""
+    command = argv(job["trainingInput"], who.python)
+    job_home = home(directory)
+    env = trainer_sandbox.environment(job_variables(job, job_home / "site"), job_home, marker, who.python)
     append_log(log_file, "running python -m " + " ".join(command[2:]))
-    run_dir = directory / "run"
-    run_dir.mkdir(exist_ok=True)
-    with log_file.open("ab") as out:
-        return subprocess.Popen(["/bin/sh", "-c", _WRAPPER, "sh", *command], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, cwd=run_dir, start_new_session=True)
+    (job_home / "tmp").mkdir(exist_ok=True)
+    trainer_sandbox.give(job_home / "tmp", who)
+    return trainer_sandbox.spawn(command, env=env, cwd=job_home, log_file=log_file,
+                                 exit_file=job_home / EXIT_NAME, who=who)
 
 
 def start_time(pid: int) -> float | None:
@@ -165,38 +193,31 @@ def alive(pid: int, started: float | None) -> bool:
     return state != "Z" and start_time(pid) == started
 
 
-def stop_group(pid: int, process: subprocess.Popen | None, started: float | None) -> None:
-    """SIGTERM the trainer's whole process group, SIGKILL what is left after a grace period."""
-    for sig, wait in ((signal.SIGTERM, TERMINATE_GRACE_S), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if process is not None:
-                if process.poll() is not None and not group_alive(pid):
-                    return
-            elif not alive(pid, started) and not group_alive(pid):
-                return
-            time.sleep(0.1)
+def stop(pid: int, marker: str | None) -> None:
+    """Stop the trainer and everything it started: SIGTERM, then SIGKILL after a grace period."""
+    trainer_sandbox.stop_tree(pid, marker, grace_s=TERMINATE_GRACE_S)
 
 
-def group_alive(pgid: int) -> bool:
+def leftovers(pid: int, marker: str | None) -> bool:
+    """Whether processes of an ended trainer are still running (children it left behind)."""
+    return bool(trainer_sandbox.processes_of(pid, marker))
+
+
+def read_small(path: Path, limit: int = 64) -> str | None:
+    """The start of a small file in the trainer's home, never through a symlink; None if unreadable."""
     try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as stream:
+        return stream.read(limit).decode("ascii", "replace")
 
 
 def exit_status(exit_file: Path, code: int | None) -> int | None:
-    """The trainer's exit status: from the wrapper's file (also after a restart), else from wait()."""
+    """The exit status the wrapper wrote (also after a restart), else ``code``."""
     try:
-        return int(exit_file.read_text().strip())
-    except (OSError, ValueError):
+        return int((read_small(exit_file) or "").strip())
+    except ValueError:
         return code
 
 

@@ -3,13 +3,16 @@
 The trainer itself is an operating-system process (``trainer_process``); this
 module moves the job through its states (each move a compare-and-set, so a
 cancel is never written over), watches the trainer, honours cancels, and after a
-restart re-attaches to a trainer still running or records how it ended.
+restart re-attaches to a trainer still running or records how it ended. Every
+start of a preparation is counted (``_attempts``): a job interrupted
+MAX_ATTEMPTS times while preparing ends FAILED instead of crash-looping the service.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import threading
 import time
@@ -21,7 +24,8 @@ from include.local_platform.errors import invalid_argument, not_found
 from include.local_platform.resources.names import job_name
 from include.local_platform.resources.training_input import PACKAGE_FILE_RULE
 from include.local_platform.state.clock import now_rfc3339
-from include.local_platform.workers import trainer_process
+from include.local_platform.workers import trainer_process, trainer_sandbox
+from include.local_platform.workers.recovery import MAX_ATTEMPTS
 from include.local_platform.workers.trainer_process import EXIT_NAME, LOG_NAME, POLL_S, PreparationFailed, Stopped
 
 log = logging.getLogger(__name__)
@@ -33,14 +37,26 @@ ENDED = ("SUCCEEDED", "FAILED", "CANCELLED")
 SLOTS = threading.BoundedSemaphore(int(os.environ.get("ML_ENGINE_TRAINING_SLOTS", "2")))
 
 
+def jobs_root(ctx: Context) -> Path:
+    return ctx.state_dir / "training"
+
+
+def trainer_identity(ctx: Context) -> trainer_sandbox.Identity:
+    return trainer_sandbox.identity(jobs_root(ctx))
+
+
 def work_dir(ctx: Context, name: str) -> Path:
     """The job's own directory (its id is a checked ml/v1 name: letters, digits, underscores)."""
     project, job_id = name.split("/")[1], name.rsplit("/", 1)[1]
-    return ctx.state_dir / "training" / project / job_id
+    return jobs_root(ctx) / project / job_id
 
 
 def log_path(ctx: Context, name: str) -> Path:
     return work_dir(ctx, name) / LOG_NAME
+
+
+def _exit_file(ctx: Context, name: str) -> Path:
+    return trainer_process.home(work_dir(ctx, name)) / EXIT_NAME
 
 
 def _append_log(ctx: Context, name: str, text: str) -> None:
@@ -55,7 +71,7 @@ def submit(ctx: Context, name: str) -> None:
 def _run_logged(ctx: Context, name: str, attach: dict | None = None) -> None:
     try:
         if attach is not None:
-            _watch(ctx, name, attach["pid"], None, started=attach["started"])
+            _watch(ctx, name, attach["pid"], None, started=attach["started"], marker=attach.get("marker"))
         else:
             run_job(ctx, name)
     except Exception as error:
@@ -102,12 +118,17 @@ def run_job(ctx: Context, name: str) -> None:
 
 
 def _run_with_slot(ctx: Context, name: str) -> None:
-    with ctx.store.transaction():
+    with ctx.store.transaction():  # every start counts, before any work: a build that kills the service ends
         if ctx.store.transition(name, ("CANCELLING",), state="CANCELLED", endTime=now_rfc3339()) is not None:
             return
+        attempt = int((ctx.store.get(name) or {}).get("_attempts", 0)) + 1
         job = ctx.store.transition(name, ("QUEUED",), state="PREPARING", startTime=now_rfc3339(),
-                                   _runSince=time.time())
+                                   _runSince=time.time(), _attempts=attempt)
     if job is None:
+        return
+    if attempt > MAX_ATTEMPTS:
+        _finish(ctx, name, "FAILED", errorMessage=f"The job was interrupted {attempt - 1} times while it prepared "
+                "(the service stopped, e.g. a package whose build crashes it); it is not run again.")
         return
     directory = work_dir(ctx, name)
     try:
@@ -120,24 +141,32 @@ def _run_with_slot(ctx: Context, name: str) -> None:
         _append_log(ctx, name, f"preparation failed: {error}")
         _finish(ctx, name, "FAILED", errorMessage=str(error))
         return
-    process = trainer_process.start(job, directory, log_path(ctx, name))
+    marker = secrets.token_hex(8)  # in the trainer's environment: finds its processes, setsid or not
+    process = trainer_process.start(job, directory, log_path(ctx, name), marker, trainer_identity(ctx))
     started = trainer_process.start_time(process.pid)
     with ctx.store.transaction():  # a cancel that came meanwhile stays CANCELLING (the watch acts on it)
-        ctx.store.revise(name, _pid=process.pid, _pidStarted=started)
+        ctx.store.revise(name, _pid=process.pid, _pidStarted=started, _trainerId=marker)
         ctx.store.transition(name, ("PREPARING",), state="RUNNING")
-    log.info("training job %s RUNNING: python -m %s (pid %s)", name, job["trainingInput"]["pythonModule"],
-             process.pid)
-    _watch(ctx, name, process.pid, process, started=started)
+    log.info("training job %s RUNNING: python -m %s (pid %s, as %s)", name, job["trainingInput"]["pythonModule"],
+             process.pid, trainer_identity(ctx).why)
+    _watch(ctx, name, process.pid, process, started=started, marker=marker)
 
 
 def _prepare(ctx: Context, name: str, job: dict, directory: Path) -> None:
-    """A clean job directory, the packages downloaded and installed; Stopped on a cancel or a shutdown."""
+    """A clean job directory, the packages downloaded and installed; Stopped on a cancel or a shutdown.
+
+    The job's directory and its packages belong to the service; only ``home/`` belongs to the trainer
+    (made afresh, so nothing an earlier attempt left there is used).
+    """
+    who = trainer_identity(ctx)
     shutil.rmtree(directory / "packages", ignore_errors=True)
-    shutil.rmtree(directory / "site", ignore_errors=True)
+    shutil.rmtree(trainer_process.home(directory), ignore_errors=True)
     (directory / "packages").mkdir(parents=True, exist_ok=True)
-    (directory / EXIT_NAME).unlink(missing_ok=True)
+    for closed in (directory.parent, directory):  # passable, not listable
+        closed.chmod(0o711)
+    trainer_sandbox.own_directory(trainer_process.home(directory), who)
     files = _download_packages(ctx, name, job["trainingInput"]["packageUris"], directory / "packages")
-    trainer_process.install_packages(files, directory / "site", log_path(ctx, name), lambda: _stop_asked(ctx, name))
+    trainer_process.install_packages(files, directory, log_path(ctx, name), lambda: _stop_asked(ctx, name), who)
     if _stop_asked(ctx, name):
         raise Stopped()
 
@@ -159,7 +188,7 @@ def _download_packages(ctx: Context, name: str, uris: list[str], target: Path) -
     return files
 
 
-def _watch(ctx: Context, name: str, pid: int, process, *, started: float | None) -> None:
+def _watch(ctx: Context, name: str, pid: int, process, *, started: float | None, marker: str | None) -> None:
     """Wait for the trainer (ours, or re-attached after a restart), honouring cancels; record its outcome."""
     while True:
         if process is not None:
@@ -175,13 +204,13 @@ def _watch(ctx: Context, name: str, pid: int, process, *, started: float | None)
             return
         if ctx.cancel_event(name).is_set() or _state(ctx, name) == "CANCELLING":
             _append_log(ctx, name, "cancel requested: stopping the trainer's process group")
-            trainer_process.stop_group(pid, process, started)
+            trainer_process.stop(pid, marker)
             _finish(ctx, name, "CANCELLED")
             return
         time.sleep(POLL_S)
-    if trainer_process.group_alive(pid):  # the trainer ended but left children behind: they go with it
-        trainer_process.stop_group(pid, None, None)
-    _record_exit(ctx, name, trainer_process.exit_status(work_dir(ctx, name) / EXIT_NAME, code))
+    if trainer_process.leftovers(pid, marker):  # the trainer ended but left children behind: they go with it
+        trainer_process.stop(pid, marker)
+    _record_exit(ctx, name, trainer_process.exit_status(_exit_file(ctx, name), code))
 
 
 def _record_exit(ctx: Context, name: str, code: int | None) -> None:
@@ -196,7 +225,14 @@ def _record_exit(ctx: Context, name: str, code: int | None) -> None:
 
 
 def resume(ctx: Context) -> None:
-    """After a restart no training job stays RUNNING unwatched: re-attach, finish, or start again."""
+    """After a restart no training job stays RUNNING unwatched: re-attach, finish, or start again.
+
+    First the state dir is closed to other users but for the jobs' own directories, and
+    who trainers run as is decided (and logged).
+    """
+    jobs_root(ctx).mkdir(parents=True, exist_ok=True)
+    trainer_sandbox.close_state(ctx.state_dir, jobs_root(ctx))
+    log.info("trainers run as %s", trainer_identity(ctx).why)
     for job in ctx.store.list("job"):
         if "trainingInput" not in job or job["state"] in ENDED:
             continue
@@ -205,7 +241,7 @@ def resume(ctx: Context) -> None:
         running = bool(pid) and state in ("RUNNING", "CANCELLING") and trainer_process.alive(pid, started)
         if state == "CANCELLING":
             if running:
-                trainer_process.stop_group(pid, None, started)
+                trainer_process.stop(pid, job.get("_trainerId"))
             _finish(ctx, name, "CANCELLED")
         elif state in ("QUEUED", "PREPARING"):
             log.info("training job %s was %s when the service stopped; preparing it again", name, state)
@@ -214,10 +250,11 @@ def resume(ctx: Context) -> None:
         elif running:
             log.info("training job %s: re-attaching to trainer pid %s", name, pid)
             _append_log(ctx, name, f"service restarted: re-attached to the trainer (pid {pid})")
-            threading.Thread(target=_run_logged, args=(ctx, name, {"pid": pid, "started": started}), daemon=True,
+            attach = {"pid": pid, "started": started, "marker": job.get("_trainerId")}
+            threading.Thread(target=_run_logged, args=(ctx, name, attach), daemon=True,
                              name=f"train-{job['jobId']}").start()
         else:
-            _record_exit(ctx, name, trainer_process.exit_status(work_dir(ctx, name) / EXIT_NAME, None))
+            _record_exit(ctx, name, trainer_process.exit_status(_exit_file(ctx, name), None))
 
 
 def read_log(ctx: Context, project: str, job_id: str, offset: int, limit: int = LOG_READ_LIMIT) -> dict:

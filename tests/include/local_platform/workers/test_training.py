@@ -67,8 +67,8 @@ def test_sdist_job_succeeds_with_args_env_and_logs(ml_api, ml_service, tiny_trai
     assert result["argv"] == ["--seconds", "0.5", "--extra", "a b", "--extra=c", "--job-dir", job_dir]
     assert result["CLOUD_ML_JOB"]["python_module"] == "tinytrainer.task"
     assert result["CLOUD_ML_JOB"]["job_dir"] == job_dir and result["CLOUD_ML_JOB"]["scale_tier"] == "CUSTOM"
-    assert result["TF_CONFIG"]["cluster"] == {"master": ["127.0.0.1:2222"]}
-    assert result["TF_CONFIG"]["task"]["type"] == "master" and result["TF_CONFIG"]["environment"] == "cloud"
+    assert result["TF_CONFIG"]["cluster"] == {"chief": ["127.0.0.1:2222"]}  # runtime 2.1+: chief, as documented
+    assert result["TF_CONFIG"]["task"]["type"] == "chief" and result["TF_CONFIG"]["environment"] == "cloud"
     assert result["STORAGE_EMULATOR_HOST"] == os.environ["STORAGE_EMULATOR_HOST"]
     assert "/training/" in result["module_file"]  # ran from the job's own install, not the project tree
     log = read_log(ml_service.url, body["jobId"])
@@ -110,6 +110,14 @@ def test_cancel_mid_run_stops_the_process_group(ml_api, ml_service, tiny_trainer
     assert error.value.status_code == 400
 
 
+def _nested(depth: int) -> dict:
+    """``{"a": {"a": ... {}}}``, ``depth`` levels deep (the 300-deep field that once made jobs.list fail)."""
+    value: dict = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
 @pytest.mark.parametrize(("change", "status", "text"), [
     ({"pythonModule": None}, 400, "pythonModule is required"),
     ({"pythonModule": "not a module"}, 400, "pythonModule is required"),
@@ -117,8 +125,17 @@ def test_cancel_mid_run_stops_the_process_group(ml_api, ml_service, tiny_trainer
     ({"packageUris": ["/tmp/trainer-0.1.tar.gz"]}, 400, "is not a gs:// URI"),
     ({"packageUris": ["gs://b/../x.sh"]}, 400, "must name a Python package file"),
     ({"packageUris": [f"gs://b/p{i}.tar.gz" for i in range(101)]}, 400, "at most 100"),
-    ({"args": "--epochs 3"}, 400, "args must be a list of strings"),
-    ({"args": ["--epochs", 3]}, 400, "args must be a list of strings"),
+    ({"args": "--epochs 3"}, 400, "Field: job.training_input.args Error: must be a list"),
+    ({"args": ["--epochs", 3]}, 400, "Invalid value at 'job.training_input.args' (TYPE_STRING), 3"),
+    ({"workerCount": "two"}, 400, "Invalid value at 'job.training_input.worker_count' (TYPE_INT64)"),
+    ({"useChiefInTfConfig": "yes"}, 400, "(TYPE_BOOL)"),
+    ({"masterConfig": {"acceleratorConfig": {"type": {"nested": [1]}}}}, 400,
+     "Invalid value at 'job.training_input.master_config.accelerator_config.type' (TYPE_STRING)"),
+    ({"notAField": 1}, 400, 'Unknown name "notAField" at \'job.training_input\': Cannot find field.'),
+    ({"region": "r" * 5000}, 400, "Invalid value at 'job.training_input.region' (TYPE_STRING)"),
+    ({"args": ["x"] * 1001}, 400, "must be a list of at most 1000 items (got 1001 items)"),
+    ({"masterConfig": _nested(300)}, 400, "Nesting deeper than 16 levels"),
+    ({"pythonModule": "m", "python_module": "m"}, 400, 'Field "python_module" is set twice'),
     ({"region": None}, 400, "region is required"),
     ({"jobDir": "/local/dir"}, 400, "jobDir must be a gs:// path"),
     ({"scaleTier": "HUGE"}, 400, "scaleTier must be one of"),
@@ -134,6 +151,10 @@ def test_bad_training_requests(ml_api, change, status, text):
         ml_api.projects().jobs().create(parent=PARENT, body=body).execute()
     assert error.value.status_code == status
     assert text in json.loads(error.value.content)["error"]["message"]
+    with pytest.raises(HttpError) as missing:  # refused: nothing stored, and every list still answers
+        ml_api.projects().jobs().get(name=f"{PARENT}/jobs/{body['jobId']}").execute()
+    assert missing.value.status_code == 404
+    ml_api.projects().jobs().list(parent=PARENT).execute()
     with pytest.raises(HttpError):  # nothing was stored
         ml_api.projects().jobs().get(name=f"{PARENT}/jobs/{body['jobId']}").execute()
 
