@@ -449,6 +449,9 @@ def _start(stack: AirflowStack) -> None:
         print(f"  {dag_id}: {'paused' if dags[dag_id]['is_paused'] else 'active'}, "
               f"schedule {dags[dag_id].get('timetable_summary')}")
     print(f"Logs: {stack.log_dir}/airflow-*.log; task logs under {stack.airflow_home / 'logs'}")
+    if stack.local_services:
+        print(f"The ml/v1 service's pages (the extra links; this link logs a browser in): "
+              f"{devstack.pages_login_url(stack.state_dir, stack.ml_port)}")
 
 
 def _stop(state_dir: Path) -> None:

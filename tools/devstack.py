@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlencode
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = PROJECT_ROOT / ".state"
@@ -295,6 +296,13 @@ def start_services(state_dir: Path, gcs_port: int, ml_port: int) -> None:
     print(f"export STORAGE_EMULATOR_HOST={gcs_host}")
     print(f"export ML_ENGINE_ENDPOINT=http://127.0.0.1:{ml_port}/")
     print(f"export ML_ENGINE_TOKEN=$(cat {state_dir / TOKEN_FILE_NAME})")
+    print(f"Service pages (this link logs a browser in): {pages_login_url(state_dir, ml_port)}")
+
+
+def pages_login_url(state_dir: Path, ml_port: int) -> str:
+    """The link that logs a browser in to the service's pages (``/ui/login?token=...``: a session cookie)."""
+    token = (state_dir / TOKEN_FILE_NAME).read_text().strip()
+    return f"http://127.0.0.1:{ml_port}/ui/login?{urlencode({'token': token, 'next': '/ui'})}"
 
 
 def stop_services(state_dir: Path) -> None:

@@ -2,7 +2,7 @@
 
 Nothing is decided here. A request goes: ``RequestLog`` -> ``CallerCheck``
 (token, Host, Origin) -> ``PredictRoute`` (``:predict`` fast path) -> FastAPI's
-routes (``api.ml_v1_http``, ``api.pages``, ``api.local_routes``, ``api.faults``)
+routes (``api.ml_v1_http``, ``api.ui_login``, ``api.pages``, ``api.local_routes``, ``api.faults``)
 -> resource rules (``resources``) -> the store (``state``); work the rules record
 goes to the workers (``workers``), which serve with ``serving``.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from include.local_platform.api import faults as fault_switch
-from include.local_platform.api import local_routes, ml_v1_http, pages
+from include.local_platform.api import local_routes, ml_v1_http, pages, ui_login
 from include.local_platform.api.faults import FaultInjector
 from include.local_platform.api.ml_v1_http import PredictRoute
 from include.local_platform.api.request_log import RequestLog
@@ -67,5 +67,6 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
     if enable_faults:
         fault_switch.add_routes(app, ctx, faults)
     ml_v1_http.add_routes(app, ctx, faults)
+    ui_login.add_routes(app, guard)  # before the pages: /ui/{path} would take /ui/login
     pages.add_routes(app, ctx, guard)
     return app

@@ -15,6 +15,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from include.local_platform.api.security import Guard
 from include.local_platform.context import Context
@@ -25,6 +26,9 @@ from include.local_platform.serving import prediction
 from include.local_platform.serving.numeric_json import dumps
 from include.local_platform.workers import trainer_process, training
 
+#: Largest upload the form takes (whole request), and most pixels an uploaded image may have.
+MAX_UPLOAD_BYTES = 8 * 1024 * 1024
+MAX_UPLOAD_PIXELS = 4_000_000
 _STYLE = """<style>body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}
 .READY,.SUCCEEDED{color:#070}.FAILED{color:#b00}pre{background:#f4f4f4;padding:.6rem;overflow:auto}</style>"""
@@ -70,19 +74,54 @@ def _version_page(ctx: Context, project: str, model: str, version: str, form, cs
     result = ""
     if form is not None and form.get("image") is not None:
         result = _predict_upload(ctx, current["name"], form)
-    upload = ("<h2>Try it</h2><form method='post' enctype='multipart/form-data'>"
-              f"<input type='hidden' name='csrf_token' value='{_esc(csrf)}'>"
+    upload = ("<h2>Try it</h2><form method='post' enctype='multipart/form-data' "
+              f"action='?csrf_token={_esc(csrf)}'><input type='hidden' name='csrf_token' value='{_esc(csrf)}'>"
               "<input type='file' name='image' accept='image/jpeg,image/png'> "
               "<button type='submit'>Predict</button></form>") if current["state"] == "READY" else ""
     return _page(f"Version {version} of {model}",
                  f"<pre>{_esc(json.dumps(current, indent=2))}</pre>{upload}{result}")
 
 
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG, PNG, GIF or BMP header, without decoding the pixels; None otherwise."""
+    import struct
+
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return struct.unpack("<HH", data[6:10])
+    if data[:2] == b"BM" and len(data) >= 26:
+        width, height = struct.unpack("<ii", data[18:26])
+        return abs(width), abs(height)
+    if data[:3] == b"\xff\xd8\xff":
+        import tensorflow as tf
+
+        try:
+            height, width, _ = tf.image.extract_jpeg_shape(data).numpy().tolist()
+        except (tf.errors.OpError, ValueError):
+            return None
+        return width, height
+    return None
+
+
 def _predict_upload(ctx: Context, version_name: str, form) -> str:
-    """Predict on an uploaded image: JPEG bytes for ``*_bytes`` inputs, a float tensor for image inputs."""
+    """Predict on an uploaded image: JPEG bytes for ``*_bytes`` inputs, a float tensor for image inputs.
+
+    The image's size is read from its header first: more than MAX_UPLOAD_PIXELS is refused before any
+    pixel is decoded (a small PNG can hold a huge, memory-filling image).
+    """
     import tensorflow as tf
 
-    data = form["image"].file.read()
+    upload = form.get("image")
+    if not isinstance(upload, UploadFile):
+        return "<h2>No image</h2><p>Choose an image file (JPEG, PNG, GIF or BMP) to upload.</p>"
+    data = upload.file.read(MAX_UPLOAD_BYTES + 1)
+    size = image_size(data)
+    if size is None:
+        return "<h2>Not an image</h2><p>The file is not a JPEG, PNG, GIF or BMP image.</p>"
+    if size[0] * size[1] > MAX_UPLOAD_PIXELS:
+        return (f"<h2>Image too large</h2><p>{size[0]}x{size[1]} pixels; at most {MAX_UPLOAD_PIXELS:,} pixels "
+                "are decoded here.</p>")
     version = models.resolve_for_prediction(ctx, version_name)
     signature = ctx.models.get(version["name"], Path(version["_path"])).signature(None)
     instance: dict = {}
@@ -165,11 +204,14 @@ def add_routes(app: FastAPI, ctx: Context, guard: Guard) -> None:
     @app.api_route("/ui/{path:path}", methods=["GET", "POST"], response_class=HTMLResponse)
     async def _page_route(path: str, request: Request) -> HTMLResponse:
         form = None
-        if request.method == "POST":
-            form = await request.form()
-            if not guard.csrf_valid(request.url.path, form.get("csrf_token")):
+        if request.method == "POST":  # the CSRF token and the size are checked before the body is read
+            if not guard.csrf_valid(request.url.path, request.query_params.get("csrf_token")):
                 return HTMLResponse(refusal("The form has expired or did not come from this page; "
                                             "reload the page and try again."), status_code=403)
+            if int(request.headers.get("content-length") or MAX_UPLOAD_BYTES + 1) > MAX_UPLOAD_BYTES:
+                return HTMLResponse(refusal(f"Uploads are limited to {MAX_UPLOAD_BYTES // 2**20} MB."),
+                                    status_code=413)
+            form = await request.form(max_files=1, max_fields=8, max_part_size=64 * 1024)
         csrf = guard.csrf_token(request.url.path)
         status, page = await run_in_threadpool(render, ctx, path, form, csrf)
         return HTMLResponse(page, status_code=status)

@@ -4,7 +4,9 @@ The service runs on a developer's laptop next to a browser. Three things keep a
 page on another origin from driving it:
 
 - the bearer token (when configured) on every ``/v1/`` and ``/_local/`` request;
-  a browser never sends it on its own;
+  a browser never sends it on its own; the pages (``/``, ``/ui...``) need it too, as the
+  ``Authorization`` header or as the session cookie ``/ui/login`` sets from it
+  (HttpOnly, SameSite=Strict: a page on another site can neither read nor send it);
 - the Host check (DNS rebinding: a foreign name resolving to 127.0.0.1) and
   the Origin check (a form or fetch sent from another site);
 - ``/v1`` bodies must be ``application/json``, which a plain HTML form cannot send
@@ -21,9 +23,9 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, RedirectResponse
 
 from include.local_platform.errors import ApiError
 
@@ -42,16 +44,35 @@ INVALID_CREDENTIALS = ("Request had invalid authentication credentials. Expected
 #: Methods whose body the service reads; a body there must be JSON.
 BODY_METHODS = frozenset({"POST", "PATCH", "PUT"})
 PROTECTED_PREFIXES = ("/v1/", "/_local/")
+#: Pages anyone may open: the login form (and logging out).
+OPEN_PAGES = frozenset({"/ui/login", "/ui/logout"})
+SESSION_COOKIE = "ml_engine_session"
+MAX_TOKEN_CHARS = 4096
+
+
+def is_page(path: str) -> bool:
+    return path in ("/", "/ui") or path.startswith("/ui/")
 
 
 def read_token(token_file: Path | None) -> str | None:
-    """The token from ``--token-file`` (first line) or ML_ENGINE_TOKEN; None when neither is set."""
-    if token_file is not None:
-        token = token_file.read_text().strip()
-        if not token:
-            raise ValueError(f"token file {token_file} is empty")
-        return token
-    return os.environ.get(TOKEN_ENV, "").strip() or None
+    """The token from ``--token-file`` (its first line) or ML_ENGINE_TOKEN; None when neither is set.
+
+    The file must be readable by its owner only (like an SSH key) and hold one line of 16 to 4096
+    characters; anything else stops the service with a message that says what to fix.
+    """
+    if token_file is None:
+        return os.environ.get(TOKEN_ENV, "").strip() or None
+    mode = token_file.stat().st_mode
+    if mode & 0o077:
+        raise ValueError(f"token file {token_file} is readable by other users (mode {mode & 0o777:o}); "
+                         f"chmod 600 {token_file}")
+    with token_file.open("rb") as stream:
+        head = stream.read(MAX_TOKEN_CHARS + 2)
+    token = head.split(b"\n", 1)[0].strip().decode("ascii", "replace")
+    if not 16 <= len(token) <= MAX_TOKEN_CHARS or not token.isprintable() or " " in token:
+        raise ValueError(f"token file {token_file}: its first line must be one token of 16 to {MAX_TOKEN_CHARS} "
+                         "printable characters without spaces")
+    return token
 
 
 def _hostname(host_header: str) -> str:
@@ -82,7 +103,7 @@ class Guard:
             log.warning("no token configured (%s or --token-file): /v1 and /_local accept anonymous requests; "
                         "anything that can reach this port can deploy and run models", TOKEN_ENV)
         else:
-            log.info("bearer token required on /v1 and /_local")
+            log.info("bearer token required on /v1, /_local and the pages (/ui/login takes it once per browser)")
 
     # --- Host and Origin --------------------------------------------------------
 
@@ -126,6 +147,24 @@ class Guard:
             return ApiError(401, "UNAUTHENTICATED", INVALID_CREDENTIALS)
         return None
 
+    def token_valid(self, given: object) -> bool:
+        return self.token is not None and isinstance(given, str) and hmac.compare_digest(
+            given.strip().encode(), self.token.encode())
+
+    # --- the pages' session -------------------------------------------------------
+
+    def session_value(self) -> str:
+        """What the session cookie holds: derived from the token (never the token itself), so a restart
+        with the same token keeps browsers logged in and a new token logs them out."""
+        return hmac.new((self.token or "").encode(), b"ml-engine-ui-session", "sha256").hexdigest()
+
+    def page_allowed(self, authorization: str | None, cookie: str | None) -> bool:
+        """Pages need the token: in the Authorization header, or as the session cookie."""
+        if self.token is None or (authorization and self.check_token(authorization) is None):
+            return True
+        given = _cookie(cookie, SESSION_COOKIE)
+        return given is not None and hmac.compare_digest(given.encode(), self.session_value().encode())
+
     # --- CSRF for the HTML form ---------------------------------------------------
 
     def csrf_token(self, path: str) -> str:
@@ -145,6 +184,14 @@ def header(scope, name: bytes) -> str | None:
     return None if found is None else found.decode("latin-1")
 
 
+def _cookie(header_value: str | None, name: str) -> str | None:
+    for part in (header_value or "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return None
+
+
 def check_json_body(method: str, content_type: str | None, body: bytes) -> ApiError | None:
     """POST/PATCH/PUT carry JSON or nothing: a body must say application/json (googleapiclient always
     does), and so must any Content-Type given, even on an empty body (an HTML form always sends one)."""
@@ -161,7 +208,8 @@ class CallerCheck:
     """The Guard's checks for every HTTP request, as a pure ASGI middleware (no per-call task group).
 
     Host and Origin on everything but /healthz (Origin on /v1, /_local and every non-GET);
-    the bearer token on /v1 and /_local.
+    the bearer token on /v1 and /_local; on pages the token or the session cookie, else a
+    redirect to the login form.
     """
 
     def __init__(self, app, guard: Guard):
@@ -172,6 +220,12 @@ class CallerCheck:
             error = self._check(scope)
             if error is not None:
                 await JSONResponse(error.body(), status_code=error.code)(scope, receive, send)
+                return
+            if is_page(scope["path"]) and scope["path"] not in OPEN_PAGES and not self.guard.page_allowed(
+                    header(scope, b"authorization"), header(scope, b"cookie")):
+                wanted = scope["path"] if scope["method"] == "GET" else "/ui"
+                await RedirectResponse(f"/ui/login?{urlencode({'next': wanted})}", status_code=303)(
+                    scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

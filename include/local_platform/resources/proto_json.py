@@ -43,10 +43,13 @@ def snake(name: str) -> str:
 
 
 def camel_case(value: object, where: str, depth: int = 0) -> object:
-    """``value`` with every message field in lowerCamelCase; a field given in both spellings is refused."""
+    """``value`` with every message field in lowerCamelCase; a field given in both spellings is refused.
+
+    Below MAX_DEPTH nothing is renamed: no ml/v1 message nests that deep, so such a value is already wrong,
+    and the check of its field refuses it with that field's own message.
+    """
     if depth > MAX_DEPTH:
-        raise invalid_argument(f"Invalid JSON payload received. Nesting deeper than {MAX_DEPTH} levels at "
-                               f"'{where}'.")
+        return value
     if isinstance(value, list):
         return [camel_case(item, where, depth + 1) for item in value]
     if not isinstance(value, dict):

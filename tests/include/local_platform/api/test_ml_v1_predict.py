@@ -146,7 +146,8 @@ def test_injected_faults_then_recovery(ml_api, ml_service, deploy):
 
 def test_version_page_and_upload_form(ml_service, deploy):
     _, version = deploy("images")
-    with urllib.request.urlopen(f"{ml_service.url}ui/{version}") as response:
+    with urllib.request.urlopen(urllib.request.Request(f"{ml_service.url}ui/{version}",
+                                                       headers=ml_service.headers)) as response:
         page = response.read().decode()
     assert "READY" in page and "type='file'" in page
     csrf = re.search(r"name='csrf_token' value='([0-9a-f]+)'", page).group(1)
@@ -154,8 +155,9 @@ def test_version_page_and_upload_form(ml_service, deploy):
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"csrf_token\"\r\n\r\n{csrf}\r\n"
             f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n"
             f"Content-Type: image/jpeg\r\n\r\n").encode() + jpeg(200) + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(f"{ml_service.url}ui/{version}", data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    request = urllib.request.Request(f"{ml_service.url}ui/{version}?csrf_token={csrf}", data=body, method="POST",
+                                     headers={**ml_service.headers,
+                                              "Content-Type": f"multipart/form-data; boundary={boundary}"})
     with urllib.request.urlopen(request) as response:
         page = response.read().decode()
     assert "<h2>Prediction</h2>" in page and "brightness" in page

@@ -51,9 +51,9 @@ def test_token_required_on_v1_and_local_with_googles_401(ml_service, ml_api):
     assert excinfo.value.resp.status == 401
 
 
-def test_health_and_pages_stay_open_for_reading(ml_service):
+def test_health_stays_open_and_the_index_opens_with_the_token(ml_service):
     assert raw(ml_service, "GET", "/healthz")[0] == 200
-    status, page = raw(ml_service, "GET", "/ui")
+    status, page = raw(ml_service, "GET", "/ui", headers=ml_service.headers)
     assert status == 200 and b"Models, versions and jobs" in page
 
 
@@ -92,7 +92,7 @@ def test_foreign_host_and_origin_are_refused(ml_service, ml_api):
                   {"Origin": f"http://localhost:{ml_service.port + 1}"}):
         status, answer = raw(ml_service, "POST", *create, {**json_headers, **extra})
         assert status == 403 and json.loads(answer)["error"]["status"] == "PERMISSION_DENIED", extra
-    status, _ = raw(ml_service, "GET", "/ui", headers={"Host": "rebound.example"})
+    status, _ = raw(ml_service, "GET", "/ui", headers={**ml_service.headers, "Host": "rebound.example"})
     assert status == 403
     assert model_names(ml_api) == before
     for host in (f"localhost:{ml_service.port}", f"127.0.0.1:{ml_service.port}", "[::1]"):
@@ -104,23 +104,22 @@ def test_foreign_host_and_origin_are_refused(ml_service, ml_api):
 
 def test_upload_form_needs_its_csrf_token_and_same_origin(ml_service, deploy):
     _, version = deploy("images")
-    status, page = raw(ml_service, "GET", f"/ui/{version}")
-    token = re.search(rb"name='csrf_token' value='([0-9a-f]+)'", page).group(1).decode()
+    _, page = raw(ml_service, "GET", f"/ui/{version}", headers=ml_service.headers)
+    token = re.search(rb"action='\?csrf_token=([0-9a-f]+)'", page).group(1).decode()
     boundary = "b0undary"
+    form = f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\nx\r\n--{boundary}--\r\n'.encode()
 
-    def form(csrf: str | None) -> bytes:
-        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n{csrf}\r\n'] if csrf else []
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\nx\r\n--{boundary}--\r\n')
-        return "".join(parts).encode()
+    def post(path: str, csrf: str | None, **extra) -> int:
+        query = f"?csrf_token={csrf}" if csrf else ""
+        headers = {**ml_service.headers, "Content-Type": f"multipart/form-data; boundary={boundary}", **extra}
+        return raw(ml_service, "POST", f"/ui/{path}{query}", form, headers)[0]
 
-    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-    assert raw(ml_service, "POST", f"/ui/{version}", form(None), headers)[0] == 403
-    assert raw(ml_service, "POST", f"/ui/{version}", form("0" * 64), headers)[0] == 403
+    assert post(version, None) == 403
+    assert post(version, "0" * 64) == 403
     other_page = version.rsplit("/", 1)[0] + "/other"
-    assert raw(ml_service, "POST", f"/ui/{other_page}", form(token), headers)[0] == 403  # bound to its page
-    status, _ = raw(ml_service, "POST", f"/ui/{version}", form(token), {**headers, "Origin": "http://evil.example"})
-    assert status == 403
-    assert raw(ml_service, "POST", f"/ui/{version}", form(token), headers)[0] == 200
+    assert post(other_page, token) == 403  # bound to its page
+    assert post(version, token, Origin="http://evil.example") == 403
+    assert post(version, token) == 200
 
 
 def test_fault_switch_exists_only_when_enabled(tmp_path):

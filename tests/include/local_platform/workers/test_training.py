@@ -76,7 +76,8 @@ def test_sdist_job_succeeds_with_args_env_and_logs(ml_api, ml_service, tiny_trai
     assert "tick 1" in log["lines"] and "epoch 1/1 loss=0.5 done" in log["lines"]
     offset = int(log["nextOffset"])
     assert read_log(ml_service.url, body["jobId"], offset)["lines"] == []
-    page = urllib.request.urlopen(f"{ml_service.url}ui/{PARENT}/jobs/{body['jobId']}", timeout=10).read().decode()
+    page = urllib.request.urlopen(urllib.request.Request(f"{ml_service.url}ui/{PARENT}/jobs/{body['jobId']}",
+                                                         headers=ml_service.headers), timeout=10).read().decode()
     assert "epoch 1/1 loss=0.5 done" in page
 
 
@@ -134,7 +135,8 @@ def _nested(depth: int) -> dict:
     ({"notAField": 1}, 400, 'Unknown name "notAField" at \'job.training_input\': Cannot find field.'),
     ({"region": "r" * 5000}, 400, "Invalid value at 'job.training_input.region' (TYPE_STRING)"),
     ({"args": ["x"] * 1001}, 400, "must be a list of at most 1000 items (got 1001 items)"),
-    ({"masterConfig": _nested(300)}, 400, "Nesting deeper than 16 levels"),
+    ({"masterConfig": _nested(300)}, 400, "Unknown name \"a\" at 'job.training_input.master_config'"),
+    ({"masterConfig": {"acceleratorConfig": {"count": _nested(300)}}}, 400, "(TYPE_INT64)"),
     ({"pythonModule": "m", "python_module": "m"}, 400, 'Field "python_module" is set twice'),
     ({"region": None}, 400, "region is required"),
     ({"jobDir": "/local/dir"}, 400, "jobDir must be a gs:// path"),
