@@ -91,3 +91,21 @@ def upload_dir(bucket, local_dir: Path, prefix: str) -> str:
         if path.is_file():
             bucket.blob(f"{prefix}/{path.relative_to(local_dir).as_posix()}").upload_from_filename(str(path))
     return f"gs://{bucket.name}/{prefix}"
+
+
+def export_slow_model(local_dir: Path, *, rounds: int = 300) -> Path:
+    """One input (`x` float32 [None, 3]) -> `total` = sum(x), after `rounds` 400x400 matrix products that change
+    nothing: a model whose every call takes long (about 0.1-0.3 s on one core)."""
+    import tensorflow as tf
+
+    class Slow(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+        def serve(self, x):
+            step = tf.eye(400)
+            _, product = tf.while_loop(lambda i, acc: i < rounds, lambda i, acc: (i + 1, tf.matmul(acc, step)),
+                                       [tf.constant(0), tf.eye(400)])
+            return {"total": tf.reduce_sum(x, axis=1) + 0.0 * tf.reduce_sum(product)}
+
+    module = Slow()
+    tf.saved_model.save(module, str(local_dir), signatures={"serving_default": module.serve})
+    return local_dir

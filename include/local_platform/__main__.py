@@ -10,6 +10,7 @@ from pathlib import Path
 
 import uvicorn
 
+from include.local_platform.api.http_protocol import HeaderDeadlineProtocol
 from include.local_platform.api.security import Guard, read_token
 from include.local_platform.app import create_app
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(state_dir, guard=guard, enable_faults=args.enable_faults, batch_engine=args.batch_engine,
                      beam_options=args.beam_options)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_keep_alive=600,
-                log_level=args.log_level.lower())
+                log_level=args.log_level.lower(), http=HeaderDeadlineProtocol)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ hosted service did, and a request the API refuses raises ``ApiError``.
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from pathlib import Path
 
 from include.local_platform.api.calls import Call
@@ -19,7 +22,12 @@ from include.local_platform.resources import models
 from include.local_platform.serving import numeric_json, prediction
 from include.local_platform.serving.saved_model import BadModel
 
+log = logging.getLogger("local_platform")
 PREDICT_LIMIT_BYTES = 1_572_864  # ml/v1's online prediction payload limit (1.5 MB)
+#: A call on the event loop stalls every other request while it runs: a version whose call took longer
+#: than this is answered in a worker thread from then on (measured, not guessed: most models take ~1-3 ms).
+INLINE_BUDGET_S = float(os.environ.get("ML_ENGINE_INLINE_BUDGET_MS", "10")) / 1000
+_slow_versions: set[str] = set()
 
 
 def predict(ctx: Context, call: Call) -> dict:
@@ -37,7 +45,7 @@ def predict_call(ctx: Context, call: Call, *, inline: bool = False) -> dict | No
     version = models.resolve_for_prediction(ctx, call.params["name"])
     try:
         if inline:
-            if (loaded := ctx.models.peek(version["name"])) is None:
+            if version["name"] in _slow_versions or (loaded := ctx.models.peek(version["name"])) is None:
                 return None
         else:
             loaded = ctx.models.get(version["name"], Path(version["_path"]))
@@ -45,7 +53,13 @@ def predict_call(ctx: Context, call: Call, *, inline: bool = False) -> dict | No
         if signature.stages_files and inline:
             return None
         staging = ctx.scratch_dir if signature.stages_files else None
-        return {"predictions": prediction.predict(signature, body["instances"], staging)}
+        started = time.perf_counter()
+        predictions = prediction.predict(signature, body["instances"], staging)
+        if time.perf_counter() - started > INLINE_BUDGET_S and version["name"] not in _slow_versions:
+            _slow_versions.add(version["name"])
+            log.info("version %s took %.0f ms to predict: its calls run in worker threads from now on",
+                     version["name"], (time.perf_counter() - started) * 1000)
+        return {"predictions": predictions}
     except PredictionError as error:
         return {"error": str(error)}
     except BadModel as error:

@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 METRICS_NAMESPACE = "ml_engine_batch"
 ERRORS = "errors"
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"  # Beam's template for ml/v1's `-00000-of-00002`
-BEAM_TEMP = re.compile(r"beam-temp-prediction\.(results|errors_stats)-")
+#: Beam's temporary folder of one sharded write, and an object in it: ``beam-temp-<prefix>-<uuid>/<file>``.
+BEAM_TEMP = re.compile(r"(beam-temp-prediction\.(results|errors_stats)-[0-9a-f]+)/[^/]+$")
 DIRECT_RUNNERS = ("DirectRunner", "SwitchingDirectRunner")
 CANCEL_POLL_S = 0.2
 #: Signatures the service has loaded already, for pipelines that run in its own process (DirectRunner
@@ -241,11 +242,12 @@ def _model_source(ctx: Context, prediction_input: dict, scratch: Path) -> tuple[
 
 
 def _delete_beam_temp(output_path: str) -> None:
-    """Beam's temporary shard folders an interrupted run left under the output path."""
+    """Beam's temporary shard folders an interrupted run left under the output path: only what is inside a
+    ``beam-temp-...`` folder, never an object beside them (a file merely named like one is left alone)."""
     prefix = output_path.rstrip("/") + "/"
-    for uri in gcs.list_objects(prefix):
-        if BEAM_TEMP.match(uri[len(prefix):]):
-            gcs.delete_matching(uri.rsplit("/", 1)[0], re.compile(r".*"))
+    folders = {match[1] for uri in gcs.list_objects(prefix) if (match := BEAM_TEMP.match(uri[len(prefix):]))}
+    for folder in sorted(folders):
+        gcs.delete_matching(prefix + folder, re.compile(r".*"))
 
 
 def console_url(options: PipelineOptions, job_id: str) -> str:

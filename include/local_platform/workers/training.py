@@ -16,6 +16,7 @@ import secrets
 import shutil
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from include.local_platform import gcs
@@ -63,9 +64,63 @@ def _append_log(ctx: Context, name: str, text: str) -> None:
     trainer_process.append_log(log_path(ctx, name), text)
 
 
+class _WaitingJobs:
+    """QUEUED jobs waiting for a slot: one dispatcher thread for all of them, a thread per running trainer only.
+
+    The dispatcher starts the oldest waiting job whenever a slot is free, and ends a waiting job that was
+    cancelled meanwhile (within a second), so a queue of any length costs no thread.
+    """
+
+    def __init__(self):
+        self._waiting: deque[tuple[Context, str]] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._dispatcher: threading.Thread | None = None
+
+    def add(self, ctx: Context, name: str) -> None:
+        with self._lock:
+            self._waiting.append((ctx, name))
+            if self._dispatcher is None or not self._dispatcher.is_alive():
+                self._dispatcher = threading.Thread(target=self._dispatch, daemon=True, name="train-dispatch")
+                self._dispatcher.start()
+        self._wake.set()
+
+    def slot_freed(self) -> None:
+        self._wake.set()
+
+    def _dispatch(self) -> None:
+        while True:
+            self._wake.wait(1.0)
+            self._wake.clear()
+            with self._lock:
+                waiting = list(self._waiting)
+            for ctx, name in waiting:
+                if not self._settled(ctx, name):
+                    break  # no slot: the oldest waiting job goes first
+                with self._lock:
+                    self._waiting.remove((ctx, name))
+
+    def _settled(self, ctx: Context, name: str) -> bool:
+        """True when ``name`` needs no slot: gone, stopping, cancelled (ended here) or no longer QUEUED;
+        False when it must start: then the caller takes a slot and it starts in a thread of its own."""
+        state = None if ctx.stopping.is_set() else _state(ctx, name)
+        if state == "CANCELLING":
+            _finish(ctx, name, "CANCELLED")
+        if state != "QUEUED":
+            return True
+        if SLOTS.acquire(blocking=False):
+            threading.Thread(target=_run_logged, args=(ctx, name), daemon=True,
+                             name=f"train-{name.rsplit('/', 1)[1]}").start()
+            return True
+        return False
+
+
+_WAITING = _WaitingJobs()
+
+
 def submit(ctx: Context, name: str) -> None:
-    """Run the job in a thread of its own (training can take hours; batch workers stay free)."""
-    threading.Thread(target=_run_logged, args=(ctx, name), daemon=True, name=f"train-{name.rsplit('/', 1)[1]}").start()
+    """Queue the job: it starts in a thread of its own when a slot is free (training can take hours)."""
+    _WAITING.add(ctx, name)
 
 
 def _run_logged(ctx: Context, name: str, attach: dict | None = None) -> None:
@@ -104,17 +159,12 @@ def _finish(ctx: Context, name: str, state: str, **fields) -> None:
 
 
 def run_job(ctx: Context, name: str) -> None:
-    """Wait QUEUED for a slot (a cancel or a shutdown ends the wait), then prepare and run the trainer."""
-    while not SLOTS.acquire(timeout=1.0):
-        if ctx.stopping.is_set():
-            return
-        if _state(ctx, name) == "CANCELLING":
-            _finish(ctx, name, "CANCELLED")
-            return
+    """Prepare and run the trainer in the slot the dispatcher took for this job; give the slot back."""
     try:
         _run_with_slot(ctx, name)
     finally:
         SLOTS.release()
+        _WAITING.slot_freed()
 
 
 def _run_with_slot(ctx: Context, name: str) -> None:

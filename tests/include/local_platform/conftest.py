@@ -14,6 +14,7 @@ from tests.crashing import crashing_service  # noqa: F401 - a fixture for the cr
 from tests.savedmodels import (
     export_bytes_model,
     export_single_input_model,
+    export_slow_model,
     export_tiny_model,
     export_url_model,
     upload_dir,
@@ -69,6 +70,7 @@ def model_uris(bucket, tmp_path_factory) -> dict[str, str]:
         "single": upload_dir(bucket, export_single_input_model(root / "single"), "savedmodels/single"),
         "images": upload_dir(bucket, export_bytes_model(root / "images"), "savedmodels/images"),
         "urls": upload_dir(bucket, export_url_model(root / "urls"), "savedmodels/urls"),
+        "slow": upload_dir(bucket, export_slow_model(root / "slow"), "savedmodels/slow"),
     }
 
 

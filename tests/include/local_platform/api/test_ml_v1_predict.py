@@ -208,3 +208,34 @@ def test_caller_hanging_up_mid_body_leaves_the_service_answering(ml_api, ml_serv
     with urllib.request.urlopen(f"{ml_service.url}healthz", timeout=10) as response:
         assert response.status == 200
     assert ml_service.server.log_path.read_text().count("Traceback") == traces_before  # not logged as a bug
+
+
+def test_a_slow_model_is_answered_off_the_event_loop(ml_api, ml_service, deploy):
+    """Small calls for a loaded model run on the event loop; one slow model once stalled every request.
+    A version measured slower than the inline budget runs in worker threads: the service keeps answering."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, _ = deploy("slow")
+    started = time.monotonic()
+    assert predict_json(ml_api, model, [[1, 2, 3]]) == [{"total": 6.0}]  # measured: slow
+    one_call = time.monotonic() - started
+    assert one_call > 0.1, f"the slow model took only {one_call:.3f} s: no test"
+
+    def slow_call(_) -> list:
+        request = urllib.request.Request(f"{ml_service.url}v1/{model}:predict", method="POST",
+                                         data=json.dumps({"instances": [[1, 2, 3]]}).encode(),
+                                         headers={**ml_service.headers, "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read())["predictions"]
+
+    latencies = []
+    with ThreadPoolExecutor(3) as pool:
+        calls = [pool.submit(slow_call, index) for index in range(3)]
+        while not all(call.done() for call in calls):
+            before = time.monotonic()
+            urllib.request.urlopen(f"{ml_service.url}healthz", timeout=30).read()
+            latencies.append(time.monotonic() - before)
+            time.sleep(0.02)
+    assert [call.result() for call in calls] == [[{"total": 6.0}]] * 3
+    assert len(latencies) >= 3 and max(latencies) < one_call / 2, (one_call, latencies)

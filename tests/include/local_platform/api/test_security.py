@@ -174,3 +174,37 @@ def test_allowed_hosts_for_a_service_bound_to_all_interfaces(tmp_path):
                          ("evil.example:8780", 403), ("localhost:8780", 200)):
         answer = TestClient(app, base_url=f"http://{host}").get(f"/v1/{PARENT}/models")
         assert answer.status_code == status, host
+
+
+def test_slow_header_connections_are_closed(gcs_emulator, tmp_path):
+    """Connections that start a request and never finish its headers were held open forever (200 of them in
+    the review); with ML_ENGINE_HEADER_TIMEOUT_S=1 each is closed, and the service still answers."""
+    import socket
+    import time
+
+    server = devstack.ml_service(port=devstack.free_port(), state_dir=tmp_path / "state", gcs_host=gcs_emulator,
+                                 log_path=tmp_path / "service.log")
+    server.env["ML_ENGINE_HEADER_TIMEOUT_S"] = "1"
+    server.start(timeout=120)
+    try:
+        port = int(server.health_url.split(":")[2].split("/")[0])
+        slow = []
+        for index in range(50):
+            connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+            if index % 2:  # half send part of their headers, half send nothing at all
+                connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            slow.append(connection)
+        time.sleep(2.5)
+        closed = 0
+        for connection in slow:
+            try:
+                closed += connection.recv(1) == b""
+            except ConnectionResetError:
+                closed += 1
+            connection.close()
+        assert closed == len(slow)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as fresh:
+            fresh.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert fresh.recv(100).startswith(b"HTTP/1.1 200")
+    finally:
+        server.stop()

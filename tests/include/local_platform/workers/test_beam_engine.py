@@ -237,3 +237,17 @@ def test_a_failing_pipeline_ends_with_its_error(bucket, model_uris, tmp_path):
     finally:
         ctx.shutdown()
     assert "The Beam pipeline failed" in str(excinfo.value) and "vanished.json" in str(excinfo.value)
+
+
+def test_beam_temp_cleanup_touches_only_beam_temp_folders(bucket, gcs_prefix):
+    """A file merely named like Beam's temp folder, directly under the output path, once made the clean-up
+    delete everything beside it; only objects inside a `beam-temp-...` folder go."""
+    from include.local_platform.workers import beam_engine
+
+    out = f"{gcs_prefix}/out"
+    for name in ("keep.txt", "prediction.results-00000-of-00001", "beam-temp-prediction.results-9f3a",
+                 "beam-temp-prediction.results-0a1b/part-1", "beam-temp-prediction.errors_stats-77/part-1"):
+        bucket.blob(f"{out}/{name}").upload_from_string("x")
+    beam_engine._delete_beam_temp(f"gs://{bucket.name}/{out}")
+    left = sorted(blob.name[len(out) + 1:] for blob in bucket.list_blobs(prefix=f"{out}/"))
+    assert left == ["beam-temp-prediction.results-9f3a", "keep.txt", "prediction.results-00000-of-00001"]

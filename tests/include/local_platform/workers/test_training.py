@@ -204,3 +204,38 @@ def test_restart_mid_run_reattaches_or_fails_clearly(own_service, tiny_trainer_p
     lines = read_log(own_service.url, survivor["jobId"])["lines"]
     assert any("re-attached" in line for line in lines) and "epoch 1/1 loss=0.5 done" in lines
     assert bucket.blob(f"{gcs_prefix}/a/result.json").exists()
+
+
+def test_queued_jobs_cost_no_thread_and_a_queued_cancel_ends_at_once(gcs_emulator, passable_dir,
+                                                                     tiny_trainer_package, bucket, gcs_prefix):
+    """One slot, one long job running, 20 more queued: the service holds a thread per running trainer (and one
+    dispatcher), not one per queued job; cancelling a queued job ends it without waiting for the slot."""
+    from tests.conftest import session_token_file
+
+    token_file, port = session_token_file(), devstack.free_port()
+    server = devstack.ml_service(port=port, state_dir=passable_dir / "one_slot", gcs_host=gcs_emulator,
+                                 log_path=passable_dir / "one_slot.log", token_file=token_file)
+    server.env["ML_ENGINE_TRAINING_SLOTS"] = "1"
+    service = ServiceHandle(server=server.start(timeout=120), port=port, token=token_file.read_text().strip())
+    try:
+        api = service.build_api()
+        threads = lambda: len(list(Path(f"/proc/{server.process.pid}/task").iterdir()))  # noqa: E731
+        first = training_body(tiny_trainer_package, f"gs://{bucket.name}/{gcs_prefix}/first", ["--seconds", "60"])
+        api.projects().jobs().create(parent=PARENT, body=first).execute()
+        wait_job(api, first["jobId"], states=("RUNNING",), timeout=120)
+        before = threads()
+        queued = [training_body(tiny_trainer_package, None, []) for _ in range(20)]
+        for body in queued:
+            api.projects().jobs().create(parent=PARENT, body=body).execute()
+        time.sleep(2)
+        assert threads() - before <= 2, (before, threads())
+        assert {api.projects().jobs().get(name=f"{PARENT}/jobs/{b['jobId']}").execute()["state"]
+                for b in queued} == {"QUEUED"}
+        started = time.monotonic()
+        api.projects().jobs().cancel(name=f"{PARENT}/jobs/{queued[0]['jobId']}").execute()
+        assert wait_job(api, queued[0]["jobId"], timeout=30)["state"] == "CANCELLED"
+        assert time.monotonic() - started < 5  # not after the running job's 60 s
+        for body in [first, *queued[1:]]:
+            api.projects().jobs().cancel(name=f"{PARENT}/jobs/{body['jobId']}").execute()
+    finally:
+        server.stop()
