@@ -4,8 +4,10 @@ The rollback trail is the `promoted_from` chain from the default backwards
 (model_lifecycle labels every version it promotes with the default it replaced;
 model_maintenance's rollback follows that label). Deleting a version on it would
 make rollback fall back to "newest older version of the variant", which may be a
-candidate the gate rejected. Versions a batch run has pinned come in as `protect`
-(see include/lifecycle/pins.py).
+candidate the gate rejected. The trail is protected to ROLLBACK_DEPTH earlier
+defaults: older ones age out like any version, so a model promoted every week
+does not keep every version it ever promoted. Versions a batch run has pinned come
+in as `protect` (see include/lifecycle/pins.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from datetime import datetime, timedelta
 
 from include.lifecycle.naming import short_name
 from include.lifecycle.promotion import current_default as read_default
+
+#: Earlier defaults retention keeps for rollback, behind the current default.
+ROLLBACK_DEPTH = 5
 
 
 @dataclass(frozen=True)
@@ -56,26 +61,28 @@ def _default(versions: list[dict]) -> str | None:
     return next((short_name(v["name"]) for v in versions if v.get("isDefault")), None)
 
 
-def rollback_trail(versions: list[dict], *, current_default: str | None) -> list[str]:
-    """The default, then the version it replaced, and so on (`promoted_from` labels), each once."""
+def rollback_trail(versions: list[dict], *, current_default: str | None, depth: int | None = None) -> list[str]:
+    """The default, then the version it replaced, and so on (`promoted_from` labels), each once;
+    at most ``depth`` versions behind the default when a depth is given."""
     from include.lifecycle.promotion import resolve_label
 
     by_name = {short_name(v["name"]): v for v in versions}
     trail: list[str] = []
     name = current_default
-    while name in by_name and name not in trail:
+    while name in by_name and name not in trail and (depth is None or len(trail) <= depth):
         trail.append(name)
         name = resolve_label(versions, (by_name[name].get("labels") or {}).get("promoted_from"))
     return trail
 
 
 def protected(versions: list[dict], *, protect: set[str] = frozenset(), current_default: str | None = None) -> set[str]:
-    """What retention must keep whatever its age: the default, its rollback trail, and `protect`.
+    """What retention must keep whatever its age: the default, ROLLBACK_DEPTH earlier defaults, and `protect`.
 
     `current_default` (from models.get) wins over the versions' `isDefault` flags when given.
     """
     default = current_default or _default(versions)
-    return set(protect) | set(rollback_trail(versions, current_default=default)) | ({default} if default else set())
+    trail = rollback_trail(versions, current_default=default, depth=ROLLBACK_DEPTH)
+    return set(protect) | set(trail) | ({default} if default else set())
 
 
 def beyond_newest(versions: list[dict], *, keep: int, protect: set[str] = frozenset(),

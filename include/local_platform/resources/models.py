@@ -7,6 +7,7 @@ A new version is stored CREATING and handed to the deployment worker
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -35,6 +36,9 @@ from include.local_platform.state.store import public
 log = logging.getLogger(__name__)
 
 BUSY_STATES = ("CREATING", "DELETING", "UPDATING")
+#: Versions one model may hold: each keeps a copy of its artifacts on the service's disk. Google documented
+#: no per-model limit for ml/v1; this bound is the local service's (docs/local-service.md).
+MAX_VERSIONS_PER_MODEL = int(os.environ.get("ML_ENGINE_MAX_VERSIONS_PER_MODEL", "200"))
 SUPPORTED_FRAMEWORKS = ("TENSORFLOW", "FRAMEWORK_UNSPECIFIED")
 
 
@@ -227,6 +231,10 @@ def create_version(ctx: Context, project: str, model: str, body: object) -> dict
             raise not_found(f"Model {parent['name']}")
         if ctx.store.get(version["name"]) is not None:
             raise already_exists("version.name")
+        if len(ctx.store.list("version", parent["name"])) >= MAX_VERSIONS_PER_MODEL:
+            raise ApiError(429, "RESOURCE_EXHAUSTED", f"Model {parent['name']} has {MAX_VERSIONS_PER_MODEL} "
+                           "versions, the most this service keeps per model (ML_ENGINE_MAX_VERSIONS_PER_MODEL); "
+                           "delete older versions first.")
         operation = operations.start(ctx, project=project, kind="create", model=model, version=version,
                                      operation_type="CREATE_VERSION")
         version["_operation"] = operation["name"]

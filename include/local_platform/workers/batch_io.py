@@ -13,6 +13,7 @@ predicted). The local engine (``local_engine``) and the Beam engine
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import time
 from collections import Counter
@@ -31,6 +32,9 @@ from include.local_platform.serving.tensors import PreparedBatch
 DEFAULT_BATCH_SIZE = 64  # ml/v1's default; applied here, never written into the stored predictionInput
 MAX_LINE_BYTES = 1_572_864  # one JSON/TEXT input line: ml/v1's online request limit (1.5 MB)
 MAX_RECORD_BYTES = 16 * 1024 * 1024  # one TFRecord record (a serialized tf.Example)
+#: Input bytes one batch may hold, whatever its batchSize: with the batches read ahead and in TensorFlow,
+#: what a job holds in flight stays a few times this (ML_ENGINE_BATCH_MAX_BYTES).
+MAX_BATCH_BYTES = int(os.environ.get("ML_ENGINE_BATCH_MAX_BYTES", str(32 * 1024 * 1024)))
 
 
 def batch_size(prediction_input: dict) -> int:
@@ -125,45 +129,58 @@ def _lines(stream, max_bytes: int = MAX_LINE_BYTES, chunk_size: int = 4 * 1024 *
         yield pending
 
 
-def open_instances(uri: str, data_format: str) -> Iterator[tuple[object, str | None]]:
-    """(instance, None) for each good input and (None, error) for each bad one."""
+def open_instances(uri: str, data_format: str) -> Iterator[tuple[object, str | None, int]]:
+    """(instance, None, bytes) for each good input and (None, error, bytes) for each bad one."""
     text = data_format in ("JSON", "TEXT")
     with gcs.open_read(uri, chunk_size=FIRST_READ_BYTES if text else 4 * 1024 * 1024) as raw:
-        yield from read_instances(raw, data_format)
+        yield from read_instances(raw, data_format, sized=True)
 
 
-def read_instances(raw, data_format: str) -> Iterator[tuple[object, str | None]]:
-    """Instances of one input file's byte stream, as both batch engines read them (see `open_instances`)."""
+def read_instances(raw, data_format: str, *, sized: bool = False) -> Iterator[tuple]:
+    """Instances of one input file's byte stream, as both batch engines read them (see `open_instances`):
+    (instance, error), or with ``sized`` (instance, error, bytes it took in the input)."""
+    def found(instance: object, error: str | None, size: int) -> tuple:
+        return (instance, error, size) if sized else (instance, error)
+
     if data_format in ("JSON", "TEXT"):
         for number, line in enumerate(_lines(raw), start=1):
             if line is None:
-                yield None, f"Input line {number} is longer than the limit of {MAX_LINE_BYTES} bytes."
+                yield found(None, f"Input line {number} is longer than the limit of {MAX_LINE_BYTES} bytes.", 0)
                 continue
             if not line.strip():
                 continue
             try:
-                yield numeric_json.loads(line), None
+                yield found(numeric_json.loads(line), None, len(line))
             except orjson.JSONDecodeError as error:
-                yield None, f"Failed to parse input line {number} as JSON: {error.__class__.__name__}"
+                yield found(None, f"Failed to parse input line {number} as JSON: {error.__class__.__name__}", 0)
         return
     stream = gzip.GzipFile(fileobj=raw) if data_format == "TF_RECORD_GZIP" else raw
     try:
         for number, record in enumerate(_records(stream), start=1):
             if record is None:
-                yield None, f"TFRecord record {number} is longer than the limit of {MAX_RECORD_BYTES} bytes."
+                yield found(None, f"TFRecord record {number} is longer than the limit of {MAX_RECORD_BYTES} "
+                            "bytes.", 0)
             else:
-                yield record, None
+                yield found(record, None, len(record))
     except (ValueError, OSError, EOFError) as error:
-        yield None, f"Corrupt TFRecord input: {error}"
+        yield found(None, f"Corrupt TFRecord input: {error}", 0)
 
 
-def batches(items: Iterable, size: int) -> Iterator[list]:
+def batches(items: Iterable[tuple[object, str | None, int]], size: int,
+            max_bytes: int = MAX_BATCH_BYTES) -> Iterator[list[tuple[object, str | None]]]:
+    """(instance, error) lists of at most ``size`` instances and, past the first, at most ``max_bytes`` of
+    input: a batch size of thousands over megabyte lines cannot hold gigabytes in flight."""
     batch: list = []
-    for item in items:
-        batch.append(item)
+    weight = 0
+    for instance, error, nbytes in items:
+        if batch and weight + nbytes > max_bytes:
+            yield batch
+            batch, weight = [], 0
+        batch.append((instance, error))
+        weight += nbytes
         if len(batch) == size:
             yield batch
-            batch = []
+            batch, weight = [], 0
     if batch:
         yield batch
 

@@ -235,6 +235,16 @@ def test_rollback_trail_follows_promoted_from_and_stops_at_a_loop_or_a_gap():
     assert retention.beyond_newest(looped, keep=1, current_default="c") == ["a"]  # b: still flagged isDefault
 
 
+def test_the_protected_rollback_trail_is_bounded():
+    """A model promoted every week for a year: retention keeps the default and ROLLBACK_DEPTH earlier defaults,
+    not all 52 (their artifacts would grow without bound)."""
+    chain = [_version(f"v{week:02d}", f"2026-{1 + week // 28:02d}-{1 + week % 28:02d}T00:00:00Z", default=week == 51,
+                      **({"promoted_from": f"v{week - 1:02d}"} if week else {})) for week in range(52)]
+    assert len(retention.rollback_trail(chain, current_default="v51")) == 52
+    assert retention.protected(chain) == {f"v{week:02d}" for week in range(51 - retention.ROLLBACK_DEPTH, 52)}
+    assert len(retention.beyond_newest(chain, keep=1)) == 52 - 1 - retention.ROLLBACK_DEPTH
+
+
 def test_pinned_versions_come_from_unfinished_recent_batch_runs_and_active_jobs():
     now = datetime(2026, 1, 10, 12, tzinfo=UTC)
     hour = timedelta(hours=1)

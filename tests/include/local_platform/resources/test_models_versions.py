@@ -264,3 +264,24 @@ def test_object_names_cannot_escape_the_service_store(ml_api, bucket, gcs_prefix
     done = wait_operation(ml_api, operation["name"])
     assert "not a plain relative path" in done["error"]["message"]
     assert not escape.exists()
+
+
+def test_a_model_holds_at_most_the_documented_number_of_versions(tmp_path, monkeypatch):
+    """Each version keeps a copy of its artifacts on the service's disk: the number per model is bounded."""
+    from fastapi.testclient import TestClient
+
+    from include.local_platform.app import create_app
+    from include.local_platform.resources import models
+
+    monkeypatch.setattr(models, "MAX_VERSIONS_PER_MODEL", 2)
+    client = TestClient(create_app(tmp_path), base_url="http://127.0.0.1")
+    assert client.post(f"/v1/{PARENT}/models", json={"name": "capped"}).status_code == 200
+    for name in ("v1", "v2"):
+        answer = client.post(f"/v1/{PARENT}/models/capped/versions",
+                             json={"name": name, "deploymentUri": "gs://nowhere/model"})
+        assert answer.status_code == 200, answer.json()
+    refused = client.post(f"/v1/{PARENT}/models/capped/versions", json={"name": "v3",
+                                                                         "deploymentUri": "gs://nowhere/model"})
+    assert refused.status_code == 429 and refused.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+    assert [v["name"].rsplit("/", 1)[1] for v in client.get(
+        f"/v1/{PARENT}/models/capped/versions").json()["versions"]] == ["v1", "v2"]

@@ -296,3 +296,16 @@ def test_cancel_while_preparing_is_never_lost_even_on_empty_input(ml_api, ml_ser
     # the same empty input, not cancelled: an empty set of shards, SUCCEEDED with zero counts
     job = wait_job(ml_api, start_job(ml_api, {**body, "jobId": unique("job")}))
     assert job["state"] == "SUCCEEDED" and job["predictionOutput"]["predictionCount"] == "0", job
+
+
+def test_batches_are_capped_by_bytes_as_well_as_by_count():
+    """batchSize counts instances; a batch of 10,000 megabyte lines would hold gigabytes. Batches also close at
+    the byte cap (one instance at least), in input order, errors kept with their batch."""
+    from include.local_platform.workers.batch_io import batches
+
+    items = [(f"i{n}", None, 1_000_000) for n in range(10)] + [(None, "bad line", 0), ("small", None, 10)]
+    grouped = list(batches(iter(items), 10_000, max_bytes=3_000_000))
+    assert [len(batch) for batch in grouped] == [3, 3, 3, 3]
+    assert [item for batch in grouped for item in batch] == [(i, e) for i, e, _ in items]
+    assert [len(b) for b in batches(iter(items), 2, max_bytes=10**9)] == [2, 2, 2, 2, 2, 2]
+    assert [len(b) for b in batches(iter([("huge", None, 10**8)]), 64, max_bytes=1)] == [1]
