@@ -2,7 +2,7 @@
 
 This module owns the job's life; an engine does the predicting: ``local_engine``
 (in this process, the default) or ``beam_engine`` (an Apache Beam pipeline), both
-reading and predicting through ``batch_io``, so they write the same files.
+reading and predicting through ``batch_instances``, so they write the same files.
 
 Crash safety: state moves only by compare-and-set (a cancel is never written
 over); every start of a job is counted (``_attempts``) and a job interrupted
@@ -25,7 +25,7 @@ from include.local_platform.resources import models
 from include.local_platform.serving.saved_model import BadModel, LoadedModel, Signature
 from include.local_platform.state.clock import now_rfc3339
 from include.local_platform.workers import deployment, local_engine
-from include.local_platform.workers.batch_io import (
+from include.local_platform.workers.batch_instances import (
     JobCancelled,
     JobFailed,
     ServiceStopping,

@@ -5,8 +5,8 @@ same, so one `jobs.create` runs on Beam's DirectRunner here and on Dataflow,
 Flink or Spark at scale (runner and options from ML_ENGINE_BEAM_OPTIONS).
 
 The pipeline reuses the local engine's code, not a copy of it: input files are
-read by `batch_io.read_instances` (same line/record framing and error messages),
-instances are predicted by `batch_io.predict_instances` (same tensor conversion,
+read by `batch_instances.read_instances` (same line/record framing and error messages),
+instances are predicted by `batch_instances.predict_instances` (same tensor conversion,
 same one-by-one isolation of a failing instance) and rows are encoded by
 `numeric_json.dumps`. So both engines write the same rows and error counts into the
 same files: one `prediction.results-SSSSS-of-NNNNN` and one
@@ -51,7 +51,7 @@ from include.local_platform.context import Context
 from include.local_platform.resources import models
 from include.local_platform.serving.numeric_json import dumps
 from include.local_platform.serving.saved_model import LoadedModel, Signature
-from include.local_platform.workers import batch_io, beam_gcs
+from include.local_platform.workers import batch_instances, beam_gcs
 
 log = logging.getLogger(__name__)
 METRICS_NAMESPACE = "ml_engine_batch"
@@ -86,7 +86,7 @@ class ReadInstances(beam.DoFn):
     def process(self, readable: fileio.ReadableFile):
         # Raw bytes: TF_RECORD_GZIP is inflated by read_instances, as in the local engine.
         with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as raw:
-            for count, (instance, error) in enumerate(batch_io.read_instances(raw, self._data_format)):
+            for count, (instance, error) in enumerate(batch_instances.read_instances(raw, self._data_format)):
                 if count % 4096 == 0:
                     _check_marker(self._cancel_marker)
                 if error is None:
@@ -121,12 +121,12 @@ class SignatureModelHandler(ModelHandler[Any, tuple, Signature]):
         if path is None or not path.is_dir():
             path = Path(tempfile.mkdtemp(prefix="ml-engine-model-"))
             if gcs.download_prefix(self._model_uri, path, max_files=1000) == 0:
-                raise batch_io.JobFailed(f"Model directory {self._model_uri} is empty or does not exist.")
+                raise batch_instances.JobFailed(f"Model directory {self._model_uri} is empty or does not exist.")
         return LoadedModel(path).signature(self._signature_name)
 
     def run_inference(self, batch_: list, model: Signature, inference_args: dict | None = None) -> list[tuple]:
         _check_marker(self._cancel_marker)
-        rows, errors = batch_io.predict_instances(model, list(batch_), None)
+        rows, errors = batch_instances.predict_instances(model, list(batch_), None)
         return [("row", dumps(row)) for row in rows] + [
             ("error", message) for message, count in errors.items() for _ in range(count)]
 
@@ -272,9 +272,9 @@ def _pipeline_error(error: BaseException) -> str:
     return ((named or lines or [type(error).__name__])[-1])[:800]
 
 
-def run_pipeline(ctx: Context, name: str, prediction_input: dict, inputs: list[str], totals: batch_io.Totals,
+def run_pipeline(ctx: Context, name: str, prediction_input: dict, inputs: list[str], totals: batch_instances.Totals,
                  scratch: Path, signature: Signature) -> None:
-    """Run the job's pipeline to its end, raising batch_io.JobCancelled, ServiceStopping or JobFailed as the
+    """Run the job's pipeline to its end, raising batch_instances.JobCancelled, ServiceStopping or JobFailed as the
     local engine does; `totals` gets Beam's counts.
 
     :param signature: the signature the service loaded, used by pipelines running in its own process.
@@ -293,7 +293,7 @@ def run_pipeline(ctx: Context, name: str, prediction_input: dict, inputs: list[s
         _IN_PROCESS_SIGNATURES[key] = signature
     handler = SignatureModelHandler(model_uri=model_uri, local_path=local_path if direct else "",
                                     signature_name=prediction_input.get("signatureName"),
-                                    batch_size=batch_io.batch_size(prediction_input), in_process_key=key,
+                                    batch_size=batch_instances.batch_size(prediction_input), in_process_key=key,
                                     cancel_marker=cancel_marker)
     _delete_beam_temp(output_path)
     pipeline = beam.Pipeline(runner=_direct_runner(options) if direct else runner, options=options)
@@ -332,19 +332,19 @@ def run_pipeline(ctx: Context, name: str, prediction_input: dict, inputs: list[s
     finally:
         _IN_PROCESS_SIGNATURES.pop(key, None)
     if stop_asked == "cancel" or ctx.cancel_event(name).is_set():
-        raise batch_io.JobCancelled()
+        raise batch_instances.JobCancelled()
     if stop_asked == "stop" or ctx.stopping.is_set():
-        raise batch_io.ServiceStopping()
+        raise batch_instances.ServiceStopping()
     result = outcome.get("result")
     if result is not None:
         counts = counters(result)
         totals.predictions = counts.get("predictions", 0)
         totals.errors = counts.get("errors", 0)
     if "error" in outcome:
-        raise batch_io.JobFailed(f"The Beam pipeline failed: {_pipeline_error(outcome['error'])}")
+        raise batch_instances.JobFailed(f"The Beam pipeline failed: {_pipeline_error(outcome['error'])}")
     state = str(getattr(result, "state", "DONE"))
     if "DONE" not in state:
-        raise batch_io.JobFailed(f"The Beam pipeline ended {state}.")
+        raise batch_instances.JobFailed(f"The Beam pipeline ended {state}.")
 
 
 def _cancel_through_runner(result, name: str) -> None:

@@ -24,7 +24,7 @@ from include.local_platform import gcs
 from include.local_platform.context import Context
 from include.local_platform.serving.numeric_json import dumps
 from include.local_platform.serving.saved_model import Signature
-from include.local_platform.workers.batch_io import (
+from include.local_platform.workers.batch_instances import (
     InputBatch,
     JobCancelled,
     ServiceStopping,

@@ -219,7 +219,7 @@ def test_over_long_line_and_record_are_that_inputs_errors(ml_api, model_uris, bu
     """A 2 MB JSON line and a 17 MB TFRecord record: one error each, the inputs around them still predicted."""
     import tensorflow as tf
 
-    from include.local_platform.workers.batch_io import MAX_LINE_BYTES, MAX_RECORD_BYTES
+    from include.local_platform.workers.batch_instances import MAX_LINE_BYTES, MAX_RECORD_BYTES
 
     long_line = json.dumps([1.0] * (MAX_LINE_BYTES // 4))
     assert len(long_line) > MAX_LINE_BYTES
@@ -301,7 +301,7 @@ def test_cancel_while_preparing_is_never_lost_even_on_empty_input(ml_api, ml_ser
 def test_batches_are_capped_by_bytes_as_well_as_by_count():
     """batchSize counts instances; a batch of 10,000 megabyte lines would hold gigabytes. Batches also close at
     the byte cap (one instance at least), in input order, errors kept with their batch."""
-    from include.local_platform.workers.batch_io import batches
+    from include.local_platform.workers.batch_instances import batches
 
     items = [(f"i{n}", None, 1_000_000) for n in range(10)] + [(None, "bad line", 0), ("small", None, 10)]
     grouped = list(batches(iter(items), 10_000, max_bytes=3_000_000))

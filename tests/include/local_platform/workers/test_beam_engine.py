@@ -218,11 +218,11 @@ def test_beam_gcs_io_reaches_the_emulator_without_credentials(bucket):
 
 def test_a_failing_pipeline_ends_with_its_error(bucket, model_uris, tmp_path):
     """An input that vanished between listing and reading fails the pipeline (DirectRunner in this process);
-    the engine raises batch_io.JobFailed with the pipeline's error, which run_job records as the job's FAILED."""
+    the engine raises batch_instances.JobFailed with the pipeline's error, which run_job records as the job's FAILED."""
     from include.local_platform import gcs
     from include.local_platform.context import Context
     from include.local_platform.serving.saved_model import LoadedModel
-    from include.local_platform.workers import batch_io, beam_engine
+    from include.local_platform.workers import batch_instances, beam_engine
 
     gcs.download_prefix(model_uris["single"], tmp_path / "model", max_files=100)
     signature = LoadedModel(tmp_path / "model").signature(None)
@@ -230,9 +230,9 @@ def test_a_failing_pipeline_ends_with_its_error(bucket, model_uris, tmp_path):
     try:
         prediction_input = {"uri": model_uris["single"], "dataFormat": "JSON",
                             "outputPath": f"gs://{bucket.name}/beam-failing/{unique('o')}"}
-        with pytest.raises(batch_io.JobFailed) as excinfo:
+        with pytest.raises(batch_instances.JobFailed) as excinfo:
             beam_engine.run_pipeline(ctx, f"{PARENT}/jobs/failing", prediction_input,
-                                     [f"gs://{bucket.name}/beam-failing/vanished.json"], batch_io.Totals(),
+                                     [f"gs://{bucket.name}/beam-failing/vanished.json"], batch_instances.Totals(),
                                      tmp_path / "scratch", signature)
     finally:
         ctx.shutdown()
