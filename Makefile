@@ -51,7 +51,7 @@ browser:  ## Debian's chromium for the browser test (apt-get, as root or on CI, 
 	  else echo "browser: /usr/bin/chromium missing (apt-get install chromium); the browser test will skip"; fi; \
 	fi
 
-airflow: install  ## Airflow 3 (api-server, scheduler, dag-processor, triggerer) + services; UI http://localhost:$(AIRFLOW_PORT) (admin/admin)
+airflow: install  ## Airflow 3 (api-server, scheduler, dag-processor, triggerer) + services; UI http://localhost:$(AIRFLOW_PORT) (admin/admin on loopback)
 	$(PY) -m tools.airflow_stack start --port $(AIRFLOW_PORT)
 
 stop:  ## stop everything `make services` / `make airflow` started

@@ -68,7 +68,7 @@ def test_failed_job_then_clear_and_rerun_converges(ml_conn, hook, tiny_trainer_p
     flag = f"gs://{bucket.name}/{gcs_prefix}/flag"
     op = _operator(tiny_trainer_package, f"gs://{bucket.name}/{gcs_prefix}/job", ["--require", flag])
     ti = FakeTI()
-    with pytest.raises(AirflowException, match=r"ended FAILED: The replica master 0 exited with a non-zero status "
+    with pytest.raises(AirflowException, match=r"ended FAILED: The replica chief 0 exited with a non-zero status "
                                                r"of 1\. FileNotFoundError: required input .+ is missing"):
         op.execute({"ti": ti})
     first = ti.xcom["job_id"]

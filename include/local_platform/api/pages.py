@@ -29,6 +29,7 @@ from include.local_platform.workers import trainer_process, training
 #: Largest upload the form takes (whole request), and most pixels an uploaded image may have.
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 4_000_000
+LOG_PAGE_BYTES = 4 * 1024 * 1024
 _STYLE = """<style>body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}
 .READY,.SUCCEEDED{color:#070}.FAILED{color:#b00}pre{background:#f4f4f4;padding:.6rem;overflow:auto}</style>"""
@@ -155,10 +156,18 @@ def _training_log(ctx: Context, job: dict, project: str, lines: int = 500) -> st
     tail = trainer_process.tail_lines(training.log_path(ctx, f"projects/{project}/jobs/{job['jobId']}"), lines)
     active = job["state"] not in ("SUCCEEDED", "FAILED", "CANCELLED")
     refresh = "<meta http-equiv='refresh' content='3'>" if active else ""
-    endpoint = f"/_local/projects/{_esc(project)}/jobs/{_esc(job['jobId'])}/logs?offset=0"
+    whole = f"/ui/projects/{_esc(project)}/jobs/{_esc(job['jobId'])}/log"
     return (f"{refresh}<h2>Training log</h2><p>Last {lines} lines{' (refreshing)' if active else ''}; "
-            f"all of it: <a href='{endpoint}'>{endpoint}</a></p><pre id='training-log'>{_esc(chr(10).join(tail))}"
+            f"all of it: <a href='{whole}'>{whole}</a></p><pre id='training-log'>{_esc(chr(10).join(tail))}"
             "</pre>")
+
+
+def _whole_log(ctx: Context, project: str, job_id: str) -> str:
+    """A training job's whole log (its last LOG_PAGE_BYTES), as the log API gives it to the operators."""
+    jobs.get_job(ctx, project, job_id)  # 404 for a job that does not exist
+    lines = trainer_process.tail_lines(training.log_path(ctx, f"projects/{project}/jobs/{job_id}"),
+                                       count=10**6, size=LOG_PAGE_BYTES)
+    return _page(f"Training log of {job_id}", f"<pre>{_esc(chr(10).join(lines))}</pre>")
 
 
 def _batch_engine(ctx: Context, project: str, job: dict) -> str:
@@ -185,6 +194,8 @@ def render(ctx: Context, path: str, form, csrf: str = "") -> tuple[int, str]:
             return 200, _page(f"Job {parts[3]}", f"<pre>{_esc(json.dumps(job, indent=2))}</pre>"
                               + (_training_log(ctx, job, parts[1]) if "trainingInput" in job else "")
                               + (_batch_engine(ctx, parts[1], job) if "predictionInput" in job else ""))
+        if len(parts) == 5 and parts[2] == "jobs" and parts[4] == "log":
+            return 200, _whole_log(ctx, parts[1], parts[3])
         if len(parts) == 4 and parts[2] == "operations":
             operation = operations.get(ctx, path.strip("/"))
             return 200, _page(f"Operation {parts[3]}", f"<pre>{_esc(json.dumps(operation, indent=2))}</pre>")

@@ -221,13 +221,14 @@ def exit_status(exit_file: Path, code: int | None) -> int | None:
         return code
 
 
-def failure_message(code: int | None, log_file: Path) -> str:
+def failure_message(code: int | None, log_file: Path, task: str = "master") -> str:
+    """Hosted ml/v1's wording for a failed replica (``task``: TF_CONFIG's name of the primary task)."""
     if code is None:
         return ("The trainer process ended while the service was not watching it (the service restarted); "
                 "its exit status is unknown. Last output: " + last_error_line(log_file))
     if code < 0:
-        return f"The replica master 0 was killed by signal {-code}. {last_error_line(log_file)}"
-    return f"The replica master 0 exited with a non-zero status of {code}. {last_error_line(log_file)}"
+        return f"The replica {task} 0 was killed by signal {-code}. {last_error_line(log_file)}"
+    return f"The replica {task} 0 exited with a non-zero status of {code}. {last_error_line(log_file)}"
 
 
 def tail_lines(path: Path, count: int = 1000, size: int = 256 * 1024) -> list[str]:

@@ -133,7 +133,8 @@ def _interpreters(jobs_root: Path):
 
 def _venv_with_service_packages(base: str, target: Path) -> str:
     """``target``: a venv of ``base`` whose one .pth adds the service's site-packages (made once, reused)."""
-    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+                    *(entry for entry in sys.path if entry.endswith("site-packages") and os.path.isdir(entry))})
     line = "import site; " + "; ".join(f"site.addsitedir({path!r})" for path in paths) + "\n"
     python = target / "bin" / "python"
     pth = next(target.glob("lib/python*/site-packages"), target) / "_service_packages.pth"

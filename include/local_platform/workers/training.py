@@ -94,25 +94,30 @@ class _WaitingJobs:
             self._wake.clear()
             with self._lock:
                 waiting = list(self._waiting)
+            blocked = False  # once one QUEUED job finds no slot, later ones wait too (first come, first served)
             for ctx, name in waiting:
-                if not self._settled(ctx, name):
-                    break  # no slot: the oldest waiting job goes first
-                with self._lock:
-                    self._waiting.remove((ctx, name))
+                if self._settled(ctx, name) or (not blocked and self._started(ctx, name)):
+                    with self._lock:
+                        self._waiting.remove((ctx, name))
+                else:
+                    blocked = True
 
-    def _settled(self, ctx: Context, name: str) -> bool:
-        """True when ``name`` needs no slot: gone, stopping, cancelled (ended here) or no longer QUEUED;
-        False when it must start: then the caller takes a slot and it starts in a thread of its own."""
+    @staticmethod
+    def _settled(ctx: Context, name: str) -> bool:
+        """True when ``name`` needs no slot any more: stopping, gone, no longer QUEUED, or cancelled (ended here)."""
         state = None if ctx.stopping.is_set() else _state(ctx, name)
         if state == "CANCELLING":
             _finish(ctx, name, "CANCELLED")
-        if state != "QUEUED":
-            return True
-        if SLOTS.acquire(blocking=False):
-            threading.Thread(target=_run_logged, args=(ctx, name), daemon=True,
-                             name=f"train-{name.rsplit('/', 1)[1]}").start()
-            return True
-        return False
+        return state != "QUEUED"
+
+    @staticmethod
+    def _started(ctx: Context, name: str) -> bool:
+        """Start the job in a thread of its own if a slot is free."""
+        if not SLOTS.acquire(blocking=False):
+            return False
+        threading.Thread(target=_run_logged, args=(ctx, name), daemon=True,
+                         name=f"train-{name.rsplit('/', 1)[1]}").start()
+        return True
 
 
 _WAITING = _WaitingJobs()
@@ -269,7 +274,8 @@ def _record_exit(ctx: Context, name: str, code: int | None) -> None:
         _append_log(ctx, name, "the trainer finished successfully")
         _finish(ctx, name, "SUCCEEDED")
     else:
-        message = trainer_process.failure_message(code, log_path(ctx, name))
+        training_input = (ctx.store.get(name) or {}).get("trainingInput") or {}
+        message = trainer_process.failure_message(code, log_path(ctx, name), trainer_process.task_type(training_input))
         _append_log(ctx, name, message)
         _finish(ctx, name, "FAILED", errorMessage=message)
 

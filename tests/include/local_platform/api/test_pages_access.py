@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import struct
+import time
 import zlib
 from pathlib import Path
 from urllib.parse import quote
@@ -71,6 +72,13 @@ def test_login_sets_an_httponly_samesite_strict_cookie_that_opens_pages_not_the_
     session = {"Cookie": f"{SESSION_COOKIE}={value}"}
     for path in pages:
         assert _response(ml_service, "GET", path, headers=session)[0] == 200, path
+    job_page = _response(ml_service, "GET", pages[3], headers=session)[2].decode()
+    assert f"href='{pages[3]}/log'" in job_page  # the whole log, behind the same cookie
+    deadline = time.monotonic() + 30
+    while b"downloading gs://nowhere" not in (log := _response(ml_service, "GET", f"{pages[3]}/log",
+                                                              headers=session))[2] and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert log[0] == 200 and b"downloading gs://nowhere/p-0.1.tar.gz" in log[2]
     assert raw(ml_service, "GET", f"/v1/{PARENT}/models", headers=session)[0] == 401  # the API wants the header
     status, headers, _ = _response(ml_service, "GET", "/ui/logout", headers=session)
     assert status == 303 and f"{SESSION_COOKIE}=" in headers["set-cookie"] and "Max-Age=0" in headers["set-cookie"]

@@ -232,10 +232,13 @@ def test_queued_jobs_cost_no_thread_and_a_queued_cancel_ends_at_once(gcs_emulato
         assert {api.projects().jobs().get(name=f"{PARENT}/jobs/{b['jobId']}").execute()["state"]
                 for b in queued} == {"QUEUED"}
         started = time.monotonic()
-        api.projects().jobs().cancel(name=f"{PARENT}/jobs/{queued[0]['jobId']}").execute()
-        assert wait_job(api, queued[0]["jobId"], timeout=30)["state"] == "CANCELLED"
+        for body in (queued[0], queued[10]):  # the head of the queue, and one behind others still waiting
+            api.projects().jobs().cancel(name=f"{PARENT}/jobs/{body['jobId']}").execute()
+        for body in (queued[0], queued[10]):
+            assert wait_job(api, body["jobId"], timeout=30)["state"] == "CANCELLED"
         assert time.monotonic() - started < 5  # not after the running job's 60 s
-        for body in [first, *queued[1:]]:
+        assert api.projects().jobs().get(name=f"{PARENT}/jobs/{queued[1]['jobId']}").execute()["state"] == "QUEUED"
+        for body in [first, *queued[1:10], *queued[11:]]:
             api.projects().jobs().cancel(name=f"{PARENT}/jobs/{body['jobId']}").execute()
     finally:
         server.stop()
