@@ -107,7 +107,8 @@ def render(info: dict, *, lifecycle: str | None = None, batch_state: str | None 
                    f"{len(batch['errors_stats_files'])} errors_stats file(s), summary.json)")
     else:
         out.append("Batch: no batch prediction summary found")
-    out.append(f"ml/v1 service: {info['endpoint']}  (pages at {info['endpoint']}ui)")
+    out.append(f"ml/v1 service: {info['endpoint']}  (pages at {info['endpoint']}ui: `make services` prints a link "
+               "that logs a browser in)")
     return "\n".join(out)
 
 
