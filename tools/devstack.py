@@ -171,7 +171,7 @@ def gcs_emulator(*, port: int, data_dir: Path | None, log_path: Path) -> LocalPr
 
 
 def ml_service(*, port: int, state_dir: Path, gcs_host: str, log_path: Path, token_file: Path | None = None,
-               enable_faults: bool = False) -> LocalProcess:
+               enable_faults: bool = False, vertex_port: int | None = None) -> LocalProcess:
     """
     The local ml/v1 service on loopback, not yet started.
 
@@ -181,10 +181,13 @@ def ml_service(*, port: int, state_dir: Path, gcs_host: str, log_path: Path, tok
     :param log_path: File receiving the service's output.
     :param token_file: File holding the bearer token callers must send; None: anonymous.
     :param enable_faults: Expose the fault switch (``/_local/faults``) for tests.
+    :param vertex_port: Also serve Vertex AI's gRPC API on this loopback port.
     :return: the process handle; ``start()`` it.
     """
     argv = [sys.executable, "-m", "include.local_platform", "--host", "127.0.0.1",
             "--port", str(port), "--state-dir", str(state_dir)]
+    if vertex_port is not None:
+        argv += ["--vertex-port", str(vertex_port)]
     if token_file is not None:
         argv += ["--token-file", str(token_file)]
     if enable_faults:
@@ -268,20 +271,52 @@ def stop_recorded(pid_files: list[Path], *, timeout: float, prefix: str = "") ->
         path.unlink(missing_ok=True)
 
 
+def vertex_route(*, vertex_port: int, proxy_port: int, metadata_port: int, token_file: Path, project: str,
+                 log_path: Path) -> LocalProcess:
+    """The CONNECT proxy and metadata server that route Google's clients to the Vertex AI surface (not started)."""
+    argv = [sys.executable, "-m", "tools.vertex_route", "--target", f"127.0.0.1:{vertex_port}",
+            "--proxy-port", str(proxy_port), "--metadata-port", str(metadata_port), "--token-file", str(token_file),
+            "--project", project]
+    return LocalProcess(name="vertex-route", argv=argv, health_url=f"http://127.0.0.1:{metadata_port}/healthz",
+                        log_path=log_path, env={"PYTHONPATH": str(PROJECT_ROOT)}, cwd=PROJECT_ROOT)
+
+
+def vertex_ports(ml_port: int) -> tuple[int, int, int]:
+    """(Vertex AI surface, CONNECT proxy, metadata server) loopback ports: VERTEX_PORT, VERTEX_PROXY_PORT,
+    VERTEX_METADATA_PORT, by default the three ports after the ml/v1 port."""
+    return (int(os.environ.get("VERTEX_PORT", ml_port + 1)), int(os.environ.get("VERTEX_PROXY_PORT", ml_port + 2)),
+            int(os.environ.get("VERTEX_METADATA_PORT", ml_port + 3)))
+
+
+def vertex_environment(state_dir: Path, ml_port: int) -> dict[str, str]:
+    """The environment a client needs to reach the stack's Vertex AI surface with Google's own code."""
+    from tools.vertex_route import environment
+
+    _, proxy_port, metadata_port = vertex_ports(ml_port)
+    return environment(proxy_port=proxy_port, metadata_port=metadata_port,
+                       ca_file=state_dir / "ml_engine" / "vertex_tls" / "ca.pem")
+
+
 def start_services(state_dir: Path, gcs_port: int, ml_port: int) -> None:
     """
-    Start the GCS emulator and the ml/v1 service in the background (``make services``); running ones are kept.
+    Start the GCS emulator, the local service (ml/v1 and Vertex AI) and the Vertex AI route in the background
+    (``make services``); running ones are kept.
 
     :param state_dir: Holds pid files (``run/``), logs, emulator data, the service's state and token.
     :param gcs_port: Loopback port of the GCS emulator.
-    :param ml_port: Loopback port of the ml/v1 service.
+    :param ml_port: Loopback port of the ml/v1 service (the Vertex AI ports follow it, see ``vertex_ports``).
     """
     gcs_host = f"http://127.0.0.1:{gcs_port}"
     logs = state_dir / "logs"
+    token_file = service_token_file(state_dir)
+    vertex_port, proxy_port, metadata_port = vertex_ports(ml_port)
     servers = [
         gcs_emulator(port=gcs_port, data_dir=state_dir / "gcs", log_path=logs / "gcs-emulator.log"),
         ml_service(port=ml_port, state_dir=state_dir / "ml_engine", gcs_host=gcs_host,
-                   log_path=logs / "ml-engine-local.log", token_file=service_token_file(state_dir)),
+                   log_path=logs / "ml-engine-local.log", token_file=token_file, vertex_port=vertex_port),
+        vertex_route(vertex_port=vertex_port, proxy_port=proxy_port, metadata_port=metadata_port,
+                     token_file=token_file, project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local-project"),
+                     log_path=logs / "vertex-route.log"),
     ]
     for server in servers:
         path = pid_file(state_dir, server.name)
@@ -297,6 +332,10 @@ def start_services(state_dir: Path, gcs_port: int, ml_port: int) -> None:
     print(f"export ML_ENGINE_ENDPOINT=http://127.0.0.1:{ml_port}/")
     print(f"export ML_ENGINE_TOKEN=$(cat {state_dir / TOKEN_FILE_NAME})")
     print(f"Service pages (this link logs a browser in): {pages_login_url(state_dir, ml_port)}")
+    print(f"Vertex AI (gRPC, TLS) on 127.0.0.1:{vertex_port}; Google's clients reach it as "
+          "us-central1-aiplatform.googleapis.com with (docs/vertex-ai.md):")
+    for key, value in vertex_environment(state_dir, ml_port).items():
+        print(f"  export {key}={value}")
 
 
 def pages_login_url(state_dir: Path, ml_port: int) -> str:

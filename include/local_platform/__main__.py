@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="threads TensorFlow gives one op (env ML_ENGINE_INTRA_OP_THREADS; default 1, as on "
                              "ml/v1's one-vCPU mls1-c1-m2 nodes; 0 keeps TensorFlow's own choice, all cores). Batch "
                              "jobs keep one call in flight per core instead (docs/benchmarks.md)")
+    parser.add_argument("--vertex-port", type=int,
+                        default=int(os.environ["ML_ENGINE_VERTEX_PORT"]) if os.environ.get("ML_ENGINE_VERTEX_PORT")
+                        else None,
+                        help="also serve Vertex AI's gRPC API (TLS, docs/vertex-ai.md) on this port (env "
+                             "ML_ENGINE_VERTEX_PORT; default: not served)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -60,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     guard = Guard.from_settings(token=read_token(args.token_file), bind_host=args.host,
                                 allowed_hosts=args.allowed_hosts)
     app = create_app(state_dir, guard=guard, enable_faults=args.enable_faults, batch_engine=args.batch_engine,
-                     beam_options=args.beam_options)
+                     beam_options=args.beam_options, vertex_port=args.vertex_port, vertex_host=args.host)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_keep_alive=600,
                 log_level=args.log_level.lower(), http=HeaderDeadlineProtocol)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from include.local_platform.api import faults as fault_switch
-from include.local_platform.api import local_routes, ml_v1_http, pages, ui_login
+from include.local_platform.api import local_routes, ml_v1_http, pages, ui_login, vertex_grpc, vertex_tls
 from include.local_platform.api.faults import FaultInjector
 from include.local_platform.api.ml_v1_http import PredictRoute
 from include.local_platform.api.request_log import RequestLog
@@ -28,7 +28,8 @@ from include.local_platform.workers import supervisor
 
 
 def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bool = False,
-               batch_engine: str = "local", beam_options: str = "") -> FastAPI:
+               batch_engine: str = "local", beam_options: str = "", vertex_port: int | None = None,
+               vertex_host: str = "127.0.0.1") -> FastAPI:
     """
     The local service as an ASGI app; work interrupted by a crash resumes when it starts.
 
@@ -37,7 +38,9 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
     :param enable_faults: Expose the fault switch (``/_local/faults``) for tests.
     :param batch_engine: ``local`` runs batch jobs in this process, ``beam`` as Apache Beam pipelines.
     :param beam_options: Pipeline options for the beam engine (runner, project, region, temp_location...).
-    :return: the FastAPI app.
+    :param vertex_port: Serve Vertex AI's gRPC API (TLS) on this port too (0: a free one; None: not at all).
+    :param vertex_host: The address the Vertex AI surface binds.
+    :return: the FastAPI app (``app.state.vertex_port``: where the Vertex AI surface listens, once started).
     """
     ctx = Context(state_dir=state_dir, batch_engine=batch_engine, beam_options=beam_options)
     guard = guard or Guard()
@@ -49,7 +52,14 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
         """Resume interrupted work before serving; on a graceful stop release attempts (not a crash)."""
         guard.announce()
         supervisor.start(ctx)
+        vertex = None
+        if vertex_port is not None:
+            tls = vertex_tls.ensure(state_dir / "vertex_tls")
+            vertex, app.state.vertex_port = vertex_grpc.serve(ctx, guard, host=vertex_host, port=vertex_port,
+                                                              tls=tls, services=vertex_services())
         yield
+        if vertex is not None:
+            vertex.stop(grace=2)
         supervisor.stop(ctx)
 
     app = FastAPI(title="Local ml/v1 service", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
@@ -70,3 +80,10 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
     ui_login.add_routes(app, guard)  # before the pages: /ui/{path} would take /ui/login
     pages.add_routes(app, ctx, guard)
     return app
+
+
+def vertex_services() -> dict:
+    """Every Vertex AI service the local surface answers (imported only when it is served)."""
+    from include.local_platform.api import vertex_model_service, vertex_prediction_service
+
+    return {**vertex_model_service.SERVICES, **vertex_prediction_service.SERVICES}

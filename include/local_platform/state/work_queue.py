@@ -13,8 +13,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-#: The kinds of work, each with one runner: a version to deploy, a batch prediction job, a training job.
-KINDS = ("deployment", "batch", "training")
+#: The kinds of work, each with one runner: an ml/v1 version to deploy, a batch prediction job, a training job,
+#: and Vertex AI's: a model version to deploy to an endpoint.
+KINDS = ("deployment", "batch", "training", "vertex_deployment")
 
 
 class WorkQueue:

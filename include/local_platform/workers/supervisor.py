@@ -14,13 +14,14 @@ import threading
 
 from include.local_platform.context import Context
 from include.local_platform.serving import saved_model
-from include.local_platform.workers import batch, deployment, recovery, training
+from include.local_platform.workers import batch, deployment, recovery, training, vertex_deployment
 
 
 def register(ctx: Context) -> None:
     ctx.work.register("deployment", lambda name: deployment.submit(ctx, name))
     ctx.work.register("batch", lambda name: batch.submit(ctx, name))
     ctx.work.register("training", lambda name: training.submit(ctx, name))
+    ctx.work.register("vertex_deployment", lambda name: vertex_deployment.submit(ctx, name))
 
 
 def start(ctx: Context) -> None:
@@ -31,6 +32,7 @@ def start(ctx: Context) -> None:
     deployment.resume(ctx)
     batch.resume(ctx)
     training.resume(ctx)
+    vertex_deployment.resume(ctx)
 
 
 def stop(ctx: Context) -> None:

@@ -76,13 +76,17 @@ def test_no_import_circles():
             visit(module, [module])
 
 
+#: Calls that write a stored document (a protobuf message's own ``state=`` keyword is not one).
+STATE_WRITERS = {"revise", "update", "put", "insert", "setdefault", "dict"}
+
+
 def _state_writes(tree: ast.AST) -> list[tuple[int, str]]:
     """Places that set a resource's ``state`` other than through ``Store.transition``."""
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-            if name != "transition" and any(keyword.arg == "state" for keyword in node.keywords):
+            if name in STATE_WRITERS and any(keyword.arg == "state" for keyword in node.keywords):
                 found.append((node.lineno, f"{name}(state=...)"))
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
             if isinstance(node, ast.AugAssign | ast.AnnAssign) else []
