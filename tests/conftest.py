@@ -27,6 +27,29 @@ if "airflow" not in sys.modules:
     os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# The session service also serves Vertex AI; Google's clients in this process reach it through the route
+# `make services` prints (a CONNECT proxy, its CA, a metadata server). google-auth and gRPC read these when
+# first used, so they are set before anything imports them, with ports and a state dir chosen now.
+PASSABLE_DIR = Path(tempfile.mkdtemp(prefix="ml-engine-tests-"))
+PASSABLE_DIR.chmod(0o711)  # other users may pass through (pytest's own tmp dirs are closed to them)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+VERTEX_PORTS = {"vertex": _free_port(), "proxy": _free_port(), "metadata": _free_port()}
+SESSION_STATE = PASSABLE_DIR / "ml_engine_state"
+if "grpc" not in sys.modules and "google.auth" not in sys.modules:
+    from tools.vertex_route import environment as _vertex_environment
+
+    os.environ.update(_vertex_environment(proxy_port=VERTEX_PORTS["proxy"], metadata_port=VERTEX_PORTS["metadata"],
+                                          ca_file=SESSION_STATE / "vertex_tls" / "ca.pem"))
+
 from tools import devstack  # noqa: E402
 
 TEST_PROJECT = "test-project"
@@ -99,30 +122,29 @@ def session_token_file() -> Path:
     return token_file
 
 
-def start_service(gcs_host: str, state_dir: Path) -> ServiceHandle:
+def start_service(gcs_host: str, state_dir: Path, vertex_port: int | None = None) -> ServiceHandle:
     """A service as `make services` runs it (the session's token required), with the fault switch on."""
     port = devstack.free_port()
     token_file = session_token_file()
     server = devstack.ml_service(port=port, state_dir=state_dir, gcs_host=gcs_host,
                                  log_path=state_dir / "service.log", token_file=token_file,
-                                 enable_faults=True).start(timeout=120)
+                                 enable_faults=True, vertex_port=vertex_port).start(timeout=120)
     return ServiceHandle(server=server, port=port, token=token_file.read_text().strip())
 
 
 @pytest.fixture(scope="session")
 def passable_dir():
-    """A directory other users can pass through (pytest's own tmp dirs are closed to them), removed at the end:
-    the session service's state lives there, so its trainers run as `ml-trainer` as with `make services`."""
-    base = Path(tempfile.mkdtemp(prefix="ml-engine-tests-"))
-    base.chmod(0o711)
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
+    """A directory other users can pass through, removed at the end: the session service's state lives there,
+    so its trainers run as `ml-trainer` as with `make services`."""
+    yield PASSABLE_DIR
+    shutil.rmtree(PASSABLE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def ml_service(gcs_emulator, passable_dir) -> ServiceHandle:
-    """The service as `make services` runs it (a bearer token in a 0600 file), plus the fault switch."""
-    handle = start_service(gcs_emulator, passable_dir / "ml_engine_state")
+    """The service as `make services` runs it (a bearer token in a 0600 file), plus the fault switch; it also
+    serves Vertex AI (see `vertex_route`)."""
+    handle = start_service(gcs_emulator, SESSION_STATE, vertex_port=VERTEX_PORTS["vertex"])
     os.environ["ML_ENGINE_ENDPOINT"] = handle.url
     yield handle
     handle.server.stop()
@@ -144,6 +166,17 @@ def beam_service(gcs_emulator, tmp_path_factory) -> ServiceHandle:
     handle = start_beam_service(gcs_emulator, tmp_path_factory.mktemp("ml_engine_beam_state"))
     yield handle
     handle.server.stop()
+
+
+@pytest.fixture(scope="session")
+def vertex(ml_service):
+    """The route to the session service's Vertex AI surface (CONNECT proxy + metadata server), started; Google's
+    clients in this process use it through the environment set above. Yields the ``parent`` of test resources."""
+    route = devstack.vertex_route(vertex_port=VERTEX_PORTS["vertex"], proxy_port=VERTEX_PORTS["proxy"],
+                                  metadata_port=VERTEX_PORTS["metadata"], token_file=session_token_file(),
+                                  project=TEST_PROJECT, log_path=SESSION_STATE / "vertex-route.log").start()
+    yield f"projects/{TEST_PROJECT}/locations/us-central1"
+    route.stop()
 
 
 @pytest.fixture(scope="session")

@@ -41,9 +41,10 @@ def export_single_input_model(local_dir: Path) -> Path:
     return local_dir
 
 
-def export_bytes_model(local_dir: Path) -> Path:
+def export_bytes_model(local_dir: Path, *, examples_by_default: bool = False) -> Path:
     """`image_bytes` (JPEG, sent as {"b64": ...}) and `key` -> mean pixel brightness, `key`; also a
-    second signature `examples` reading a serialized tf.Example with `image/encoded` and `key`."""
+    second signature `examples` reading a serialized tf.Example with `image/encoded` and `key`
+    (``examples_by_default``: that one is `serving_default`, as a TFRecord-fed model's is)."""
     import tensorflow as tf
 
     def brightness(jpegs):
@@ -65,8 +66,9 @@ def export_bytes_model(local_dir: Path) -> Path:
             return {"brightness": brightness(parsed["image/encoded"]), "key": parsed["key"]}
 
     module = Images()
-    tf.saved_model.save(module, str(local_dir),
-                        signatures={"serving_default": module.serve, "examples": module.from_examples})
+    signatures = {"serving_default": module.from_examples, "images": module.serve} if examples_by_default else {
+        "serving_default": module.serve, "examples": module.from_examples}
+    tf.saved_model.save(module, str(local_dir), signatures=signatures)
     return local_dir
 
 

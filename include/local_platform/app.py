@@ -84,6 +84,6 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
 
 def vertex_services() -> dict:
     """Every Vertex AI service the local surface answers (imported only when it is served)."""
-    from include.local_platform.api import vertex_model_service, vertex_prediction_service
+    from include.local_platform.api import vertex_job_service, vertex_model_service, vertex_prediction_service
 
-    return {**vertex_model_service.SERVICES, **vertex_prediction_service.SERVICES}
+    return {**vertex_model_service.SERVICES, **vertex_prediction_service.SERVICES, **vertex_job_service.SERVICES}

@@ -14,8 +14,8 @@ import threading
 from collections.abc import Callable
 
 #: The kinds of work, each with one runner: an ml/v1 version to deploy, a batch prediction job, a training job,
-#: and Vertex AI's: a model version to deploy to an endpoint.
-KINDS = ("deployment", "batch", "training", "vertex_deployment")
+#: and Vertex AI's: a model version to deploy to an endpoint, a batch prediction job, a training pipeline.
+KINDS = ("deployment", "batch", "training", "vertex_deployment", "vertex_batch", "vertex_training")
 
 
 class WorkQueue:

@@ -227,3 +227,22 @@ def predict_instances(signature: Signature, instances: list, staging: Path | Non
     errors: Counter = Counter()
     prepared = next(prepare_batches(iter([[(instance, None) for instance in instances]]), signature, staging))
     return predict_batch(signature, prepared, errors, staging), errors
+
+
+Outcome = tuple[dict | None, str | None]
+
+
+def predict_outcomes(signature: Signature, instances: list, staging: Path | None) -> list[Outcome]:
+    """(row, None) or (None, error) for each instance, in order: the whole batch at once, one by one if it fails
+    (Vertex AI's batch output pairs every instance with its prediction or its error)."""
+    try:
+        return [(row, None) for row in prediction.predict(signature, instances, staging)]
+    except PredictionError:
+        pass
+    outcomes: list[Outcome] = []
+    for instance in instances:
+        try:
+            outcomes.append((prediction.predict(signature, [instance], staging)[0], None))
+        except PredictionError as error:
+            outcomes.append((None, str(error)))
+    return outcomes

@@ -59,16 +59,18 @@ def finish_dangling_operations(ctx: Context) -> int:
 
 
 def remove_orphan_directories(ctx: Context) -> list[Path]:
-    """Delete artifact directories no version refers to and every scratch directory (nothing runs yet)."""
-    referenced = {Path(version["_path"]).resolve() for version in ctx.store.list("version")
-                  if version.get("_path")}
+    """Delete artifact directories no version refers to (ml/v1's and Vertex AI's) and every scratch directory
+    (nothing runs yet)."""
+    referenced = {Path(version["_path"]).resolve() for kind in ("version", "vertex_model_version")
+                  for version in ctx.store.list(kind) if version.get("_path")}
     removed = []
-    if ctx.artifacts_dir.is_dir():
-        # layout: artifacts/PROJECT/MODEL/VERSION-ETAG
-        for directory in ctx.artifacts_dir.glob("*/*/*"):
-            if directory.resolve() not in referenced:
-                _remove(directory)
-                removed.append(directory)
+    for root in (ctx.artifacts_dir, ctx.state_dir / "vertex_artifacts"):
+        if root.is_dir():
+            # layout: <root>/PROJECT/MODEL/VERSION-ETAG
+            for directory in root.glob("*/*/*"):
+                if directory.resolve() not in referenced:
+                    _remove(directory)
+                    removed.append(directory)
     for entry in ctx.scratch_dir.iterdir():
         _remove(entry)
         removed.append(entry)

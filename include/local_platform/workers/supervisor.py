@@ -14,7 +14,15 @@ import threading
 
 from include.local_platform.context import Context
 from include.local_platform.serving import saved_model
-from include.local_platform.workers import batch, deployment, recovery, training, vertex_deployment
+from include.local_platform.workers import (
+    batch,
+    deployment,
+    recovery,
+    training,
+    vertex_batch,
+    vertex_deployment,
+    vertex_training,
+)
 
 
 def register(ctx: Context) -> None:
@@ -22,6 +30,8 @@ def register(ctx: Context) -> None:
     ctx.work.register("batch", lambda name: batch.submit(ctx, name))
     ctx.work.register("training", lambda name: training.submit(ctx, name))
     ctx.work.register("vertex_deployment", lambda name: vertex_deployment.submit(ctx, name))
+    ctx.work.register("vertex_batch", lambda name: vertex_batch.submit(ctx, name))
+    ctx.work.register("vertex_training", lambda name: vertex_training.submit(ctx, name))
 
 
 def start(ctx: Context) -> None:
@@ -33,6 +43,8 @@ def start(ctx: Context) -> None:
     batch.resume(ctx)
     training.resume(ctx)
     vertex_deployment.resume(ctx)
+    vertex_batch.resume(ctx)
+    vertex_training.resume(ctx)
 
 
 def stop(ctx: Context) -> None:

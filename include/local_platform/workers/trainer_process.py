@@ -138,7 +138,10 @@ def task_type(training_input: dict) -> str:
 
 
 def job_variables(job: dict, site: Path) -> dict[str, str]:
-    """The variables hosted ml/v1 gave trainers: CLOUD_ML_JOB, CLOUD_ML_JOB_ID and TF_CONFIG (one primary task)."""
+    """The variables hosted ml/v1 gave trainers: CLOUD_ML_JOB, CLOUD_ML_JOB_ID and TF_CONFIG (one primary task);
+    Vertex AI's (``vertex_variables``) for a Vertex AI custom job."""
+    if "_vertex" in job:
+        return {**vertex_variables(job), "PYTHONPATH": str(site), "PYTHONUNBUFFERED": "1"}
     training_input = {_snake(key): value for key, value in job["trainingInput"].items()}
     primary = task_type(job["trainingInput"])
     return {
@@ -152,6 +155,25 @@ def job_variables(job: dict, site: Path) -> dict[str, str]:
             "job": training_input,
             "environment": "cloud",
         }),
+    }
+
+
+def vertex_variables(job: dict) -> dict[str, str]:
+    """What Vertex AI sets for a custom job's first worker pool: the AIP_* directories under the base output
+    directory, CLUSTER_SPEC, TF_CONFIG (the chief), CLOUD_ML_PROJECT_ID; the pool's own env first."""
+    vertex = job["_vertex"]
+    base = vertex["baseOutputDirectory"].rstrip("/")
+    host = ["127.0.0.1:2222"]
+    return {
+        **vertex.get("env", {}),
+        "AIP_MODEL_DIR": f"{base}/model/",
+        "AIP_CHECKPOINT_DIR": f"{base}/checkpoints/",
+        "AIP_TENSORBOARD_LOG_DIR": f"{base}/logs/",
+        "CLOUD_ML_PROJECT_ID": job["_name"].split("/")[1],
+        "CLUSTER_SPEC": json.dumps({"cluster": {"workerpool0": host}, "environment": "cloud",
+                                    "task": {"type": "workerpool0", "index": 0}}),
+        "TF_CONFIG": json.dumps({"cluster": {"chief": host}, "environment": "cloud",
+                                 "task": {"type": "chief", "index": 0}, "job": vertex["jobSpec"]}),
     }
 
 

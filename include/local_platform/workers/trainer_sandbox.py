@@ -222,7 +222,7 @@ def close_state(state_dir: Path, jobs_root: Path) -> None:
 
     The directories the service fills later (deployed artifacts, scratch) are made now, closed.
     """
-    for private in ("artifacts", "scratch"):
+    for private in ("artifacts", "vertex_artifacts", "scratch"):
         (state_dir / private).mkdir(mode=0o700, exist_ok=True)
     state_dir.chmod(0o711)  # passable to reach the jobs' homes, not listable
     for entry in state_dir.iterdir():

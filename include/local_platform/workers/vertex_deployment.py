@@ -63,7 +63,7 @@ def deploy(ctx: Context, operation_name: str) -> None:
         version = ctx.store.get(plan["version"])
         if version is None:
             raise BadModel(f"Model version {plan['version']} no longer exists.")
-        path = _local_copy(ctx, version, operation_name)
+        path = local_copy(ctx, version, operation_name)
         ctx.models.get(plan["version"], path)  # loads it (and proves it serves)
         ctx.crash.reach("deploy.ready")
         _finish(ctx, operation_name, plan, version)
@@ -74,7 +74,7 @@ def deploy(ctx: Context, operation_name: str) -> None:
              time.monotonic() - started)
 
 
-def _local_copy(ctx: Context, version: dict, operation_name: str) -> Path:
+def local_copy(ctx: Context, version: dict, operation_name: str) -> Path:
     """The version's artifacts on this machine: copied once, reused by every endpoint it is deployed to."""
     if version.get("_path") and Path(version["_path"]).is_dir():
         return Path(version["_path"])

@@ -69,6 +69,8 @@ def model_uris(bucket, tmp_path_factory) -> dict[str, str]:
         "tiny3": upload_dir(bucket, export_tiny_model(root / "tiny3", factor=3.0), "savedmodels/tiny3"),
         "single": upload_dir(bucket, export_single_input_model(root / "single"), "savedmodels/single"),
         "images": upload_dir(bucket, export_bytes_model(root / "images"), "savedmodels/images"),
+        "examples": upload_dir(bucket, export_bytes_model(root / "examples", examples_by_default=True),
+                               "savedmodels/examples"),
         "urls": upload_dir(bucket, export_url_model(root / "urls"), "savedmodels/urls"),
         "slow": upload_dir(bucket, export_slow_model(root / "slow"), "savedmodels/slow"),
     }
