@@ -148,3 +148,48 @@ def build_probe_sdist(root: Path) -> Path:
     subprocess.run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(out)!r})"],
                    cwd=root, check=True, capture_output=True, env={**os.environ, "HOME": str(root)})
     return out / "probetrainer-0.1.tar.gz"
+
+
+VERTEX_TRAINER = '''
+"""A Vertex AI trainer: reports Vertex AI's variables and copies a ready SavedModel into AIP_MODEL_DIR."""
+import argparse, json, os
+
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--source", required=True, help="gs:// folder of a SavedModel to publish as the model")
+    parser.add_argument("--mode", default="ok")
+    args = parser.parse_args()
+    if args.mode == "fail":
+        raise RuntimeError("this trainer was asked to fail")
+    client = storage.Client(project="test-project", credentials=AnonymousCredentials())
+    source_bucket, _, source = args.source[5:].partition("/")
+    target_bucket, _, target = os.environ["AIP_MODEL_DIR"][5:].partition("/")
+    for blob in client.list_blobs(source_bucket, prefix=source.rstrip("/") + "/"):
+        name = target.rstrip("/") + "/" + blob.name[len(source.rstrip("/")) + 1:]
+        client.bucket(source_bucket).copy_blob(blob, client.bucket(target_bucket), name)
+    seen = {key: os.environ.get(key) for key in ("AIP_MODEL_DIR", "AIP_CHECKPOINT_DIR", "CLOUD_ML_PROJECT_ID",
+                                                 "CLUSTER_SPEC", "TF_CONFIG", "ML_RUN")}
+    client.bucket(target_bucket).blob(target.rstrip("/").rsplit("/", 1)[0] + "/env.json").upload_from_string(
+        json.dumps(seen))
+    print("published", args.source, "to", os.environ["AIP_MODEL_DIR"], flush=True)
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def build_vertex_sdist(root: Path) -> Path:
+    """`vertextrainer-0.1.tar.gz` (module vertextrainer.task): publishes a given SavedModel as its model."""
+    (root / "vertextrainer").mkdir(parents=True)
+    (root / "vertextrainer" / "__init__.py").write_text("")
+    (root / "vertextrainer" / "task.py").write_text(VERTEX_TRAINER)
+    (root / "pyproject.toml").write_text(textwrap.dedent(PYPROJECT).replace("tinytrainer", "vertextrainer"))
+    out = root / "dist"
+    subprocess.run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(out)!r})"],
+                   cwd=root, check=True, capture_output=True)
+    return out / "vertextrainer-0.1.tar.gz"
