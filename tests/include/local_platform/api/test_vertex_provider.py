@@ -132,3 +132,50 @@ def test_python_package_training_pipeline_makes_a_model_version(model_uris, buck
         name=f"projects/{PROJECT}/locations/{REGION}/models/{parent_id}")
     assert [v.version_id for v in versions] == ["1", "2"]
     assert model["versionId"] == "2"
+
+
+def test_pipelines_that_fail_or_are_cancelled_end_so_and_upload_nothing(model_uris, bucket, gcs_prefix, tmp_path,
+                                                                        vertex):
+    """Through PipelineServiceClient: a trainer that fails ends its pipeline FAILED with the trainer's error; a
+    cancel ends it CANCELLED; neither uploads a model; the custom job shows Vertex AI's JobState."""
+    from tests.trainer_packages import build_vertex_sdist
+
+    sdist = build_vertex_sdist(tmp_path / "vertextrainer")
+    package = bucket.blob(f"{gcs_prefix}/{sdist.name}")
+    package.upload_from_filename(str(sdist))
+    credentials = Credentials(token=os.environ["ML_ENGINE_TOKEN"])
+    pipelines = v1.PipelineServiceClient(credentials=credentials, client_options=OPTIONS)
+    jobs = v1.JobServiceClient(credentials=credentials, client_options=OPTIONS)
+    models_before = len(list(v1.ModelServiceClient(credentials=credentials, client_options=OPTIONS).list_models(
+        parent=vertex)))
+
+    def pipeline(args: list[str]) -> str:
+        return pipelines.create_training_pipeline(parent=vertex, training_pipeline={
+            "display_name": "p", "training_task_definition":
+                "gs://google-cloud-aiplatform/schema/trainingjob/definition/custom_task_1.0.0.yaml",
+            "training_task_inputs": {"worker_pool_specs": [{"replica_count": 1, "python_package_spec": {
+                "executor_image_uri": "us-docker.pkg.dev/vertex-ai/training/tf-cpu.2-11.py310:latest",
+                "package_uris": [f"gs://{bucket.name}/{package.name}"], "python_module": "vertextrainer.task",
+                "args": args}}], "base_output_directory": {"output_uri_prefix":
+                                                           f"gs://{bucket.name}/{gcs_prefix}/out"}},
+            "model_to_upload": {"display_name": "never", "container_spec": {"image_uri": IMAGE}}}).name
+
+    def ended(name: str):
+        for _ in range(240):
+            found = pipelines.get_training_pipeline(name=name)
+            if found.state.name in ("PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED", "PIPELINE_STATE_CANCELLED"):
+                return found
+            import time
+
+            time.sleep(0.5)
+        raise TimeoutError(name)
+
+    failed = ended(pipeline(["--source", model_uris["tiny"], "--mode", "fail"]))
+    assert failed.state.name == "PIPELINE_STATE_FAILED" and "this trainer was asked to fail" in failed.error.message
+    job = jobs.get_custom_job(name=failed.training_task_metadata["backingCustomJob"])
+    assert job.state.name == "JOB_STATE_FAILED"
+    cancelled = pipeline(["--source", model_uris["tiny"]])
+    pipelines.cancel_training_pipeline(name=cancelled)
+    assert ended(cancelled).state.name == "PIPELINE_STATE_CANCELLED"
+    assert len(list(v1.ModelServiceClient(credentials=credentials, client_options=OPTIONS).list_models(
+        parent=vertex))) == models_before
