@@ -37,9 +37,11 @@ class _Watcher:
         self._wake.set()
 
     def _loop(self, ctx: Context) -> None:
-        while not ctx.stopping.is_set():
+        while True:
             self._wake.wait(POLL_S)
             self._wake.clear()
+            if ctx.stopping.is_set():  # the store closes at a stop: the next start resumes what is left
+                return
             for pipeline in ctx.store.list(vertex_training.PIPELINE):
                 if pipeline["state"] in vertex_training.PIPELINE_ACTIVE:
                     try:
