@@ -42,7 +42,13 @@ class _Watcher:
             self._wake.clear()
             if ctx.stopping.is_set():  # the store closes at a stop: the next start resumes what is left
                 return
-            for pipeline in ctx.store.list(vertex_training.PIPELINE):
+            try:
+                pipelines = ctx.store.list(vertex_training.PIPELINE)
+            except Exception:
+                if ctx.stopping.is_set():
+                    return
+                raise
+            for pipeline in pipelines:
                 if pipeline["state"] in vertex_training.PIPELINE_ACTIVE:
                     try:
                         advance(ctx, pipeline)
