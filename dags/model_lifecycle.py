@@ -6,7 +6,10 @@ the **Trigger** form (model name, epochs, variants to deploy, the serving varian
 to promote, the promotion policy and a minimum metric).
 
 1. **plan**: derive every name from the run (`v<run key>_<variant>`, GCS prefixes), validate params.
-2. **prepare_data**: generate the toy dataset at `data_uri`; *skipped* when data is already there.
+2. **choose_data**: the run's data period under the data root (`data_uri`): the data Asset event's
+   period, else the `data_period` Param (`latest`: the newest period present). A *scheduled* run whose
+   default was already trained on that period stops here (everything after it skipped).
+   **prepare_data**: the local feed writes the period's examples when the folder is empty.
 3. Training, by the `training_backend` param:
    - `ml_engine` (default): **package_trainer** builds `include/trainer` into an sdist and stages it
      under a hash of its sources (built once per code change), then **train_job** runs it as an
@@ -20,14 +23,20 @@ to promote, the promotion policy and a minimum metric).
 6. **create_model** (idempotent) -> **create_version** (one mapped task per variant, waits for READY
    in the triggerer; the training job and the batch job wait there too).
 7. **smoke_test**: real online predictions against each new version (count, keys, heatmap shape).
-8. **gate**: the candidate's `val_iou` against the current default's (from its
-   `val_iou_x10000` label) by the promotion policy. A rejected candidate goes to
-   **not_promoted**, which says why; the default is not touched.
-9. **set_default** -> **record_promotion** (labels the new default with the version it
+8. **evaluate**: the candidate (serving version) and the current default predict the same held-out
+   examples of the period; IoU of both, the difference's bootstrap interval (seeded by the run),
+   written to `<run>/evaluation/evaluation.json` once and recorded in the candidate's `eval_*` labels.
+9. **gate**: `better` promotes when the interval's lower bound clears `gate_margin`; `not_worse`
+   when its upper bound is not below -`gate_margin`; `min_metric` applies to the evaluated IoU.
+   A rejected candidate goes to **not_promoted**, which says why; the default is not touched.
+10. **set_default** -> **record_promotion** (labels the new default with the version it
    replaced, emits the promotion Asset that triggers `batch_prediction`).
-10. **retention**: keep the `keep_versions` newest versions; never the default, the versions on its
+11. **retention**: keep the `keep_versions` newest versions; never the default, the versions on its
     `promoted_from` trail (rollback targets), versions unfinished batch runs pinned, or this run's.
     **delete_version** deletes the rest, one mapped task per version.
+
+Scheduled weekly (`ML_RETRAIN_SCHEDULE`) and whenever the data Asset marks a new period
+(`data_arrival`, or a user's feed). See docs/retrains.md.
 
 Every task is idempotent: names come from the run, creates reuse what matches,
 so clearing any task converges. Data moves through GCS; XCom holds only small JSON.
@@ -38,7 +47,7 @@ from __future__ import annotations
 import logging
 
 import pendulum
-from airflow.sdk import Param, TriggerRule, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, dag, task
 from ml_engine.operators import (
     MLEngineCreateModelOperator,
     MLEngineCreateVersionOperator,
@@ -51,6 +60,7 @@ from include import assets, config, dag_defaults
 log = logging.getLogger(__name__)
 CFG = config.load()
 PROMOTION = assets.promotion_asset()
+DATA = assets.data_asset()
 TRAINING_BACKENDS = ("ml_engine", "in_task")
 TRAINER_MODULE = "trainer.task"  # include/trainer as the package `trainer` (include/trainer/pyproject.toml)
 PACKAGES_URI = f"{CFG.bucket_uri}/packages"
@@ -73,9 +83,16 @@ def _smoke_target(deployment: dict) -> dict:
     return deployment["smoke"]
 
 
+def _schedule():
+    """Weekly (ML_RETRAIN_SCHEDULE) or when new data arrives; only on new data when the cron is off."""
+    if CFG.retrain_schedule is None:
+        return [DATA]
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(CFG.retrain_schedule, timezone="UTC"), assets=[DATA])
+
+
 @dag(
     dag_id="model_lifecycle",
-    schedule=CFG.retrain_schedule,
+    schedule=_schedule(),
     start_date=dag_defaults.START_DATE,
     catchup=False,
     max_active_runs=1,
@@ -98,15 +115,22 @@ def _smoke_target(deployment: dict) -> dict:
                                   title="Promotion policy",
                                   description="better: beat the default's val_iou; not_worse: match it; "
                                               "always; never (deploy only)."),
-        "min_metric": Param(CFG.min_metric, type="number", minimum=0, maximum=1, title="Minimum val_iou",
-                            description="A candidate below this is never promoted."),
+        "min_metric": Param(CFG.min_metric, type="number", minimum=0, maximum=1, title="Minimum IoU",
+                            description="A candidate whose evaluated IoU is below this is never promoted."),
+        "gate_margin": Param(CFG.gate_margin, type="number", minimum=0, maximum=1, title="Gate margin (IoU)",
+                             description="better: the interval's lower bound must exceed it; not_worse: its "
+                                         "upper bound must not fall below minus it. See docs/retrains.md."),
+        "data_period": Param("latest", type="string", pattern=r"^(latest|\d{4}-\d{2}-\d{2})$",
+                             title="Data period", description="latest: the newest period folder under the data "
+                             "root (on or before the run's date); or a period's date YYYY-MM-DD."),
         "num_examples": Param(CFG.num_examples, type="integer", minimum=2, title="Generated dataset size",
-                              description="Used only when data_uri holds no data yet."),
+                              description="The local feed's examples for a period that holds no data yet."),
         "training_backend": Param("ml_engine", type="string", enum=list(TRAINING_BACKENDS), title="Training backend",
                                   description="ml_engine: an ml/v1 training job runs the packaged trainer "
                                               "(logs streamed into train_job's log); in_task: train inside "
                                               "the Airflow task."),
-        "data_uri": Param(CFG.data_uri, type="string", pattern=r"^gs://", title="Training data (gs://)"),
+        "data_uri": Param(CFG.data_uri, type="string", pattern=r"^gs://", title="Training data root (gs://)",
+                          description="One folder per period (YYYY-MM-DD), or one dataset without periods."),
         "keep_versions": Param(CFG.keep_versions, type="integer", minimum=1, title="Versions to keep"),
         "smoke_instances": Param(CFG.smoke_instances, type="integer", minimum=1, maximum=64,
                                  title="Instances per smoke test"),
@@ -126,22 +150,32 @@ def model_lifecycle():
                  result["versions"], CFG.runs_uri, result["model"], key)
         return result
 
-    @task
-    def prepare_data(plan: dict, params: dict) -> dict:
-        """Generate the toy dataset where none is; skipped when the data prefix already holds data."""
-        from airflow.sdk.exceptions import AirflowSkipException
+    @task.short_circuit
+    def choose_data(plan: dict, params: dict, dag_run=None, triggering_asset_events=None) -> dict | bool:
+        """The run's data period: the data Asset event's, else the data_period Param; a scheduled run whose
+        default already learned from that period stops here, and every later task is skipped."""
+        from include.lifecycle import datafeed, periods
 
-        from include.lifecycle import storage
+        run_period = periods.period_of(dag_run.logical_date or dag_run.run_after)
+        if chosen := datafeed.from_events(triggering_asset_events):
+            log.info("Data period %s (%s), from the data Asset event", chosen.period, chosen.data_uri)
+        else:
+            chosen = datafeed.choose(plan["data_root"], wanted=params["data_period"], run_period=run_period)
+        if dag_run.run_type == "scheduled" and (default := datafeed.trained_by_default(
+                _hook(), model=plan["model"], chosen=chosen)):
+            log.info("No new data: the default %s was trained on period %s already; nothing to retrain",
+                     default, chosen.period)
+            return False
+        return {"period": chosen.period, "data_uri": chosen.data_uri}
 
-        storage.ensure_bucket(plan["data_uri"])
-        if storage.list_uris(plan["data_uri"]):
-            raise AirflowSkipException(f"Training data already present under {plan['data_uri']}")
-        from include.trainer import data
+    @task(multiple_outputs=True)
+    def prepare_data(chosen: dict, params: dict) -> dict:
+        """The period's dataset: kept when present, else written by the local feed (with the period's drift)."""
+        from include.lifecycle import datafeed
+        from include.lifecycle.periods import PeriodData
 
-        with storage.connection_identity():
-            summary = data.generate_dataset(plan["data_uri"], num_examples=params["num_examples"],
-                                            image_size=CFG.image_size)
-        return {k: summary[k] for k in ("num_examples", "train_examples", "eval_examples", "image_size")}
+        return datafeed.ensure(PeriodData(**chosen), num_examples=params["num_examples"],
+                               image_size=CFG.image_size, drift_per_week=CFG.data_drift_per_week)
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def package_trainer(params: dict) -> str:
@@ -156,7 +190,7 @@ def model_lifecycle():
         return packaging.ensure_package(PACKAGES_URI)
 
     @task(trigger_rule=TriggerRule.NONE_FAILED, execution_timeout=config.TRAINING_TIMEOUT)
-    def train(plan: dict, params: dict) -> dict:
+    def train(plan: dict, data_uri: str, params: dict) -> dict:
         """The training's metrics.json; with training_backend in_task, train here first (unless already done)."""
         from include.lifecycle import storage
 
@@ -170,7 +204,7 @@ def model_lifecycle():
         from include.trainer import task as trainer
 
         with storage.connection_identity():
-            metrics = trainer.train(plan["data_uri"], plan["job_dir"], epochs=params["epochs"])
+            metrics = trainer.train(data_uri, plan["job_dir"], epochs=params["epochs"])
         files, size = storage.usage(plan["job_dir"])
         log.info("Uploaded the trained model: %s files, %s bytes -> %s", files, size, plan["job_dir"])
         return metrics
@@ -199,12 +233,13 @@ def model_lifecycle():
         return exported
 
     @task
-    def upload(plan: dict, metrics: dict, exported: dict, params: dict, dag_run=None) -> list[dict]:
+    def upload(plan: dict, metrics: dict, exported: dict, period: str | None, params: dict,
+               dag_run=None) -> list[dict]:
         """Smoke-test instance files and the run manifest to GCS; per variant, the version spec and smoke target."""
         from include.lifecycle import deployment, storage
 
         deployments = deployment.stage(plan, metrics, exported, smoke_instances=params["smoke_instances"],
-                                       run_id=dag_run.run_id, dag_id=dag_run.dag_id)
+                                       run_id=dag_run.run_id, dag_id=dag_run.dag_id, period=period)
         for uri in [d["smoke"]["instances_uri"] for d in deployments] + [plan["manifest_uri"]]:
             log.info("Uploaded %s (%s bytes)", uri, storage.usage(uri)[1])
         return deployments
@@ -223,15 +258,29 @@ def model_lifecycle():
         log.info("Smoke test of %s (%s) passed: %s", target["version"], target["variant"], report)
         return {"variant": target["variant"], "version": target["version"], **report}
 
+    @task(execution_timeout=config.EVALUATION_TIMEOUT)
+    def evaluate(plan: dict, data: dict) -> dict:
+        """The candidate and the current default on the same held-out examples, through their versions.
+
+        Recorded once per run (evaluation.json): a cleared task repeats its first evaluation, even after
+        the promotion made the candidate the default."""
+        from include.lifecycle import evaluation, promotion, storage
+
+        found = storage.first_choice(f"{plan['evaluation_uri']}/evaluation.json", lambda: evaluation.on_ml_engine(
+            _hook(), plan=plan, data=data, limit=CFG.eval_examples).to_dict())
+        promotion.patch_labels(_hook(), model=plan["model"], version=plan["serving_version"],
+                               changes=evaluation.label_changes(found))
+        log.info("Evaluation: %s", evaluation.Evaluation(**found).summary())
+        return found
+
     @task.branch
-    def gate(plan: dict, metrics: dict, params: dict, ti=None) -> str:
-        """Promote only a candidate that beats the current default by the policy; else say why."""
+    def gate(plan: dict, found: dict, params: dict, ti=None) -> str:
+        """Promote only a candidate the evaluation shows better than the current default; else say why."""
         from include.lifecycle import gate as gating
         from include.lifecycle import storage
 
-        decision = gating.judge(_hook(), model=plan["model"], own_versions=set(plan["versions"].values()),
-                                candidate=float(metrics[config.METRIC]), policy=params["promotion_policy"],
-                                min_metric=float(params["min_metric"]))
+        decision = gating.on_evaluation(found, policy=params["promotion_policy"],
+                                        min_metric=float(params["min_metric"]), margin=float(params["gate_margin"]))
         ti.xcom_push(key="decision", value=decision.to_dict())
         storage.write_json(plan["gate_uri"], decision.to_dict())
         log.info("Gate (%s): %s -> %s", decision.policy, decision.reason,
@@ -276,6 +325,7 @@ def model_lifecycle():
         return doomed
 
     planned = plan()
+    data = prepare_data(choose_data(planned))
     package = package_trainer()
     train_job = MLEngineStartTrainingJobOperator(
         task_id="train_job",
@@ -283,7 +333,7 @@ def model_lifecycle():
         region=CFG.region,
         package_uris=[package],
         training_python_module=TRAINER_MODULE,
-        training_args=["--data-uri", planned["data_uri"], "--epochs", "{{ params.epochs }}"],
+        training_args=["--data-uri", data["data_uri"], "--epochs", "{{ params.epochs }}"],
         job_dir=planned["job_dir"],
         scale_tier="BASIC",
         runtime_version=config.RUNTIME_VERSION,
@@ -295,10 +345,10 @@ def model_lifecycle():
         wait_timeout=config.TRAINING_TIMEOUT.total_seconds(),
         execution_timeout=config.TRAINING_TIMEOUT,
     )
-    metrics = train(planned)
-    prepare_data(planned) >> package  # data first: the training job reads it
+    metrics = train(planned, data["data_uri"])
+    data >> package  # data first: the training job reads it
     train_job >> metrics  # the job writes metrics.json; train reads it (or trains in_task)
-    uploaded = upload(planned, metrics, export_variants(planned, metrics))
+    uploaded = upload(planned, metrics, export_variants(planned, metrics), data["period"])
     model = MLEngineCreateModelOperator(
         task_id="create_model",
         model={"name": "{{ params.model_name }}", "regions": [CFG.region],
@@ -315,7 +365,8 @@ def model_lifecycle():
         map_index_template="{{ task.version['name'] }}",
     ).expand(version=uploaded.map(_version_spec))
     smoked = smoke_test.partial(plan=planned).expand(target=uploaded.map(_smoke_target))
-    decided = gate(planned, metrics)
+    evaluated = evaluate(planned, data)
+    decided = gate(planned, evaluated)
     set_default = MLEngineSetDefaultVersionOperator(
         task_id="set_default",
         model_name="{{ params.model_name }}",
@@ -325,7 +376,7 @@ def model_lifecycle():
     promoted = record_promotion(planned, metrics)
     rejected = not_promoted(planned)
 
-    uploaded >> model >> versions >> smoked >> decided >> [set_default, rejected]
+    uploaded >> model >> versions >> smoked >> evaluated >> decided >> [set_default, rejected]
     set_default >> promoted
     doomed = retention(planned)
     [promoted, rejected] >> doomed

@@ -1,4 +1,4 @@
-"""The promotion Asset: one definition for the DAGs that emit it and the DAG scheduled on it.
+"""The Assets: one definition each for the DAGs that emit them and the DAGs scheduled on them.
 
 Its URI has an `x-` scheme on purpose. Airflow normalises an Asset URI with any other
 scheme through the providers' URI handlers, which starts provider discovery in every
@@ -18,4 +18,12 @@ def promotion_asset(model_name: str | None = None) -> Asset:
     cfg = config.load()
     model = model_name or cfg.model_name
     return Asset(name=f"{model}_default_version", uri=cfg.promotion_asset_uri(model), group="ml-engine",
+                 extra={"model": model})
+
+
+def data_asset(model_name: str | None = None) -> Asset:
+    """The Asset updated whenever a new period of training data arrives (extra: period, data_uri)."""
+    cfg = config.load()
+    model = model_name or cfg.model_name
+    return Asset(name=f"{model}_training_data", uri=cfg.data_asset_uri(model), group="ml-engine",
                  extra={"model": model})

@@ -15,8 +15,10 @@ parse time: no Airflow Variables, no network.
 | storage_emulator_host| STORAGE_EMULATOR_HOST       | http://127.0.0.1:9023 (unset = real GCS, see below) |
 | gcp_conn_id          | ML_GCP_CONN_ID              | google_cloud_default                  |
 | model_name           | ML_MODEL_NAME               | heatmap                               |
-| data_uri             | ML_DATA_URI                 | gs://{bucket}/data/default            |
-| retrain_schedule     | ML_RETRAIN_SCHEDULE         | @weekly                               |
+| data_uri             | ML_DATA_URI                 | gs://{bucket}/data/default (root: one folder per period) |
+| retrain_schedule     | ML_RETRAIN_SCHEDULE         | @weekly (and on the data Asset)       |
+| data_schedule        | ML_DATA_SCHEDULE            | @weekly (the local feed, data_arrival; none: off) |
+| data_drift_per_week  | ML_DATA_DRIFT_PER_WEEK      | 1.0 (the local feed's drift a week)   |
 | batch_schedule       | ML_BATCH_SCHEDULE           | @daily                                |
 | epochs               | ML_EPOCHS                   | 8                                     |
 | num_examples         | ML_NUM_EXAMPLES             | 1024 (size of the generated dataset)  |
@@ -24,6 +26,8 @@ parse time: no Airflow Variables, no network.
 | serving_variant      | ML_SERVING_VARIANT          | b64                                   |
 | promotion_policy     | ML_PROMOTION_POLICY         | better                                |
 | min_metric           | ML_MIN_METRIC               | 0.0                                   |
+| gate_margin          | ML_GATE_MARGIN              | 0.0 (IoU the interval must clear)     |
+| eval_examples        | ML_EVAL_EXAMPLES            | 256 (held-out examples the gate scores) |
 | keep_versions        | ML_KEEP_VERSIONS            | 8                                     |
 | batch_pin_hours      | ML_BATCH_PIN_HOURS          | 48 (an unfinished batch run pins its version this long) |
 | batch_input_uris     | ML_BATCH_INPUT_URIS         | (empty: generated sample inputs)      |
@@ -67,6 +71,8 @@ VARIANT_INPUTS = {
 }
 #: Promotion policies of the gate (see include.lifecycle.gate).
 PROMOTION_POLICIES = ("better", "not_worse", "always", "never")
+#: The data Asset: "new data for period P" (extra: period, data_uri); model_lifecycle is scheduled on it.
+DATA_ASSET_URI = "x-ml-engine://data/{model}"
 #: The gate's metric (from metrics.json, higher is better) and the version label that records it.
 METRIC = "val_iou"
 METRIC_LABEL = "val_iou_x10000"
@@ -84,6 +90,7 @@ BATCH_POLL_SECONDS = 2
 BATCH_TIMEOUT = timedelta(hours=6)
 DELETE_POLL_SECONDS = 1
 EXPORT_TIMEOUT = timedelta(hours=1)
+EVALUATION_TIMEOUT = timedelta(hours=1)
 #: Asset event marking a promotion; batch_prediction is scheduled on it (`x-`: see include/assets.py).
 PROMOTION_ASSET_URI = "x-ml-engine://models/{model}/default-version"
 
@@ -100,6 +107,12 @@ def _environ() -> Mapping[str, str]:
 def _env(name: str, default: str) -> str:
     value = _environ().get(name, "").strip()
     return value or default
+
+
+def _schedule(name: str) -> str | None:
+    """A cron schedule setting: @weekly by default; none or off: no schedule."""
+    value = _env(name, "@weekly")
+    return None if value.lower() in ("none", "off") else value
 
 
 def _env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -122,6 +135,8 @@ class Settings:
     model_name: str = DEFAULT_MODEL_NAME
     data_uri: str = ""
     retrain_schedule: str | None = "@weekly"
+    data_schedule: str | None = "@weekly"
+    data_drift_per_week: float = 1.0
     batch_schedule: str = "@daily"
     epochs: int = 8
     num_examples: int = 1024
@@ -130,6 +145,8 @@ class Settings:
     serving_variant: str = "b64"
     promotion_policy: str = "better"
     min_metric: float = 0.0
+    gate_margin: float = 0.0
+    eval_examples: int = 256
     keep_versions: int = 8
     batch_pin_hours: float = 48.0
     smoke_instances: int = 4
@@ -163,6 +180,10 @@ class Settings:
         """URI of the promotion Asset of `model_name` (default: the configured model); see include/assets.py."""
         return PROMOTION_ASSET_URI.format(model=model_name or self.model_name)
 
+    def data_asset_uri(self, model_name: str | None = None) -> str:
+        """URI of the data Asset of `model_name`'s feed (default: the configured model); see include/assets.py."""
+        return DATA_ASSET_URI.format(model=model_name or self.model_name)
+
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from `env`, by default the process environment (cheap: safe at DAG parse time)."""
@@ -176,7 +197,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
 def _load() -> Settings:
     bucket = _env("ML_BUCKET", DEFAULT_BUCKET)
     emulator = _environ().get("STORAGE_EMULATOR_HOST")
-    schedule = _env("ML_RETRAIN_SCHEDULE", "@weekly")
+    schedule = _schedule("ML_RETRAIN_SCHEDULE")
     return Settings(
         project=_env("GOOGLE_CLOUD_PROJECT", DEFAULT_PROJECT),
         bucket=bucket,
@@ -186,7 +207,9 @@ def _load() -> Settings:
         gcp_conn_id=_env("ML_GCP_CONN_ID", "google_cloud_default"),
         model_name=_env("ML_MODEL_NAME", DEFAULT_MODEL_NAME),
         data_uri=_env("ML_DATA_URI", f"gs://{bucket}/data/default"),
-        retrain_schedule=None if schedule.lower() in ("none", "off") else schedule,
+        retrain_schedule=schedule,
+        data_schedule=_schedule("ML_DATA_SCHEDULE"),
+        data_drift_per_week=float(_env("ML_DATA_DRIFT_PER_WEEK", "1.0")),
         batch_schedule=_env("ML_BATCH_SCHEDULE", "@daily"),
         epochs=int(_env("ML_EPOCHS", "8")),
         num_examples=int(_env("ML_NUM_EXAMPLES", "1024")),
@@ -195,6 +218,8 @@ def _load() -> Settings:
         serving_variant=_env("ML_SERVING_VARIANT", "b64"),
         promotion_policy=_env("ML_PROMOTION_POLICY", "better"),
         min_metric=float(_env("ML_MIN_METRIC", "0.0")),
+        gate_margin=float(_env("ML_GATE_MARGIN", "0.0")),
+        eval_examples=int(_env("ML_EVAL_EXAMPLES", "256")),
         keep_versions=int(_env("ML_KEEP_VERSIONS", "8")),
         batch_pin_hours=float(_env("ML_BATCH_PIN_HOURS", "48")),
         smoke_instances=int(_env("ML_SMOKE_INSTANCES", "4")),

@@ -52,7 +52,7 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 #: How long SQLite waits for another process's write lock. Python's default (5 s) made a trigger from the UI
 #: or the REST API fail with a 500 while a running task wrote to the database.
 SQLITE_CONNECT_ARGS = {"timeout": 60}
-PROJECT_DAGS = ("model_lifecycle", "batch_prediction", "model_maintenance")
+PROJECT_DAGS = ("model_lifecycle", "batch_prediction", "model_maintenance", "data_arrival")
 #: Stack settings the caller's environment may change (e.g. AIRFLOW__CORE__PARALLELISM=8 make airflow).
 TUNABLE = frozenset({
     "AIRFLOW__CORE__PARALLELISM", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "AIRFLOW__CORE__LOAD_EXAMPLES",

@@ -88,8 +88,10 @@ def render(info: dict, *, lifecycle: str | None = None, batch_state: str | None 
         out.append(f"  artifacts: {run['plan']['job_dir'].rsplit('/', 1)[0]}/")
     gate = info.get("gate")
     if gate:
+        if gate.get("evaluation"):
+            out.append(f"Evaluation: {gate['evaluation']}")
         verdict = "PROMOTED" if gate["promote"] else "NOT PROMOTED"
-        out.append(f"Gate ({gate['policy']}): {verdict} - {gate['reason']}")
+        out.append(f"Gate ({gate['policy']}, margin {gate.get('margin', 0.0):.4f}): {verdict} - {gate['reason']}")
     out.append(f"Default version: {info['default'] or '(none)'}")
     out.append(f"Versions ({len(info['versions'])}):")
     for row in info["versions"]:
@@ -112,13 +114,27 @@ def render(info: dict, *, lifecycle: str | None = None, batch_state: str | None 
     return "\n".join(out)
 
 
+def _print_default(settings: config.Settings) -> int:
+    try:
+        model = _ml_api(settings).projects().models().get(
+            name=f"projects/{settings.project}/models/{settings.model_name}").execute()
+    except Exception:  # no model yet (or no service): no default
+        return 0
+    print(short_name((model.get("defaultVersion") or {}).get("name", "")))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lifecycle", help="final state of the model_lifecycle run")
     parser.add_argument("--batch", help="final state of the batch_prediction run")
     parser.add_argument("--seconds", type=float, help="wall time so far")
     parser.add_argument("--json", action="store_true", help="print the collected data as JSON")
+    parser.add_argument("--default", action="store_true",
+                        help="print only the model's default version (nothing when it has none)")
     args = parser.parse_args(argv)
+    if args.default:
+        return _print_default(config.load())
     try:
         info = collect(config.load())
     except Exception as error:  # the summary must never hide the run's own result

@@ -12,6 +12,7 @@ from include.config import METRIC_LABEL
 from include.lifecycle.naming import label_value
 
 SCALE = 10_000
+DATA_PERIOD_LABEL = "data_period"
 
 
 def encode_metric(value: float) -> str:
@@ -28,11 +29,16 @@ def decode_metric(labels: dict | None) -> float | None:
         return None
 
 
-def version_labels(*, metric: float, variant: str, key: str, dag_id: str) -> dict[str, str]:
-    """The labels a deployed version carries: the gate's metric, its variant, its run and DAG."""
-    return {
+def version_labels(*, metric: float, variant: str, key: str, dag_id: str,
+                   period: str | None = None) -> dict[str, str]:
+    """The labels a deployed version carries: the training's metric, its variant, its run and DAG, and the
+    data period it was trained on (DATA_PERIOD_LABEL: a scheduled run with nothing newer stops early)."""
+    found = {
         METRIC_LABEL: encode_metric(metric),
         "variant": label_value(variant),
         "run": label_value(key),
         "dag": label_value(dag_id),
     }
+    if period:
+        found[DATA_PERIOD_LABEL] = label_value(period)
+    return found

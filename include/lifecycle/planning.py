@@ -14,7 +14,7 @@ from include.lifecycle.errors import InvalidRequest
 def run_plan(params: dict, *, key: str, runs_uri: str) -> dict:
     """The run's names: versions per variant, the training job, and its GCS prefixes.
 
-    :param params: the run's Params (model_name, variants, serving_variant, data_uri).
+    :param params: the run's Params (model_name, variants, serving_variant, data_uri: the data root).
     :param key: the run key (`naming.run_key` of the run's date).
     :param runs_uri: gs:// prefix of all runs' artifacts (`Settings.runs_uri`).
     :return: the plan, a small JSON-able dict.
@@ -35,11 +35,12 @@ def run_plan(params: dict, *, key: str, runs_uri: str) -> dict:
         "serving_variant": serving,
         "serving_version": versions[serving],
         "versions": versions,
-        "data_uri": params["data_uri"].rstrip("/"),
+        "data_root": params["data_uri"].rstrip("/"),
         "job_dir": f"{run_uri}/train",
         "training_job_id": naming.training_job_id(model, key),
         "export_uri": f"{run_uri}/export",
         "smoke_uri": f"{run_uri}/smoke",
         "manifest_uri": f"{run_uri}/manifest.json",
         "gate_uri": f"{run_uri}/gate.json",
+        "evaluation_uri": f"{run_uri}/evaluation",
     }

@@ -47,6 +47,15 @@ def list_uris(prefix_uri: str) -> list[str]:
         return gcs.list_uris(prefix_uri)
 
 
+def listing(prefix_uri: str) -> tuple[list[str], bool]:
+    """The folder names directly under a prefix, and whether objects lie directly in it (one listing call)."""
+    bucket, path = gcs.parse_uri(prefix_uri)
+    prefix = path.rstrip("/") + "/" if path else ""
+    pages = client().list_blobs(bucket, prefix=prefix, delimiter="/")
+    objects = any(not blob.name.endswith("/") for blob in pages)  # iterating fills pages.prefixes
+    return sorted(folder[len(prefix):].rstrip("/") for folder in pages.prefixes), objects
+
+
 def read_text(uri: str) -> str:
     with connection_identity():
         return gcs.read_text(uri)

@@ -76,6 +76,7 @@ def generate_dataset(
     seed: int = DEFAULT_SEED,
     eval_fraction: float = DEFAULT_EVAL_FRACTION,
     overwrite: bool = False,
+    drift: float = 0.0,
 ) -> dict:
     """Write the toy dataset under `output_uri` and return its summary.
 
@@ -84,10 +85,11 @@ def generate_dataset(
     Different parameters on an existing prefix raise instead of mixing datasets.
     """
     requested = {"num_examples": num_examples, "image_size": image_size, "seed": seed,
-                 "eval_fraction": eval_fraction}
+                 "eval_fraction": eval_fraction, "drift": drift}
     existing = None if overwrite else read_summary(output_uri)
     if existing is not None:
-        differing = {k: existing.get(k) for k, v in requested.items() if existing.get(k) != v}
+        recorded = {"drift": 0.0, **existing}  # summaries written before drift existed had none
+        differing = {k: recorded.get(k) for k, v in requested.items() if recorded.get(k) != v}
         if differing:
             raise ValueError(
                 f"{output_uri} already holds a dataset with {differing} (asked for {requested}); "
@@ -101,7 +103,7 @@ def generate_dataset(
 
     log.info("Generating %s examples of %sx%s (seed %s) into %s", num_examples, image_size, image_size,
              seed, output_uri)
-    images, heatmaps = synthetic.make_examples(num_examples, image_size, seed)
+    images, heatmaps = synthetic.make_examples(num_examples, image_size, seed, drift)
     order = np.random.default_rng(seed + 1).permutation(num_examples)
     num_eval = min(num_examples - 1, max(1, round(num_examples * eval_fraction)))
     splits = {"eval": sorted(order[:num_eval]), "train": sorted(order[num_eval:])}
@@ -223,3 +225,31 @@ def make_dataset(
     if split == "train":
         dataset = dataset.shuffle(max(1, splits.train_examples), seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out split as the serving side sees it: JPEG bytes and keys in, the target heatmaps to score."""
+
+    jpegs: list[bytes]
+    keys: list[str]
+    heatmaps: np.ndarray  # float32 [N, S, S]
+
+
+def read_held_out(data_uri: str, *, limit: int, seed: int = DEFAULT_SEED,
+                  eval_fraction: float = DEFAULT_EVAL_FRACTION) -> HeldOut:
+    """The first ``limit`` examples of the dataset's eval split (the split training held out), in file order."""
+    with tempfile.TemporaryDirectory(prefix="trainer-heldout-") as tmp:
+        splits = stage_dataset(data_uri, tmp, seed=seed, eval_fraction=eval_fraction)
+        records = tf.data.TFRecordDataset(splits.eval_files)  # file order: the same examples every time
+        if splits.hash_split:
+            records = records.filter(lambda r: _in_eval(r, seed, eval_fraction))
+        spec = features.training_feature_spec(splits.image_size)
+        jpegs, keys, heatmaps = [], [], []
+        for record in records.take(limit):
+            parsed = tf.io.parse_single_example(record, spec)
+            jpegs.append(parsed[features.IMAGE_FEATURE].numpy())
+            keys.append(parsed[features.KEY_FEATURE].numpy().decode("utf-8"))
+            heatmaps.append(parsed[features.HEATMAP_FEATURE].numpy().reshape(splits.image_size, splits.image_size))
+    size = splits.image_size
+    return HeldOut(jpegs, keys, np.stack(heatmaps) if heatmaps else np.zeros((0, size, size), np.float32))

@@ -26,8 +26,8 @@ def _downstream(dag, task_id: str) -> set[str]:
 
 def test_model_lifecycle_order(dags):
     dag = dags["model_lifecycle"]
-    chain = ["plan", "prepare_data", "package_trainer", "train_job", "train", "export_variants", "upload",
-             "create_model", "create_version", "smoke_test", "gate"]
+    chain = ["plan", "choose_data", "prepare_data", "package_trainer", "train_job", "train", "export_variants",
+             "upload", "create_model", "create_version", "smoke_test", "evaluate", "gate"]
     for upstream, downstream in itertools.pairwise(chain):
         assert downstream in _downstream(dag, upstream), f"{upstream} >> {downstream} missing"
     assert _downstream(dag, "gate") == {"set_default", "not_promoted"}
@@ -39,7 +39,9 @@ def test_model_lifecycle_order(dags):
 
 def test_model_lifecycle_trigger_rules_and_mapping(dags):
     dag = dags["model_lifecycle"]
-    assert dag.get_task("package_trainer").trigger_rule == "none_failed"  # prepare_data may be skipped
+    assert dag.get_task("package_trainer").trigger_rule == "none_failed"  # skipped itself when in_task
+    choose = dag.get_task("choose_data")  # a scheduled run with no new data skips everything after it
+    assert type(choose).__name__ == "_ShortCircuitDecoratedOperator" and choose.ignore_downstream_trigger_rules
     assert dag.get_task("train_job").trigger_rule == "all_success"  # skipped with package_trainer (in_task)
     assert dag.get_task("train").trigger_rule == "none_failed"  # runs after the job, or alone when in_task
     assert dag.get_task("retention").trigger_rule == "none_failed"  # runs after either gate outcome
@@ -53,10 +55,13 @@ def test_model_lifecycle_schedule_params_and_asset(dags):
     from include import config
 
     dag = dags["model_lifecycle"]
-    assert dag.schedule == config.load().retrain_schedule == "@weekly"
+    assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"  # weekly, and when new data arrives
+    assert dag.timetable.timetable.expression == "0 0 * * 0" and config.load().retrain_schedule == "@weekly"
+    assert [a.uri for a in dag.timetable.asset_condition.objects] == [config.load().data_asset_uri()]
     params = dag.params.dump()
     assert {"model_name", "epochs", "variants", "serving_variant", "promotion_policy", "min_metric",
-            "training_backend"} <= set(params)
+            "training_backend", "gate_margin", "data_period"} <= set(params)
+    assert params["data_period"] == "latest" and params["gate_margin"] == 0.0
     assert params["training_backend"] == "ml_engine"
     assert dag.params.get_param("training_backend").schema["enum"] == ["ml_engine", "in_task"]
     assert dag.params.get_param("promotion_policy").schema["enum"] == list(config.PROMOTION_POLICIES)
@@ -79,6 +84,15 @@ def test_batch_prediction_runs_daily_and_on_promotion(dags):
     assert type(job).__name__ == "MLEngineStartBatchPredictionJobOperator"
     assert job.max_error_rate is None  # judged by summarize, after the summary is written
     assert "max_error_rate" in dag.params
+
+
+def test_data_arrival_writes_weekly_and_marks_the_data_asset(dags):
+    from include import config
+
+    dag = dags["data_arrival"]
+    assert dag.timetable.expression == "0 0 * * 0"  # @weekly, the retrain's schedule
+    assert [a.uri for a in dag.get_task("write_period").outlets] == [config.load().data_asset_uri()]
+    assert {"period", "data_uri", "num_examples"} <= set(dag.params.dump())
 
 
 def test_model_maintenance_is_manual_with_three_actions(dags):
@@ -111,10 +125,12 @@ def test_one_definition_of_defaults_the_id_rule_and_the_promotion_asset(dags):
     uris = set()
     for dag in dags.values():
         assert dag.default_args == dag_defaults.default_args()
-        assert dag.params.get_param("model_name").schema["pattern"] == config.ID_PATTERN
+        if dag.dag_id != "data_arrival":  # writes data, names no model
+            assert dag.params.get_param("model_name").schema["pattern"] == config.ID_PATTERN
         uris |= {a.uri for task in dag.tasks for a in task.outlets}
-    uris |= {a.uri for a in dags["batch_prediction"].timetable.asset_condition.objects}
-    assert uris == {config.load().promotion_asset_uri()}
+    uris |= {a.uri for name in ("batch_prediction", "model_lifecycle")
+             for a in dags[name].timetable.asset_condition.objects}
+    assert uris == {config.load().promotion_asset_uri(), config.load().data_asset_uri()}
 
 
 def test_every_task_has_retries_and_the_ml_tasks_share_the_connection(dags):

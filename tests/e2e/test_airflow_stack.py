@@ -6,7 +6,8 @@ dag-processor, triggerer; LocalExecutor) under the test's tmp dir, tiny settings
 as the UI's Trigger form posts it, then the task logs are read back through the
 API and must tell the story: epochs and metrics, files and bytes uploaded, each
 poll with state and elapsed time, predictions checked, the gate's decision, the
-batch summary; the promotion Asset must have started batch_prediction.
+batch summary; the promotion Asset must have started batch_prediction, and a
+period written by data_arrival must have started a retrain on that period.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ TINY_ENV = {
     "ML_BATCH_SAMPLE_COUNT": "8",
     "ML_TASK_RETRIES": "0",
     "ML_RETRAIN_SCHEDULE": "none",
+    "ML_DATA_SCHEDULE": "none",
     "GOOGLE_CLOUD_PROJECT": "ui-project",
     "ML_BUCKET": "ui-bucket",
 }
@@ -161,8 +163,9 @@ def test_triggered_run_succeeds_with_every_task(stack, lifecycle_run):
     assert lifecycle_run["state"] == "success"
     assert lifecycle_run["conf"] == CONF
     states = task_states(stack, "model_lifecycle", lifecycle_run["dag_run_id"])
-    for task_id in ("plan", "package_trainer", "train_job", "train", "export_variants", "upload", "create_model",
-                    "create_version[0]", "smoke_test[0]", "gate", "set_default", "record_promotion", "retention"):
+    for task_id in ("plan", "choose_data", "prepare_data", "package_trainer", "train_job", "train",
+                    "export_variants", "upload", "create_model", "create_version[0]", "smoke_test[0]", "evaluate",
+                    "gate", "set_default", "record_promotion", "retention"):
         assert states[task_id] == "success", states
     assert states["not_promoted"] == "skipped"
 
@@ -246,3 +249,37 @@ def test_promotion_asset_triggers_batch_prediction(stack, lifecycle_run):
     scheduled = [r for r in stack.api("GET", "/dags/batch_prediction/dagRuns", token=token)["dag_runs"]
                  if r["run_type"] == "scheduled"]
     assert all(r["state"] == "success" for r in scheduled), json.dumps(scheduled)
+
+
+def _created_runs(stack: AirflowStack, source_dag_id: str, source_run_id: str, dag_id: str, token: str) -> list:
+    """The runs of `dag_id` that the Asset events of one source run created (waits up to 2 minutes)."""
+    deadline = time.monotonic() + 120
+    while True:
+        events = stack.api("GET", f"/assets/events?source_dag_id={source_dag_id}", token=token)["asset_events"]
+        created = [r for e in events if e["source_run_id"] == source_run_id for r in e["created_dagruns"]
+                   if r["dag_id"] == dag_id]
+        if created or time.monotonic() > deadline:
+            return created
+        time.sleep(2)
+
+
+def test_data_arrival_triggers_a_retrain_on_its_period(stack, lifecycle_run):
+    token = stack.token()
+    conf = {"period": "2026-03-02", "num_examples": 64}
+    created = stack.api("POST", "/dags/data_arrival/dagRuns", {"logical_date": None, "conf": conf}, token=token)
+    arrival = wait_run(stack, "data_arrival", created["dag_run_id"], timeout=300)
+    assert arrival["state"] == "success"
+    assert "Period 2026-03-02: 64 examples" in task_log(stack, "data_arrival", arrival["dag_run_id"], "write_period",
+                                                        token=token)
+    [retrain] = _created_runs(stack, "data_arrival", arrival["dag_run_id"], "model_lifecycle", token)
+    run = wait_run(stack, "model_lifecycle", retrain["run_id"], timeout=600)
+    assert run["state"] == "success" and run["run_type"] == "asset_triggered"
+
+    def log_of(task_id: str) -> str:
+        return task_log(stack, "model_lifecycle", run["dag_run_id"], task_id, token=token)
+
+    assert "Data period 2026-03-02 (gs://ui-bucket/data/default/2026-03-02), from the data Asset event" in log_of(
+        "choose_data")
+    evaluated = log_of("evaluate")
+    assert "held-out examples of period 2026-03-02" in evaluated and "interval [" in evaluated
+    assert "on the same examples, difference interval [" in log_of("gate")

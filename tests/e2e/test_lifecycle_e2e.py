@@ -157,7 +157,7 @@ def test_worse_second_run_is_not_promoted(scenario):
     first, run = scenario["lifecycle_a"], scenario["lifecycle_b_worse"]
     tasks = run["tasks"]
     assert run["state"] == "success"
-    assert tasks["prepare_data"] == "skipped"  # data already there
+    assert tasks["prepare_data"] == "success"  # kept A's data: the newest period on or before B's date
     assert tasks["package_trainer"] == tasks["train_job"] == "skipped"  # training_backend in_task
     assert tasks["train"] == "success"
     assert tasks["smoke_test[0]"] == tasks["smoke_test[1]"] == "success"

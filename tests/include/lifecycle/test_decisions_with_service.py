@@ -32,7 +32,8 @@ def test_gate_baseline_own_default_and_judge(hook, model_name, tiny_model_uri):
     _deploy(hook, model_name, tiny_model_uri, "v1", **{config.METRIC_LABEL: "5000", "variant": "b64"})
     # ml/v1 made v1 the default; for the run that deployed it, that is no baseline.
     assert gate.baseline(hook, model=model_name, own_versions={"v1"}) == gate.Baseline(own_default="v1")
-    assert gate.baseline(hook, model=model_name, own_versions={"v2"}) == gate.Baseline(version="v1", metric=0.5)
+    assert gate.baseline(hook, model=model_name, own_versions={"v2"}) == gate.Baseline(version="v1", metric=0.5,
+                                                                                    variant="b64")
     better = gate.judge(hook, model=model_name, own_versions={"v2"}, candidate=0.6, policy="better", min_metric=0)
     worse = gate.judge(hook, model=model_name, own_versions={"v2"}, candidate=0.4, policy="better", min_metric=0)
     own = gate.judge(hook, model=model_name, own_versions={"v1"}, candidate=0.1, policy="better", min_metric=0)
@@ -117,7 +118,7 @@ def test_run_plan_names_and_refusals():
               "data_uri": "gs://b/data/"}
     plan = planning.run_plan(params, key="20260101T000000", runs_uri="gs://b/runs")
     assert plan["variants"] == ["b64", "tfexample"] and plan["serving_version"] == "v20260101T000000_b64"
-    assert plan["data_uri"] == "gs://b/data" and plan["gate_uri"] == "gs://b/runs/heatmap/20260101T000000/gate.json"
+    assert plan["data_root"] == "gs://b/data" and plan["gate_uri"] == "gs://b/runs/heatmap/20260101T000000/gate.json"
     with pytest.raises(InvalidRequest, match="serving_variant 'url'"):
         planning.run_plan({**params, "serving_variant": "url"}, key="k", runs_uri="gs://b/runs")
     with pytest.raises(InvalidRequest, match="non-empty subset"):
