@@ -7,8 +7,8 @@ to promote, the promotion policy and a minimum metric).
 
 1. **plan**: derive every name from the run (`v<run key>_<variant>`, GCS prefixes), validate params.
 2. **choose_data**: the run's data period under the data root (`data_uri`): the data Asset event's
-   period, else the `data_period` Param (`latest`: the newest period present). A *scheduled* run whose
-   default was already trained on that period stops here (everything after it skipped).
+   period, else the `data_period` Param (`latest`: the newest period present). A scheduled or
+   Asset-triggered run on a period already trained and judged on stops here (the rest skipped).
    **prepare_data**: the local feed writes the period's examples when the folder is empty.
 3. Training, by the `training_backend` param:
    - `ml_engine` (default): **package_trainer** builds `include/trainer` into an sdist and stages it
@@ -62,6 +62,7 @@ CFG = config.load()
 PROMOTION = assets.promotion_asset()
 DATA = assets.data_asset()
 TRAINING_BACKENDS = ("ml_engine", "in_task")
+AUTOMATIC_RUNS = ("scheduled", "asset_triggered")
 TRAINER_MODULE = "trainer.task"  # include/trainer as the package `trainer` (include/trainer/pyproject.toml)
 PACKAGES_URI = f"{CFG.bucket_uri}/packages"
 
@@ -152,8 +153,9 @@ def model_lifecycle():
 
     @task.short_circuit
     def choose_data(plan: dict, params: dict, dag_run=None, triggering_asset_events=None) -> dict | bool:
-        """The run's data period: the data Asset event's, else the data_period Param; a scheduled run whose
-        default already learned from that period stops here, and every later task is skipped."""
+        """The run's data period: the data Asset event's, else the data_period Param. A scheduled or
+        Asset-triggered run on a period a version was already trained and judged on stops here, and
+        every later task is skipped (the weekly cron and the data Asset may both fire for one period)."""
         from include.lifecycle import datafeed, periods
 
         run_period = periods.period_of(dag_run.logical_date or dag_run.run_after)
@@ -161,10 +163,10 @@ def model_lifecycle():
             log.info("Data period %s (%s), from the data Asset event", chosen.period, chosen.data_uri)
         else:
             chosen = datafeed.choose(plan["data_root"], wanted=params["data_period"], run_period=run_period)
-        if dag_run.run_type == "scheduled" and (default := datafeed.trained_by_default(
-                _hook(), model=plan["model"], chosen=chosen)):
-            log.info("No new data: the default %s was trained on period %s already; nothing to retrain",
-                     default, chosen.period)
+        if dag_run.run_type in AUTOMATIC_RUNS and (done := datafeed.judged_on(_hook(), model=plan["model"],
+                                                                              chosen=chosen)):
+            log.info("No new data: %s was already trained and judged on period %s; nothing to retrain "
+                     "(trigger by hand to retrain anyway)", done, chosen.period)
             return False
         return {"period": chosen.period, "data_uri": chosen.data_uri}
 

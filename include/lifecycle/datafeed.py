@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 def choose(data_root: str, *, wanted: str | None, run_period: str) -> PeriodData:
     """The period and data prefix of a run (see ``periods.resolve``); a root holding one flat dataset is used whole."""
+    storage.ensure_bucket(data_root)  # the emulator's bucket appears on first use; on GCS a clear error
     folders, flat_objects = storage.listing(data_root)
     dated = [name for name in folders if periods.PERIOD.match(name)]
     if flat_objects and not dated:
@@ -68,13 +69,16 @@ def from_events(triggering_asset_events) -> PeriodData | None:
     return newest
 
 
-def trained_by_default(hook, *, model: str, chosen: PeriodData) -> str | None:
-    """The default version when it was already trained on ``chosen``'s period (its data_period label), else None."""
+def judged_on(hook, *, model: str, chosen: PeriodData) -> str | None:
+    """A version of ``model`` trained on ``chosen``'s period and evaluated there (its data_period and
+    eval_period labels), else None: an automatic run on that period would repeat its work."""
     from include.lifecycle.labels import DATA_PERIOD_LABEL
-    from include.lifecycle.promotion import current_default
+    from include.lifecycle.naming import short_name
 
-    default = current_default(hook, model=model) if chosen.period else None
-    if default is None:
+    if not chosen.period or hook.get_model(model_name=model) is None:
         return None
-    labels = (hook.get_version(model_name=model, version_name=default) or {}).get("labels") or {}
-    return default if labels.get(DATA_PERIOD_LABEL) == chosen.period else None
+    for version in hook.list_versions(model_name=model):
+        labels = version.get("labels") or {}
+        if labels.get(DATA_PERIOD_LABEL) == chosen.period == labels.get("eval_period"):
+            return short_name(version["name"])
+    return None

@@ -63,3 +63,9 @@ def test_an_unfinished_generation_is_written_again(bucket, gcs_prefix):
         datasets.gcs.write_bytes(f"{chosen.data_uri}/train-00000-of-00001.tfrecord", b"cut short")
     written = datafeed.ensure(chosen, num_examples=10, image_size=16, drift_per_week=1.0)
     assert written["generated"] and json.loads(storage.read_text(f"{chosen.data_uri}/summary.json"))["drift"] == 0.0
+
+
+def test_a_fresh_bucket_is_made_on_the_emulator(gcs_client, gcs_prefix):
+    name = f"fresh-{gcs_prefix.lower().replace('_', '-')[-20:]}"
+    chosen = datafeed.choose(f"gs://{name}/data", wanted="latest", run_period="2026-01-05")
+    assert chosen.period == "2026-01-05" and gcs_client.bucket(name).exists()

@@ -148,3 +148,17 @@ def test_an_impossible_request_fails_the_task_without_retries(ml_conn, airflow_d
     run = dag.test(logical_date=pendulum.now("UTC"), run_conf={"action": "rollback", "model_name": missing})
     [ti] = [ti for ti in run.get_task_instances() if ti.task_id == "choose_default"]
     assert (str(run.state), str(ti.state), ti.try_number) == ("failed", "failed", 1)
+
+
+def test_an_automatic_run_finds_the_period_already_judged(hook, model_name, tiny_model_uri):
+    from include.lifecycle import datafeed
+    from include.lifecycle.periods import PeriodData
+
+    p1, p2 = PeriodData("2026-01-05", "gs://b/d/2026-01-05"), PeriodData("2026-01-12", "gs://b/d/2026-01-12")
+    assert datafeed.judged_on(hook, model=model_name, chosen=p1) is None  # no model yet
+    hook.create_model(model={"name": model_name})
+    _deploy(hook, model_name, tiny_model_uri, "v1", data_period="2026-01-05", eval_period="2026-01-05")
+    _deploy(hook, model_name, tiny_model_uri, "v2", data_period="2026-01-12")  # its run stopped before evaluate
+    assert datafeed.judged_on(hook, model=model_name, chosen=p1) == "v1"
+    assert datafeed.judged_on(hook, model=model_name, chosen=p2) is None
+    assert datafeed.judged_on(hook, model=model_name, chosen=PeriodData(None, "gs://b/flat")) is None
