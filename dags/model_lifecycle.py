@@ -177,7 +177,8 @@ def model_lifecycle():
         from include.lifecycle.periods import PeriodData
 
         return datafeed.ensure(PeriodData(**chosen), num_examples=params["num_examples"],
-                               image_size=CFG.image_size, drift_per_week=CFG.data_drift_per_week)
+                               image_size=CFG.image_size, drift_per_week=CFG.data_drift_per_week,
+                               generate=CFG.generate_data)
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def package_trainer(params: dict) -> str:

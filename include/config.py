@@ -19,6 +19,7 @@ parse time: no Airflow Variables, no network.
 | retrain_schedule     | ML_RETRAIN_SCHEDULE         | @weekly (and on the data Asset)       |
 | data_schedule        | ML_DATA_SCHEDULE            | @weekly (the local feed, data_arrival; none: off) |
 | data_drift_per_week  | ML_DATA_DRIFT_PER_WEEK      | 1.0 (the local feed's drift a week)   |
+| generate_data        | ML_GENERATE_DATA            | true (false: a period without data fails the run) |
 | batch_schedule       | ML_BATCH_SCHEDULE           | @daily                                |
 | epochs               | ML_EPOCHS                   | 8                                     |
 | num_examples         | ML_NUM_EXAMPLES             | 1024 (size of the generated dataset)  |
@@ -137,6 +138,7 @@ class Settings:
     retrain_schedule: str | None = "@weekly"
     data_schedule: str | None = "@weekly"
     data_drift_per_week: float = 1.0
+    generate_data: bool = True
     batch_schedule: str = "@daily"
     epochs: int = 8
     num_examples: int = 1024
@@ -210,6 +212,7 @@ def _load() -> Settings:
         retrain_schedule=schedule,
         data_schedule=_schedule("ML_DATA_SCHEDULE"),
         data_drift_per_week=float(_env("ML_DATA_DRIFT_PER_WEEK", "1.0")),
+        generate_data=_env("ML_GENERATE_DATA", "true").lower() not in ("false", "0", "no", "off"),
         batch_schedule=_env("ML_BATCH_SCHEDULE", "@daily"),
         epochs=int(_env("ML_EPOCHS", "8")),
         num_examples=int(_env("ML_NUM_EXAMPLES", "1024")),

@@ -11,9 +11,14 @@ from __future__ import annotations
 import logging
 
 from include.lifecycle import periods, storage
+from include.lifecycle.errors import InvalidRequest
 from include.lifecycle.periods import PeriodData
 
 log = logging.getLogger(__name__)
+
+
+class MissingData(InvalidRequest):
+    """The run's period holds no data and this deployment does not generate any."""
 
 
 def choose(data_root: str, *, wanted: str | None, run_period: str) -> PeriodData:
@@ -30,10 +35,13 @@ def choose(data_root: str, *, wanted: str | None, run_period: str) -> PeriodData
     return chosen
 
 
-def ensure(chosen: PeriodData, *, num_examples: int, image_size: int, drift_per_week: float) -> dict:
+def ensure(chosen: PeriodData, *, num_examples: int, image_size: int, drift_per_week: float,
+           generate: bool = True) -> dict:
     """The summary of the dataset at ``chosen.data_uri``; the local feed generates it when the prefix is empty.
 
+    :param generate: False with a real feed (ML_GENERATE_DATA=false): an empty period is an error, not toy data.
     :return: {"period", "data_uri", "generated", "drift", "eval_examples", ...}: small, for XCom.
+    :raises MissingData: the period holds no data and ``generate`` is False.
     """
     from include.trainer import data
 
@@ -45,6 +53,9 @@ def ensure(chosen: PeriodData, *, num_examples: int, image_size: int, drift_per_
             log.info("User data under %s (no summary.json): used as it is", chosen.data_uri)
             return {"period": chosen.period, "data_uri": chosen.data_uri, "generated": False}
         generated = summary is None
+        if generated and not generate:
+            raise MissingData(f"No data for period {chosen.period} under {chosen.data_uri}: the feed has not "
+                              "written it (ML_GENERATE_DATA=false, so no toy data is generated in its place)")
         if generated:
             drift = periods.drift(chosen.period, per_week=drift_per_week) if chosen.period else 0.0
             seed = periods.seed(chosen.period) if chosen.period else data.DEFAULT_SEED

@@ -40,7 +40,7 @@ def test_drift_brightens_then_grows_the_spots():
         images, heatmaps = synthetic.make_examples(64, 32, seed=5, drift=drift)
         return images.mean(), (heatmaps >= 0.5).mean()
 
-    (bright0, spots0), (bright1, spots1), (bright2, spots2) = stats(0.0), stats(1.0), stats(2.0)
+    (bright0, spots0), (bright1, spots1), (_, spots2) = stats(0.0), stats(1.0), stats(2.0)
     assert bright1 > bright0 * 1.2 and spots1 == spots0  # the gain changes the images, not the labels
     assert spots2 > spots1 * 1.5  # then the spots grow
     assert np.array_equal(synthetic.make_examples(4, 16, seed=5)[0], synthetic.make_examples(4, 16, seed=5, drift=0)[0])
@@ -69,3 +69,10 @@ def test_a_fresh_bucket_is_made_on_the_emulator(gcs_client, gcs_prefix):
     name = f"fresh-{gcs_prefix.lower().replace('_', '-')[-20:]}"
     chosen = datafeed.choose(f"gs://{name}/data", wanted="latest", run_period="2026-01-05")
     assert chosen.period == "2026-01-05" and gcs_client.bucket(name).exists()
+
+
+def test_with_a_real_feed_a_missing_period_fails_clearly(bucket, gcs_prefix):
+    chosen = periods.PeriodData("2026-03-02", f"gs://{bucket.name}/{gcs_prefix}/feed/2026-03-02")
+    with pytest.raises(datafeed.MissingData, match=r"No data for period 2026-03-02 under gs://.*ML_GENERATE_DATA"):
+        datafeed.ensure(chosen, num_examples=10, image_size=16, drift_per_week=1.0, generate=False)
+    assert storage.list_uris(chosen.data_uri) == []  # nothing written in its place
