@@ -55,6 +55,9 @@ def _models() -> dict[str, Rpc]:
             pb(model_service.MergeVersionAliasesRequest), Model,
             lambda ctx, request: to_message(vertex_models.merge_aliases(ctx, request.name,
                                                                         list(request.version_aliases)), Model)),
+        "UpdateModel": Rpc(pb(model_service.UpdateModelRequest), Model,
+                           lambda ctx, request: to_message(vertex_models.update(
+                               ctx, to_doc(request.model), [_camel(p) for p in request.update_mask.paths]), Model)),
         "DeleteModelVersion": Rpc(pb(model_service.DeleteModelVersionRequest), Operation,
                                   lambda ctx, request: _operation(vertex_models.delete_version(ctx, request.name))),
         "DeleteModel": Rpc(pb(model_service.DeleteModelRequest), Operation,

@@ -1,4 +1,4 @@
-"""Vertex AI models and their versions: upload, get (by version or alias), list, aliases, delete.
+"""Vertex AI models and their versions: upload, get (by version or alias), list, aliases, update, delete.
 
 Semantics from the API's proto documentation: a model holds versions whose ids count up from 1
 and are never reused; an alias names one version at a time (assigning it moves it); ``default``
@@ -156,6 +156,27 @@ def merge_aliases(ctx: Context, name: str, changes: list) -> dict:
         updated = ctx.store.revise(_version_key(version["name"], version["versionId"]), versionAliases=aliases,
                                    versionUpdateTime=now_rfc3339())
     log.info("model %s version %s aliases: %s", version["name"], version["versionId"], aliases)
+    return updated
+
+
+#: What UpdateModel may change on a version (the update_mask's paths, lowerCamelCase).
+UPDATABLE = {"labels": validation.labels, "description": validation.description,
+             "versionDescription": validation.description}
+
+
+def update(ctx: Context, spec: dict, mask: list[str]) -> dict:
+    """UpdateModel: the fields ``mask`` names on the version ``spec["name"]`` names (default: the default version)."""
+    unknown = [path for path in mask if path not in UPDATABLE]
+    if not mask or unknown:
+        raise invalid_argument(f"update_mask must name some of {list(UPDATABLE)}; got {mask}.", "update_mask")
+    with ctx.store.transaction():
+        version = get(ctx, spec.get("name") or "")
+        # a field the mask names but the request leaves out is cleared (proto3: it is its default)
+        changes = {path: UPDATABLE[path](spec[path], f"model.{path}") if spec.get(path) is not None
+                   else ({} if path == "labels" else "") for path in mask}
+        updated = ctx.store.revise(version_key(version), **changes, versionUpdateTime=now_rfc3339(),
+                                   updateTime=now_rfc3339())
+    log.info("updated model %s version %s: %s", version["name"], version["versionId"], changes)
     return updated
 
 

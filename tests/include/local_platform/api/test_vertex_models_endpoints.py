@@ -72,6 +72,27 @@ def test_versions_aliases_and_the_default(clients, model_uris):
         models.get_model(name=name)
 
 
+def test_update_model_changes_one_versions_labels(clients, model_uris):
+    from google.protobuf import field_mask_pb2
+
+    models = clients["models"]
+    name, _ = _upload(clients, model_uris["tiny"], display_name="labelled")
+    _upload(clients, model_uris["tiny3"], parent_model=name, aliases=["candidate"])
+    mask = field_mask_pb2.FieldMask(paths=["labels"])
+    updated = models.update_model(model={"name": f"{name}@candidate", "labels": {"eval_iou_x10000": "6291"}},
+                                  update_mask=mask)
+    assert (updated.version_id, dict(updated.labels)) == ("2", {"eval_iou_x10000": "6291"})
+    assert dict(models.get_model(name=f"{name}@1").labels) == {}  # the other version is untouched
+    with pytest.raises(exceptions.InvalidArgument, match="update_mask"):
+        models.update_model(model={"name": name, "display_name": "x"},
+                            update_mask=field_mask_pb2.FieldMask(paths=["display_name"]))
+    with pytest.raises(exceptions.InvalidArgument):
+        models.update_model(model={"name": name, "labels": {"Bad Key": "x"}}, update_mask=mask)
+    cleared = models.update_model(model={"name": f"{name}@candidate"}, update_mask=mask)
+    assert dict(cleared.labels) == {}
+    models.delete_model(name=name).result(timeout=30)
+
+
 def test_deploy_with_traffic_split_predict_in_every_format_and_undeploy(clients, model_uris):
     endpoints, predict = clients["endpoints"], clients["predict"]
     tiny, _ = _upload(clients, model_uris["tiny"], display_name="tiny")
