@@ -56,7 +56,7 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
         if vertex_port is not None:
             tls = vertex_tls.ensure(state_dir / "vertex_tls")
             vertex, app.state.vertex_port = vertex_grpc.serve(ctx, guard, host=vertex_host, port=vertex_port,
-                                                              tls=tls, services=vertex_services())
+                                                              tls=tls, services=vertex_services(), faults=faults)
         yield
         if vertex is not None:
             vertex.stop(grace=2)

@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from include.local_platform.api.faults import FaultInjector
 from include.local_platform.api.security import INVALID_CREDENTIALS, MISSING_CREDENTIALS, Guard
 from include.local_platform.api.vertex_tls import TlsFiles
 from include.local_platform.context import Context
@@ -29,6 +30,10 @@ log = logging.getLogger("local_platform")
 #: google.rpc.Code names as ApiError.status carries them -> gRPC status codes.
 _CODES = {code.name: code for code in grpc.StatusCode}
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: The fault switch's HTTP statuses as the gRPC codes Google's front end answers with.
+_FAULT_CODES = {429: grpc.StatusCode.RESOURCE_EXHAUSTED, 500: grpc.StatusCode.INTERNAL,
+                503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED,
+                400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND}
 
 
 @dataclass(frozen=True)
@@ -40,9 +45,12 @@ class Rpc:
     handler: Callable[[Context, Any], Any]
 
 
-def _answering(ctx: Context, method: str, rpc: Rpc) -> Callable:
+def _answering(ctx: Context, method: str, rpc: Rpc, faults: FaultInjector | None) -> Callable:
     def answer(request, context: grpc.ServicerContext):
         started = time.perf_counter()
+        if faults is not None and (status := faults.take("POST", f"/{method}")) is not None:
+            log.info("gRPC %s injected fault %s", method, status)
+            context.abort(_FAULT_CODES.get(status, grpc.StatusCode.UNKNOWN), f"Injected fault ({status}) for {method}.")
         code = grpc.StatusCode.OK
         try:
             return rpc.handler(ctx, request)
@@ -83,9 +91,13 @@ class TokenCheck(grpc.ServerInterceptor):
         return continuation(handler_call_details)
 
 
-def serve(ctx: Context, guard: Guard, *, host: str, port: int, tls: TlsFiles,
-          services: dict[str, dict[str, Rpc]]) -> tuple[grpc.Server, int]:
-    """Start the gRPC server on ``host:port`` (0: a free port) with TLS; (server, the port it listens on)."""
+def serve(ctx: Context, guard: Guard, *, host: str, port: int, tls: TlsFiles, services: dict[str, dict[str, Rpc]],
+          faults: FaultInjector | None = None) -> tuple[grpc.Server, int]:
+    """Start the gRPC server on ``host:port`` (0: a free port) with TLS; (server, the port it listens on).
+
+    :param faults: the fault switch (``/_local/faults``): a rule whose ``path_regex`` matches
+        ``/google.cloud.aiplatform.v1.<Service>/<Method>`` fails the call with the matching gRPC code.
+    """
     server = grpc.server(ThreadPoolExecutor(max_workers=16, thread_name_prefix="vertex"),
                          interceptors=[TokenCheck(guard)],
                          options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -93,7 +105,7 @@ def serve(ctx: Context, guard: Guard, *, host: str, port: int, tls: TlsFiles,
     for service, methods in services.items():
         handlers = {
             name: grpc.unary_unary_rpc_method_handler(
-                _answering(ctx, f"{service}/{name}", rpc), request_deserializer=rpc.request.FromString,
+                _answering(ctx, f"{service}/{name}", rpc, faults), request_deserializer=rpc.request.FromString,
                 response_serializer=rpc.response.SerializeToString)
             for name, rpc in methods.items()}
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, handlers)])

@@ -105,8 +105,8 @@ def _checked_model(spec: dict) -> dict:
 def _aliases(values: list) -> list[str]:
     for alias in values:
         if not isinstance(alias, str) or not vertex_names.ALIAS_RULE.match(alias) or alias.isdigit():
-            raise invalid_argument(f"Invalid version alias '{str(alias)[:80]}': lowercase letters, digits and '-', "
-                                   "starting with a letter, at most 128 characters.")
+            raise invalid_argument(f"Invalid version alias '{str(alias)[:80]}': the format is "
+                                   "[a-z][a-zA-Z0-9-]{0,126}[a-z0-9].")
     return list(dict.fromkeys(values))
 
 

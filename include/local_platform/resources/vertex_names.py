@@ -14,7 +14,7 @@ from include.local_platform.errors import invalid_argument
 
 COLLECTIONS = ("models", "endpoints", "batchPredictionJobs", "customJobs", "trainingPipelines", "operations")
 ID_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-ALIAS_RULE = re.compile(r"^[a-z][a-z0-9-]{0,126}[a-z0-9]$|^[a-z]$")
+ALIAS_RULE = re.compile(r"^[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]$")  # Model.version_aliases, as the proto documents it
 _NAME = re.compile(r"^projects/(?P<project>[A-Za-z0-9.:-]{1,64})/locations/(?P<location>[a-z0-9-]{1,64})"
                    r"(?:/(?P<collection>[A-Za-z]+)/(?P<id>[A-Za-z0-9_-]{1,128})(?:@(?P<version>[A-Za-z0-9_-]{1,128}))?)?$")
 

@@ -41,3 +41,35 @@ def test_probabilistic_unlimited_rule(ml_api, ml_service):
     assert (rule["matched"], rule["injected"], rule["times"], rule["probability"]) == (60, failed, -1, 0.5)
     assert _local(ml_service.url, "GET")["rules"] == []
     ml_api.projects().models().list(parent=PARENT).execute()
+
+
+def test_the_switch_fails_vertex_ai_calls_with_googles_grpc_codes(ml_service, vertex):
+    from google.api_core import exceptions
+    from google.cloud import aiplatform_v1 as v1
+    from google.oauth2.credentials import Credentials
+
+    from tests.include.local_platform.api.test_vertex_models_endpoints import OPTIONS
+
+    client = v1.EndpointServiceClient(credentials=Credentials(token=os.environ["ML_ENGINE_TOKEN"]),
+                                      client_options=OPTIONS)
+    _local(ml_service.url, "DELETE")
+    _local(ml_service.url, "POST", {"status": 429, "times": 1, "path_regex": "EndpointService/ListEndpoints$"})
+    _local(ml_service.url, "POST", {"status": 503, "times": 1, "path_regex": "EndpointService/ListEndpoints$"})
+    try:
+        try:
+            list(client.list_endpoints(parent=vertex, retry=None))
+        except exceptions.ResourceExhausted as error:
+            assert "Injected fault (429)" in error.message
+        else:
+            raise AssertionError("the first call should have failed")
+        try:
+            list(client.list_endpoints(parent=vertex, retry=None))
+        except exceptions.ServiceUnavailable:
+            pass
+        else:
+            raise AssertionError("the second call should have failed")
+        list(client.list_endpoints(parent=vertex, retry=None))  # both rules spent: served
+        rules = _local(ml_service.url, "GET")["rules"]
+    finally:
+        _local(ml_service.url, "DELETE")
+    assert [rule["injected"] for rule in rules] == [1, 1]
