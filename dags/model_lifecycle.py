@@ -63,15 +63,16 @@ PROMOTION = assets.promotion_asset()
 DATA = assets.data_asset()
 TRAINING_BACKENDS = ("ml_engine", "in_task")
 AUTOMATIC_RUNS = ("scheduled", "asset_triggered")
+ON_VERTEX = CFG.platform == "vertex"
+#: The first task of a promotion: ml/v1 sets the default at once; Vertex AI starts with a canary.
+PROMOTE_FIRST = "canary" if ON_VERTEX else "set_default"
 TRAINER_MODULE = "trainer.task"  # include/trainer as the package `trainer` (include/trainer/pyproject.toml)
 PACKAGES_URI = f"{CFG.bucket_uri}/packages"
 
 
 def _hook():
-    """An MLEngineHook on the DAGs' connection (imported at run time: nothing heavy at parse time)."""
-    from ml_engine.hooks import MLEngineHook
-
-    return MLEngineHook(gcp_conn_id=CFG.gcp_conn_id)
+    """What the decisions read models through: an MLEngineHook, or the Vertex AI registry (ML_PLATFORM)."""
+    return dag_defaults.platform_hook(CFG)
 
 
 def _version_spec(deployment: dict) -> dict:
@@ -262,14 +263,15 @@ def model_lifecycle():
         return {"variant": target["variant"], "version": target["version"], **report}
 
     @task(execution_timeout=config.EVALUATION_TIMEOUT)
-    def evaluate(plan: dict, data: dict) -> dict:
-        """The candidate and the current default on the same held-out examples, through their versions.
+    def evaluate(plan: dict, data: dict, smoked: list) -> dict:
+        """The candidate and the current default on the same held-out examples, through their versions
+        (after every new version passed its smoke test: `smoked`).
 
         Recorded once per run (evaluation.json): a cleared task repeats its first evaluation, even after
         the promotion made the candidate the default."""
         from include.lifecycle import evaluation, promotion, storage
 
-        found = storage.first_choice(f"{plan['evaluation_uri']}/evaluation.json", lambda: evaluation.on_ml_engine(
+        found = storage.first_choice(f"{plan['evaluation_uri']}/evaluation.json", lambda: evaluation.for_run(
             _hook(), plan=plan, data=data, limit=CFG.eval_examples).to_dict())
         promotion.patch_labels(_hook(), model=plan["model"], version=plan["serving_version"],
                                changes=evaluation.label_changes(found))
@@ -288,7 +290,7 @@ def model_lifecycle():
         storage.write_json(plan["gate_uri"], decision.to_dict())
         log.info("Gate (%s): %s -> %s", decision.policy, decision.reason,
                  "PROMOTE" if decision.promote else "DO NOT PROMOTE")
-        return "set_default" if decision.promote else "not_promoted"
+        return PROMOTE_FIRST if decision.promote else "not_promoted"
 
     @task
     def not_promoted(plan: dict, ti=None) -> dict:
@@ -352,6 +354,19 @@ def model_lifecycle():
     data >> package  # data first: the training job reads it
     train_job >> metrics  # the job writes metrics.json; train reads it (or trains in_task)
     uploaded = upload(planned, metrics, export_variants(planned, metrics), data["period"])
+    serve = _serve_on_vertex if ON_VERTEX else _serve_on_ml_engine
+    rejected = not_promoted(planned)
+    outcomes = serve(planned, uploaded, decided=lambda smoked: gate(planned, evaluate(planned, data, smoked)),
+                     smoke_test=smoke_test, record_promotion=lambda: record_promotion(planned, metrics),
+                     rejected=rejected)
+    doomed = retention(planned)
+    [*outcomes, rejected] >> doomed
+    dag_defaults.delete_versions(doomed, settings=CFG)
+
+
+def _serve_on_ml_engine(planned, uploaded, *, decided, smoke_test, record_promotion, rejected) -> list:
+    """ml/v1: create the model and a version per variant (READY in the triggerer), smoke-test each version,
+    then the gate; a promotion sets the default at once. The tasks the retention waits for."""
     model = MLEngineCreateModelOperator(
         task_id="create_model",
         model={"name": "{{ params.model_name }}", "regions": [CFG.region],
@@ -368,22 +383,50 @@ def model_lifecycle():
         map_index_template="{{ task.version['name'] }}",
     ).expand(version=uploaded.map(_version_spec))
     smoked = smoke_test.partial(plan=planned).expand(target=uploaded.map(_smoke_target))
-    evaluated = evaluate(planned, data)
-    decided = gate(planned, evaluated)
+    uploaded >> model >> versions >> smoked
+    gate_task = decided(smoked)
     set_default = MLEngineSetDefaultVersionOperator(
         task_id="set_default",
         model_name="{{ params.model_name }}",
         version_name=planned["serving_version"],
         gcp_conn_id=CFG.gcp_conn_id,
     )
-    promoted = record_promotion(planned, metrics)
-    rejected = not_promoted(planned)
-
-    uploaded >> model >> versions >> smoked >> evaluated >> decided >> [set_default, rejected]
+    promoted = record_promotion()
+    gate_task >> [set_default, rejected]
     set_default >> promoted
-    doomed = retention(planned)
-    [promoted, rejected] >> doomed
-    dag_defaults.delete_versions(doomed, settings=CFG)
+    return [promoted]
 
+
+def _serve_on_vertex(planned, uploaded, *, decided, smoke_test, record_promotion, rejected) -> list:
+    """Vertex AI: a model version per variant (alias: the run's version id), each alone on its variant's staging
+    endpoint for the smoke test and the evaluation; a promotion is a canary on the serving endpoint, then all
+    the traffic and the `default` alias; staging is released whatever happens. The tasks the retention waits for."""
+    from airflow.providers.google.cloud.operators.vertex_ai.model_service import SetDefaultVersionOnModelOperator
+
+    from include.vertex import tasks as vertex
+
+    staged = vertex.stage_version.partial(plan=planned).expand(
+        target=vertex.upload_version.partial(plan=planned).expand(deployment=uploaded))
+    smoked = smoke_test.partial(plan=planned).expand(target=staged)
+    gate_task = decided(smoked)
+    started = vertex.canary(planned)
+    checked = vertex.canary_check(planned, started)
+    all_traffic = vertex.take_all_traffic(planned)
+    set_default = SetDefaultVersionOnModelOperator(
+        task_id="set_default",
+        project_id=CFG.project,
+        region=CFG.region,
+        model_id="{{ params.model_name | lower }}@"
+                 "{{ ti.xcom_pull(task_ids='plan', key='serving_version') | replace('_', '-') }}",
+        gcp_conn_id=CFG.gcp_conn_id,
+    )
+    promoted = record_promotion()
+    released = vertex.release_previous(planned)
+    rolled_back = vertex.canary_rollback(planned, started)
+    gate_task >> [started, rejected]
+    checked >> [all_traffic, rolled_back]
+    all_traffic >> set_default >> promoted >> released
+    [released, rejected, rolled_back] >> vertex.release_staging(planned)
+    return [released, rolled_back]
 
 model_lifecycle()

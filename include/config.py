@@ -7,6 +7,7 @@ parse time: no Airflow Variables, no network.
 
 | setting              | environment variable        | default (embedded stack)              |
 | -------------------- | --------------------------- | ------------------------------------- |
+| platform             | ML_PLATFORM                 | ml_engine (or vertex: docs/vertex-lifecycle.md) |
 | project              | GOOGLE_CLOUD_PROJECT        | local-project                         |
 | bucket               | ML_BUCKET                   | ml-lifecycle                          |
 | region               | ML_REGION                   | us-central1                           |
@@ -34,6 +35,11 @@ parse time: no Airflow Variables, no network.
 | batch_input_uris     | ML_BATCH_INPUT_URIS         | (empty: generated sample inputs)      |
 | batch_sample_count   | ML_BATCH_SAMPLE_COUNT       | 64                                    |
 | max_error_rate       | ML_MAX_ERROR_RATE           | 0.05 (errors / (predictions + errors))|
+| vertex_serving_image | ML_VERTEX_SERVING_IMAGE     | us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-11:latest |
+| vertex_machine_type  | ML_VERTEX_MACHINE_TYPE      | n1-standard-2 (deployed models, batch jobs) |
+| canary_percent       | ML_CANARY_PERCENT           | 10 (Vertex AI: the candidate's first share of traffic) |
+| canary_seconds       | ML_CANARY_SECONDS           | 60 (Vertex AI: how long the canary is watched) |
+| canary_max_error_rate| ML_CANARY_MAX_ERROR_RATE    | 0.01 (Vertex AI: failed probes the canary tolerates) |
 | task_retries         | ML_TASK_RETRIES             | 2                                     |
 | retry_delay_seconds  | ML_RETRY_DELAY_SECONDS      | 30                                    |
 
@@ -70,6 +76,8 @@ VARIANT_INPUTS = {
     "url": "image_url (gs:// JPEG) + key",
     "tfexample": "examples (serialized tf.Example: image/encoded, key)",
 }
+#: The platforms the DAGs run on (ML_PLATFORM): ml/v1 (the local service, or a self-hosted one) or Vertex AI.
+PLATFORMS = ("ml_engine", "vertex")
 #: Promotion policies of the gate (see include.lifecycle.gate).
 PROMOTION_POLICIES = ("better", "not_worse", "always", "never")
 #: The data Asset: "new data for period P" (extra: period, data_uri); model_lifecycle is scheduled on it.
@@ -127,6 +135,7 @@ def _env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
 class Settings:
     """The resolved configuration; build it with `load()`."""
 
+    platform: str = "ml_engine"
     project: str = DEFAULT_PROJECT
     bucket: str = DEFAULT_BUCKET
     region: str = DEFAULT_REGION
@@ -155,6 +164,11 @@ class Settings:
     batch_input_uris: tuple[str, ...] = ()
     batch_sample_count: int = 64
     max_error_rate: float = 0.05
+    vertex_serving_image: str = "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-11:latest"
+    vertex_machine_type: str = "n1-standard-2"
+    canary_percent: int = 10
+    canary_seconds: int = 60
+    canary_max_error_rate: float = 0.01
     task_retries: int = 2
     retry_delay_seconds: int = 30
 
@@ -200,7 +214,11 @@ def _load() -> Settings:
     bucket = _env("ML_BUCKET", DEFAULT_BUCKET)
     emulator = _environ().get("STORAGE_EMULATOR_HOST")
     schedule = _schedule("ML_RETRAIN_SCHEDULE")
+    platform = _env("ML_PLATFORM", "ml_engine").lower()
+    if platform not in PLATFORMS:
+        raise ValueError(f"ML_PLATFORM must be one of {PLATFORMS}, not {platform!r}")
     return Settings(
+        platform=platform,
         project=_env("GOOGLE_CLOUD_PROJECT", DEFAULT_PROJECT),
         bucket=bucket,
         region=_env("ML_REGION", DEFAULT_REGION),
@@ -229,6 +247,11 @@ def _load() -> Settings:
         batch_input_uris=_env_list("ML_BATCH_INPUT_URIS", ()),
         batch_sample_count=int(_env("ML_BATCH_SAMPLE_COUNT", "64")),
         max_error_rate=float(_env("ML_MAX_ERROR_RATE", "0.05")),
+        vertex_serving_image=_env("ML_VERTEX_SERVING_IMAGE", Settings.vertex_serving_image),
+        vertex_machine_type=_env("ML_VERTEX_MACHINE_TYPE", Settings.vertex_machine_type),
+        canary_percent=int(_env("ML_CANARY_PERCENT", "10")),
+        canary_seconds=int(_env("ML_CANARY_SECONDS", "60")),
+        canary_max_error_rate=float(_env("ML_CANARY_MAX_ERROR_RATE", "0.01")),
         task_retries=int(_env("ML_TASK_RETRIES", "2")),
         retry_delay_seconds=int(_env("ML_RETRY_DELAY_SECONDS", "30")),
     )
@@ -236,8 +259,13 @@ def _load() -> Settings:
 
 def airflow_connection_json(settings: Settings | None = None) -> str:
     """AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT for the embedded stack: local endpoint, project, and the
-    service's bearer token (`ml_engine_token`) when ML_ENGINE_TOKEN is set; no Google credentials."""
+    service's bearer token (`ml_engine_token`) when ML_ENGINE_TOKEN is set; no Google credentials.
+
+    On Vertex AI the connection names only the project: the provider's hooks take Application
+    Default Credentials, which the local stack's route serves from its metadata server."""
     settings = settings or load()
+    if settings.platform == "vertex":
+        return json.dumps({"conn_type": "google_cloud_platform", "extra": {"project": settings.project}})
     extra: dict = {"project": settings.project, "is_anonymous": True,
                    "ml_engine_endpoint": settings.ml_engine_endpoint}
     if token := os.environ.get("ML_ENGINE_TOKEN", "").strip():

@@ -1,4 +1,4 @@
-"""What the three DAGs share: start date, default_args, the model-name Param, the version-delete task.
+"""What the DAGs share: start date, default_args, the model-name Param, the platform's hook, the version-delete task.
 
 One definition here, so a change of owner, retries or the id rule reaches every DAG.
 """
@@ -27,8 +27,22 @@ def model_name_param(default: str, description: str | None = None) -> Param:
     return Param(default, type="string", pattern=config.ID_PATTERN, title="Model name", description=description)
 
 
+def platform_hook(settings: config.Settings | None = None):
+    """What include.lifecycle reads models through: the MLEngineHook on ml/v1, the Vertex AI registry on Vertex AI
+    (imported at run time: nothing heavy at parse time)."""
+    settings = settings or config.load()
+    if settings.platform == "vertex":
+        from include.vertex.registry import Registry
+
+        return Registry(gcp_conn_id=settings.gcp_conn_id, project=settings.project, region=settings.region)
+    from ml_engine.hooks import MLEngineHook
+
+    return MLEngineHook(gcp_conn_id=settings.gcp_conn_id)
+
+
 def delete_versions(version_names, *, settings: config.Settings | None = None):
-    """One mapped `delete_version` task per name in `version_names` (an XComArg); none when it is empty.
+    """One mapped `delete_version` task per name in `version_names` (an XComArg); none when it is empty
+    (on Vertex AI, include.vertex.tasks.delete_version: undeployed first, then deleted).
 
     :param version_names: the short ids to delete, as a task's output.
     :return: the mapped operator.
@@ -36,6 +50,10 @@ def delete_versions(version_names, *, settings: config.Settings | None = None):
     from ml_engine.operators import MLEngineDeleteVersionOperator
 
     settings = settings or config.load()
+    if settings.platform == "vertex":
+        from include.vertex.tasks import delete_version
+
+        return delete_version.expand(version=version_names)
     return MLEngineDeleteVersionOperator.partial(
         task_id="delete_version",
         model_name="{{ params.model_name }}",

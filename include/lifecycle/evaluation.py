@@ -199,10 +199,10 @@ def instance_builder(held_out, *, images_uri: str) -> Callable[[str], list]:
     return build
 
 
-def on_ml_engine(hook, *, plan: dict, data: dict, limit: int) -> Evaluation:
-    """A model_lifecycle run's evaluation on ml/v1: its serving version against the model's default version.
+def for_run(hook, *, plan: dict, data: dict, limit: int) -> Evaluation:
+    """A model_lifecycle run's evaluation: its serving version against the model's default version.
 
-    :param hook: an MLEngineHook.
+    :param hook: an MLEngineHook, or on Vertex AI include.vertex.registry.Registry (the same calls).
     :param plan: the run's plan (include.lifecycle.planning).
     :param data: the run's data (include.lifecycle.datafeed.ensure): period and prefix.
     :param limit: at most this many held-out examples.

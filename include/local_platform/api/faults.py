@@ -1,9 +1,9 @@
 """The fault switch for tests (``/_local/faults``, only with ``--enable-faults``): failed calls, crashes, pauses.
 
-``{"status": 503, "times": 2, "path_regex": ..., "method": ..., "probability": ..., "seed": ...}``
-makes matching requests fail; ``{"crash_at": POINT, "after": N}`` kills the
-service (SIGKILL) at a named crash point, ``{"delay_at": POINT, "seconds": S}``
-pauses there once (``state.crashpoints``); ``DELETE`` clears every rule.
+``{"status": 503, "times": 2, "path_regex": ..., "method": ..., "probability": ..., "seed": ...,
+"after": N}`` makes matching requests fail (after letting the first N through);
+``{"crash_at": POINT, "after": N}`` kills the service (SIGKILL) at a named crash point,
+``{"delay_at": POINT, "seconds": S}`` pauses there once (``state.crashpoints``); ``DELETE`` clears every rule.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from include.local_platform.errors import invalid_argument
 class FaultInjector:
     """Test switch: make matching requests fail with a given status.
 
-    A rule fails the next ``times`` matching requests (-1: no limit), each with
-    ``probability`` (0..1, default 1; ``seed`` makes the draws repeatable); ``matched``
-    and ``injected`` count the requests it saw and those it answered.
+    A rule lets the first ``after`` matching requests through (default 0), then fails the next
+    ``times`` (-1: no limit), each with ``probability`` (0..1, default 1; ``seed`` makes the draws
+    repeatable); ``matched`` and ``injected`` count the requests it saw and those it answered.
     """
 
     def __init__(self):
@@ -43,6 +43,7 @@ class FaultInjector:
         draws = random.Random(rule["seed"]) if "seed" in rule else self._random
         with self._lock:
             self._rules.append({"status": status, "times": int(rule.get("times", 1)), "probability": probability,
+                                "after": int(rule.get("after", 0)),
                                 "draws": draws,
                                 "method": rule.get("method", "*").upper(),
                                 "path": re.compile(rule.get("path_regex", ".*")), "matched": 0, "injected": 0})
@@ -62,6 +63,8 @@ class FaultInjector:
             for rule in self._rules:
                 if rule["times"] != 0 and rule["method"] in ("*", method) and rule["path"].search(path):
                     rule["matched"] += 1
+                    if rule["matched"] <= rule["after"]:
+                        continue
                     if rule["probability"] < 1.0 and rule["draws"].random() >= rule["probability"]:
                         continue
                     if rule["times"] > 0:

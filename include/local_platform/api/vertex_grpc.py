@@ -45,10 +45,19 @@ class Rpc:
     handler: Callable[[Context, Any], Any]
 
 
+def _fault_path(method: str, request) -> str:
+    """``/<service>/<Method>/<the resource it names>``: fault rules may target one endpoint or model."""
+    for field in ("endpoint", "name", "parent"):
+        value = getattr(request, field, None)
+        if isinstance(value, str) and value:
+            return f"/{method}/{value}"
+    return f"/{method}"
+
+
 def _answering(ctx: Context, method: str, rpc: Rpc, faults: FaultInjector | None) -> Callable:
     def answer(request, context: grpc.ServicerContext):
         started = time.perf_counter()
-        if faults is not None and (status := faults.take("POST", f"/{method}")) is not None:
+        if faults is not None and (status := faults.take("POST", _fault_path(method, request))) is not None:
             log.info("gRPC %s injected fault %s", method, status)
             context.abort(_FAULT_CODES.get(status, grpc.StatusCode.UNKNOWN), f"Injected fault ({status}) for {method}.")
         code = grpc.StatusCode.OK
@@ -96,7 +105,8 @@ def serve(ctx: Context, guard: Guard, *, host: str, port: int, tls: TlsFiles, se
     """Start the gRPC server on ``host:port`` (0: a free port) with TLS; (server, the port it listens on).
 
     :param faults: the fault switch (``/_local/faults``): a rule whose ``path_regex`` matches
-        ``/google.cloud.aiplatform.v1.<Service>/<Method>`` fails the call with the matching gRPC code.
+        ``/google.cloud.aiplatform.v1.<Service>/<Method>/<resource>`` fails the call with the matching
+        gRPC code (the resource: the request's ``endpoint``, ``name`` or ``parent``).
     """
     server = grpc.server(ThreadPoolExecutor(max_workers=16, thread_name_prefix="vertex"),
                          interceptors=[TokenCheck(guard)],

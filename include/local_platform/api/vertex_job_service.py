@@ -70,7 +70,7 @@ def _pipelines() -> dict[str, Rpc]:
                                                                    Pipeline)),
         "ListTrainingPipelines": Rpc(
             pb(pipeline_service.ListTrainingPipelinesRequest), pb(pipeline_service.ListTrainingPipelinesResponse),
-            lambda ctx, request: page(vertex_training.list_pipelines(ctx, request.parent), request,
+            lambda ctx, request: page(vertex_training.list_pipelines(ctx, request.parent, request.filter), request,
                                       pb(pipeline_service.ListTrainingPipelinesResponse), "training_pipelines")),
         "CancelTrainingPipeline": Rpc(pb(pipeline_service.CancelTrainingPipelineRequest), empty_pb2.Empty,
                                       _empty(vertex_training.cancel_pipeline)),

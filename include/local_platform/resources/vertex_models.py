@@ -11,7 +11,6 @@ as the Model message Vertex AI answers for it (``name`` without ``@``, ``version
 from __future__ import annotations
 
 import logging
-import re
 
 from include.local_platform.context import Context
 from include.local_platform.errors import ApiError, failed_precondition, invalid_argument, not_found
@@ -22,7 +21,6 @@ log = logging.getLogger(__name__)
 MODEL, VERSION = "vertex_model", "vertex_model_version"
 DEFAULT = "default"
 INPUT_FORMATS = ["jsonl", "tf-record", "tf-record-gzip"]
-_FILTER = re.compile(r'^\s*(display_name|displayName|labels\.[a-z0-9_-]+)\s*=\s*"?([^"]*)"?\s*$')
 
 
 def _version_key(model_name: str, version_id: str) -> str:
@@ -228,7 +226,7 @@ def list_models(ctx: Context, parent: str, filter_text: str | None) -> list[dict
     """Each model's default version, oldest model first; filters ``display_name="x"`` and ``labels.k="v"``
     joined with AND."""
     parent = vertex_names.parent(parent)
-    test = _matcher(filter_text)
+    test = vertex_names.matcher(filter_text)
     found = []
     for model in ctx.store.list(MODEL, parent):
         default = next((v for v in versions(ctx, model["name"]) if DEFAULT in v.get("versionAliases", [])), None)
@@ -242,28 +240,6 @@ def list_versions(ctx: Context, name: str) -> list[dict]:
     model_name = vertex_names.resource(parent, "models", model_id)
     _model(ctx, model_name)
     return versions(ctx, model_name)
-
-
-def _matcher(filter_text: str | None):
-    if not filter_text:
-        return lambda model: True
-    clauses = []
-    for clause in re.split(r"\s+AND\s+", filter_text.strip()):
-        match = _FILTER.match(clause)
-        if not match:
-            raise invalid_argument(f'Unsupported filter "{clause[:200]}": use display_name="..." or '
-                                   'labels.KEY="..." joined by AND.', "filter")
-        clauses.append(match.groups())
-
-    def test(model: dict) -> bool:
-        for field, value in clauses:
-            actual = (model.get("labels") or {}).get(field[7:]) if field.startswith("labels.") \
-                else model.get("displayName")
-            if actual != value:
-                return False
-        return True
-
-    return test
 
 
 def record_deployment(ctx: Context, version: dict, endpoint: str, deployed_id: str, *, deployed: bool) -> None:

@@ -19,6 +19,32 @@ _NAME = re.compile(r"^projects/(?P<project>[A-Za-z0-9.:-]{1,64})/locations/(?P<l
                    r"(?:/(?P<collection>[A-Za-z]+)/(?P<id>[A-Za-z0-9_-]{1,128})(?:@(?P<version>[A-Za-z0-9_-]{1,128}))?)?$")
 
 
+_FILTER = re.compile(r'^\s*(display_name|displayName|labels\.[a-z0-9_-]+)\s*=\s*"?([^"]*)"?\s*$')
+
+
+def matcher(filter_text: str | None):
+    """A test for list filters ``display_name="x"`` and ``labels.k="v"`` joined by AND (what the DAGs use)."""
+    if not filter_text:
+        return lambda resource: True
+    clauses = []
+    for clause in re.split(r"\s+AND\s+", filter_text.strip()):
+        match = _FILTER.match(clause)
+        if not match:
+            raise invalid_argument(f'Unsupported filter "{clause[:200]}": use display_name="..." or '
+                                   'labels.KEY="..." joined by AND.', "filter")
+        clauses.append(match.groups())
+
+    def test(resource: dict) -> bool:
+        for field, value in clauses:
+            actual = (resource.get("labels") or {}).get(field[7:]) if field.startswith("labels.") \
+                else resource.get("displayName")
+            if actual != value:
+                return False
+        return True
+
+    return test
+
+
 def new_id() -> str:
     """A fresh numeric id of 19 digits (never starting with 0)."""
     return str(secrets.randbelow(9 * 10**18) + 10**18)

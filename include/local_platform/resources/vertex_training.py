@@ -95,8 +95,10 @@ def _package_spec(inputs: dict) -> dict:
     return {**checked, "executorImageUri": image, "baseOutputDirectory": base, "env": env}
 
 
-def list_pipelines(ctx: Context, parent: str) -> list[dict]:
-    return ctx.store.list(PIPELINE, vertex_names.parent(parent))
+def list_pipelines(ctx: Context, parent: str, filter_text: str | None = None) -> list[dict]:
+    """The training pipelines of ``parent``; ``filter``: ``display_name="x"``, ``labels.k="v"`` (AND)."""
+    test = vertex_names.matcher(filter_text)
+    return [p for p in ctx.store.list(PIPELINE, vertex_names.parent(parent)) if test(p)]
 
 
 def cancel_pipeline(ctx: Context, name: str) -> None:

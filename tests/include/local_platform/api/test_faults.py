@@ -6,6 +6,7 @@ import json
 import os
 import urllib.request
 
+import pytest
 from googleapiclient.errors import HttpError
 
 PARENT = "projects/test-project"
@@ -53,8 +54,10 @@ def test_the_switch_fails_vertex_ai_calls_with_googles_grpc_codes(ml_service, ve
     client = v1.EndpointServiceClient(credentials=Credentials(token=os.environ["ML_ENGINE_TOKEN"]),
                                       client_options=OPTIONS)
     _local(ml_service.url, "DELETE")
-    _local(ml_service.url, "POST", {"status": 429, "times": 1, "path_regex": "EndpointService/ListEndpoints$"})
-    _local(ml_service.url, "POST", {"status": 503, "times": 1, "path_regex": "EndpointService/ListEndpoints$"})
+    listing = f"EndpointService/ListEndpoints/{vertex}$"  # the method, then the resource the request names
+    _local(ml_service.url, "POST", {"status": 429, "times": 1, "path_regex": listing})
+    _local(ml_service.url, "POST", {"status": 503, "times": 1, "path_regex": listing})
+    _local(ml_service.url, "POST", {"status": 500, "times": 1, "after": 1, "path_regex": listing})
     try:
         try:
             list(client.list_endpoints(parent=vertex, retry=None))
@@ -68,8 +71,11 @@ def test_the_switch_fails_vertex_ai_calls_with_googles_grpc_codes(ml_service, ve
             pass
         else:
             raise AssertionError("the second call should have failed")
-        list(client.list_endpoints(parent=vertex, retry=None))  # both rules spent: served
+        list(client.list_endpoints(parent=vertex, retry=None))  # the third rule lets its first match through
+        with pytest.raises(exceptions.InternalServerError):
+            list(client.list_endpoints(parent=vertex, retry=None))
+        list(client.list_endpoints(parent=vertex, retry=None))  # every rule spent: served
         rules = _local(ml_service.url, "GET")["rules"]
     finally:
         _local(ml_service.url, "DELETE")
-    assert [rule["injected"] for rule in rules] == [1, 1]
+    assert [rule["injected"] for rule in rules] == [1, 1, 1]
