@@ -92,6 +92,20 @@ def _schedule():
     return AssetOrTimeSchedule(timetable=CronTriggerTimetable(CFG.retrain_schedule, timezone="UTC"), assets=[DATA])
 
 
+def _canary_params() -> dict:
+    """Vertex AI only: how a promotion's canary runs on the serving endpoint."""
+    return {
+        "canary_percent": Param(CFG.canary_percent, type="integer", minimum=1, maximum=100,
+                                title="Canary share (%)", description="The candidate's first share of the "
+                                "serving endpoint's traffic; 100 skips the canary."),
+        "canary_seconds": Param(CFG.canary_seconds, type="integer", minimum=0, maximum=86400,
+                                title="Canary watch (s)", description="How long probes watch the canary."),
+        "canary_max_error_rate": Param(CFG.canary_max_error_rate, type="number", minimum=0, maximum=1,
+                                       title="Canary's maximum error rate", description="Failed probes "
+                                       "above this send the traffic back to the previous default."),
+    }
+
+
 @dag(
     dag_id="model_lifecycle",
     schedule=_schedule(),
@@ -136,6 +150,7 @@ def _schedule():
         "keep_versions": Param(CFG.keep_versions, type="integer", minimum=1, title="Versions to keep"),
         "smoke_instances": Param(CFG.smoke_instances, type="integer", minimum=1, maximum=64,
                                  title="Instances per smoke test"),
+        **(_canary_params() if ON_VERTEX else {}),
     },
     render_template_as_native_obj=True,
 )
@@ -332,7 +347,24 @@ def model_lifecycle():
     planned = plan()
     data = prepare_data(choose_data(planned))
     package = package_trainer()
-    train_job = MLEngineStartTrainingJobOperator(
+    train_job = (_vertex_training_job if ON_VERTEX else _ml_engine_training_job)(planned, data, package)
+    metrics = train(planned, data["data_uri"])
+    data >> package  # data first: the training job reads it
+    train_job >> metrics  # the job writes metrics.json; train reads it (or trains in_task)
+    uploaded = upload(planned, metrics, export_variants(planned, metrics), data["period"])
+    serve = _serve_on_vertex if ON_VERTEX else _serve_on_ml_engine
+    rejected = not_promoted(planned)
+    outcomes = serve(planned, uploaded, decided=lambda smoked: gate(planned, evaluate(planned, data, smoked)),
+                     smoke_test=smoke_test, record_promotion=lambda: record_promotion(planned, metrics),
+                     rejected=rejected)
+    doomed = retention(planned)
+    [*outcomes, rejected] >> doomed
+    dag_defaults.delete_versions(doomed, settings=CFG)
+
+
+def _ml_engine_training_job(planned, data, package):
+    """The trainer sdist as an ml/v1 training job; its log streams into the task log (deferred while it runs)."""
+    return MLEngineStartTrainingJobOperator(
         task_id="train_job",
         job_id=planned["training_job_id"],
         region=CFG.region,
@@ -350,18 +382,28 @@ def model_lifecycle():
         wait_timeout=config.TRAINING_TIMEOUT.total_seconds(),
         execution_timeout=config.TRAINING_TIMEOUT,
     )
-    metrics = train(planned, data["data_uri"])
-    data >> package  # data first: the training job reads it
-    train_job >> metrics  # the job writes metrics.json; train reads it (or trains in_task)
-    uploaded = upload(planned, metrics, export_variants(planned, metrics), data["period"])
-    serve = _serve_on_vertex if ON_VERTEX else _serve_on_ml_engine
-    rejected = not_promoted(planned)
-    outcomes = serve(planned, uploaded, decided=lambda smoked: gate(planned, evaluate(planned, data, smoked)),
-                     smoke_test=smoke_test, record_promotion=lambda: record_promotion(planned, metrics),
-                     rejected=rejected)
-    doomed = retention(planned)
-    [*outcomes, rejected] >> doomed
-    dag_defaults.delete_versions(doomed, settings=CFG)
+
+
+def _vertex_training_job(planned, data, package):
+    """The same sdist as a Vertex AI Python package training pipeline (the provider's operator, reused by
+    display name on a retry); it writes metrics.json and the model to the run's job dir."""
+    from include.vertex.training import VertexTrainingJobOperator
+
+    return VertexTrainingJobOperator(
+        task_id="train_job",
+        project_id=CFG.project,
+        region=CFG.region,
+        display_name=planned["training_job_id"],
+        python_package_gcs_uri=package,
+        python_module_name=TRAINER_MODULE,
+        container_uri=CFG.vertex_training_image,
+        args=["--data-uri", data["data_uri"], "--epochs", "{{ params.epochs }}", "--job-dir", planned["job_dir"]],
+        staging_bucket=f"{CFG.bucket_uri}/vertex-staging",
+        machine_type=CFG.vertex_machine_type,
+        labels={"dag": "model_lifecycle", "model": "{{ params.model_name | lower }}"},
+        gcp_conn_id=CFG.gcp_conn_id,
+        execution_timeout=config.TRAINING_TIMEOUT,
+    )
 
 
 def _serve_on_ml_engine(planned, uploaded, *, decided, smoke_test, record_promotion, rejected) -> list:
@@ -401,8 +443,6 @@ def _serve_on_vertex(planned, uploaded, *, decided, smoke_test, record_promotion
     """Vertex AI: a model version per variant (alias: the run's version id), each alone on its variant's staging
     endpoint for the smoke test and the evaluation; a promotion is a canary on the serving endpoint, then all
     the traffic and the `default` alias; staging is released whatever happens. The tasks the retention waits for."""
-    from airflow.providers.google.cloud.operators.vertex_ai.model_service import SetDefaultVersionOnModelOperator
-
     from include.vertex import tasks as vertex
 
     staged = vertex.stage_version.partial(plan=planned).expand(
@@ -412,14 +452,7 @@ def _serve_on_vertex(planned, uploaded, *, decided, smoke_test, record_promotion
     started = vertex.canary(planned)
     checked = vertex.canary_check(planned, started)
     all_traffic = vertex.take_all_traffic(planned)
-    set_default = SetDefaultVersionOnModelOperator(
-        task_id="set_default",
-        project_id=CFG.project,
-        region=CFG.region,
-        model_id="{{ params.model_name | lower }}@"
-                 "{{ ti.xcom_pull(task_ids='plan', key='serving_version') | replace('_', '-') }}",
-        gcp_conn_id=CFG.gcp_conn_id,
-    )
+    set_default = vertex.set_default(planned)
     promoted = record_promotion()
     released = vertex.release_previous(planned)
     rolled_back = vertex.canary_rollback(planned, started)

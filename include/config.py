@@ -37,6 +37,7 @@ parse time: no Airflow Variables, no network.
 | max_error_rate       | ML_MAX_ERROR_RATE           | 0.05 (errors / (predictions + errors))|
 | vertex_serving_image | ML_VERTEX_SERVING_IMAGE     | us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-11:latest |
 | vertex_machine_type  | ML_VERTEX_MACHINE_TYPE      | n1-standard-2 (deployed models, batch jobs) |
+| vertex_training_image| ML_VERTEX_TRAINING_IMAGE    | us-docker.pkg.dev/vertex-ai/training/tf-cpu.2-11.py310:latest |
 | canary_percent       | ML_CANARY_PERCENT           | 10 (Vertex AI: the candidate's first share of traffic) |
 | canary_seconds       | ML_CANARY_SECONDS           | 60 (Vertex AI: how long the canary is watched) |
 | canary_max_error_rate| ML_CANARY_MAX_ERROR_RATE    | 0.01 (Vertex AI: failed probes the canary tolerates) |
@@ -166,6 +167,7 @@ class Settings:
     max_error_rate: float = 0.05
     vertex_serving_image: str = "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-11:latest"
     vertex_machine_type: str = "n1-standard-2"
+    vertex_training_image: str = "us-docker.pkg.dev/vertex-ai/training/tf-cpu.2-11.py310:latest"
     canary_percent: int = 10
     canary_seconds: int = 60
     canary_max_error_rate: float = 0.01
@@ -249,6 +251,7 @@ def _load() -> Settings:
         max_error_rate=float(_env("ML_MAX_ERROR_RATE", "0.05")),
         vertex_serving_image=_env("ML_VERTEX_SERVING_IMAGE", Settings.vertex_serving_image),
         vertex_machine_type=_env("ML_VERTEX_MACHINE_TYPE", Settings.vertex_machine_type),
+        vertex_training_image=_env("ML_VERTEX_TRAINING_IMAGE", Settings.vertex_training_image),
         canary_percent=int(_env("ML_CANARY_PERCENT", "10")),
         canary_seconds=int(_env("ML_CANARY_SECONDS", "60")),
         canary_max_error_rate=float(_env("ML_CANARY_MAX_ERROR_RATE", "0.01")),

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 
 log = logging.getLogger(__name__)
 MIN_PROBES = 20
+#: Probes a second: enough to see a broken version within seconds, too few to load the endpoint.
+PROBES_PER_SECOND = 10.0
 
 
 @dataclass
@@ -39,18 +41,23 @@ class Watch:
 
 
 def watch(probe: Callable[[list], str], instances: list, *, seconds: float, min_probes: int = MIN_PROBES,
-          clock: Callable[[], float] = time.monotonic) -> Watch:
-    """Send ``instances`` (one per request, round robin) for ``seconds`` and at least ``min_probes`` requests."""
+          per_second: float = PROBES_PER_SECOND, clock: Callable[[], float] = time.monotonic,
+          sleep: Callable[[float], None] = time.sleep) -> Watch:
+    """Send ``instances`` (one per request, round robin, ``per_second`` at most) for ``seconds`` and at least
+    ``min_probes`` requests."""
     seen, started = Watch(), clock()
     while seen.requests < min_probes or clock() - started < seconds:
+        if (ahead := started + seen.requests / per_second - clock()) > 0:
+            sleep(ahead)
         instance = instances[seen.requests % len(instances)]
         seen.requests += 1
         try:
             seen.answered_by[probe([instance])] += 1
         except Exception as error:  # any failed request counts: the live error rate is what the canary judges
             seen.failures += 1
-            if len(seen.errors) < 5:
-                seen.errors.append(f"{error.__class__.__name__}: {str(error)[:200]}")
+            message = f"{error.__class__.__name__}: {str(error)[:200]}"
+            if len(seen.errors) < 5 and message not in seen.errors:
+                seen.errors.append(message)
         if seen.requests % 50 == 0:
             log.info("Canary: %s probes, %s failed, answered by %s", seen.requests, seen.failures,
                      dict(seen.answered_by))

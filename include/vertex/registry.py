@@ -11,6 +11,7 @@ a retried upload finds the version by its alias.
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import cached_property
 
@@ -127,8 +128,7 @@ class Registry:
                      model_name, found["vertexVersionId"])
             return found
         model = {"displayName": model_name, **spec, "versionAliases": [names.alias(version_name)]}
-        request = {"parent": self.where.parent, "model": json_format.ParseDict(
-            model, self._model_type()._pb, ignore_unknown_fields=False)}
+        request = {"parent": self.where.parent, "model": self._model_type().from_json(json.dumps(model))}
         if self.get_model(model_name=model_name) is None:
             request["model_id"] = names.model_id(model_name)
         else:

@@ -114,6 +114,15 @@ def take_all_traffic(plan: dict) -> dict:
 
 
 @task
+def set_default(plan: dict) -> str:
+    """The `default` alias to the candidate (what batch prediction and rollback read as the default)."""
+    moved = _registry().set_default_version(model_name=plan["model"], version_name=plan["serving_version"])
+    log.info("The default version of %s is %s (Vertex AI version %s)", plan["model"], plan["serving_version"],
+             moved["vertexVersionId"])
+    return plan["serving_version"]
+
+
+@task
 def release_previous(plan: dict) -> list[str]:
     """Undeploy from the serving endpoint what no longer takes traffic (kept as versions for rollback)."""
     from include.vertex.serving import SERVING

@@ -28,6 +28,8 @@ RETRIES = 8  # googleapiclient retries 429/5xx: the fault test answers 20 % of m
 
 
 def _model_state(model_name: str) -> dict:
+    if os.environ.get("ML_PLATFORM") == "vertex":
+        return _vertex_state(model_name)
     from tools import devstack
 
     api = devstack.ml_api(os.environ["ML_ENGINE_ENDPOINT"])
@@ -42,6 +44,29 @@ def _model_state(model_name: str) -> dict:
         "default": (model.get("defaultVersion") or {}).get("name", "").rsplit("/", 1)[-1] or None,
         "versions": {v["name"].rsplit("/", 1)[-1]: {"state": v.get("state"), "labels": v.get("labels", {})}
                      for v in versions},
+    }
+
+
+def _vertex_state(model_name: str) -> dict:
+    """The same report from Vertex AI (through the DAGs' registry), plus each endpoint's traffic by version."""
+    from include import config
+    from include.vertex.registry import Registry
+    from include.vertex.serving import Endpoints
+
+    settings = config.load()
+    registry = Registry(gcp_conn_id=settings.gcp_conn_id, project=settings.project, region=settings.region)
+    versions = registry.list_versions(model_name=model_name)
+    if not versions:
+        return {"error": f"model {model_name} has no versions"}
+    endpoints = Endpoints(registry)
+    traffic = {}
+    for variant in ("serving", *(f"staging-{v}" for v in settings.variants)):
+        if (endpoint := endpoints.get(model_name, variant)) is not None:
+            traffic[variant] = {d.version: d.share for d in endpoints.deployments(endpoint)}
+    return {
+        "default": next((v["name"].rsplit("/", 1)[-1] for v in versions if v["isDefault"]), None),
+        "versions": {v["name"].rsplit("/", 1)[-1]: {"state": v["state"], "labels": v["labels"]} for v in versions},
+        "endpoints": traffic,
     }
 
 
@@ -162,6 +187,7 @@ def run_scenario(steps: list[dict], env: dict[str, str], *, timeout: float = 900
             report = json.loads(line[len(PREFIX):])
             reports[report.get("name") or "import"] = report
     (home / "reports.json").write_text(json.dumps(reports, indent=1))  # kept for a look after a failure
+    (home / "task_logs.txt").write_text(result.stdout)
     return Scenario(result.returncode, reports, log_path, result.stdout)
 
 

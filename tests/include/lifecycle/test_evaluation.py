@@ -139,3 +139,26 @@ def test_the_newest_data_event_names_the_period():
               "other": [SimpleNamespace(extra={"model": "heatmap"})]}
     assert datafeed.from_events(events) == periods.PeriodData("2026-01-12", "gs://b/d/2026-01-12")
     assert datafeed.from_events(None) is None and datafeed.from_events({"a": []}) is None
+
+
+def test_the_canary_watch_counts_failures_and_who_answered():
+    from include.lifecycle import canary
+
+    now = [0.0]
+    answers = iter(["v2", "v1", RuntimeError("boom"), "v1"] * 50)
+
+    def probe(instances):
+        assert len(instances) == 1
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    seen = canary.watch(probe, [{"key": "a"}, {"key": "b"}], seconds=3, min_probes=5, per_second=10,
+                        clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    assert seen.requests == 31 and seen.failures == 8 and seen.answered_by == {"v2": 8, "v1": 15}
+    assert seen.errors == ["RuntimeError: boom"]  # each message once
+    ok, why = canary.verdict(seen, candidate="v2", max_error_rate=0.3)
+    assert ok and why.startswith("canary passed: 31 probes in 3 s, 8 failed (25.8%")
+    assert not canary.verdict(seen, candidate="v2", max_error_rate=0.1)[0]
+    assert "answered none" in canary.verdict(seen, candidate="v3", max_error_rate=0.5)[1]
