@@ -29,6 +29,7 @@ from include import assets, config, dag_defaults
 log = logging.getLogger(__name__)
 CFG = config.load()
 PROMOTION = assets.promotion_asset()
+ON_VERTEX = CFG.platform == "vertex"
 DATA_FORMATS = ["AUTO", "JSON", "TEXT", "TF_RECORD", "TF_RECORD_GZIP"]
 
 
@@ -66,8 +67,6 @@ def batch_prediction():
 
         The target is recorded in GCS first, so a cleared or retried run keeps the version it chose.
         """
-        from ml_engine.hooks import MLEngineHook
-
         from include.lifecycle import batch_target, naming, storage
 
         promoted = batch_target.promotion_event(triggering_asset_events)  # names the model it promoted
@@ -76,7 +75,7 @@ def batch_prediction():
         prefix = f"{CFG.batch_uri}/{model}/{job_id}"
         with batch_target.skipped_when_nothing_to_predict(scheduled=dag_run.run_type == "scheduled"):
             target = storage.first_choice(f"{prefix}/target.json", lambda: batch_target.resolve(
-                MLEngineHook(gcp_conn_id=CFG.gcp_conn_id), model=model, job_id=job_id, prefix=prefix,
+                dag_defaults.platform_hook(CFG), model=model, job_id=job_id, prefix=prefix,
                 wanted=params["version"].strip() or promoted.get("version"), default_variant=CFG.serving_variant))
         log.info("Batch prediction %s on %s/%s (%s variant) -> %s", job_id, model, target["version"],
                  target["variant"], target["output_path"])
@@ -103,9 +102,11 @@ def batch_prediction():
 
         from include.lifecycle import batch_outputs, storage
 
-        summary = batch_outputs.summarize(job_id=target["job_id"], output_path=target["output_path"],
-                                          prediction_output=output, list_uris=storage.list_uris,
-                                          read_lines=storage.read_lines)
+        readers = {"list_uris": storage.list_uris, "read_lines": storage.read_lines}
+        summary = (batch_outputs.summarize_vertex(job_id=target["job_id"], output_path=target["output_path"],
+                                                  job=output, **readers) if ON_VERTEX else
+                   batch_outputs.summarize(job_id=target["job_id"], output_path=target["output_path"],
+                                           prediction_output=output, **readers))
         document = {**summary.to_dict(), "model": target["model"], "version": target["version"],
                     "variant": target["variant"], "max_error_rate": params["max_error_rate"]}
         storage.write_json(f"{target['output_path']}/summary.json", document)
@@ -118,13 +119,20 @@ def batch_prediction():
             raise AirflowFailException(
                 f"Error rate {summary.error_rate:.3f} ({summary.error_count} errors, {summary.prediction_count} "
                 f"predictions) is above max_error_rate {params['max_error_rate']}; see "
-                f"{target['output_path']}/prediction.errors_stats-*"
+                f"{', '.join(summary.errors_stats_files) or target['output_path']}"
             )
         return document
 
     target = resolve_target()
     inputs = prepare_inputs(target)
-    job = MLEngineStartBatchPredictionJobOperator(
+    job = (_vertex_job if ON_VERTEX else _ml_engine_job)(target, inputs)
+    summarize(target, job.output)
+
+
+
+def _ml_engine_job(target, inputs):
+    """An ml/v1 batch prediction job on the target version, waited for in the triggerer."""
+    return MLEngineStartBatchPredictionJobOperator(
         task_id="batch_predict",
         job_id=target["job_id"],
         region=CFG.region,
@@ -140,7 +148,30 @@ def batch_prediction():
         poll_interval=config.BATCH_POLL_SECONDS,
         wait_timeout=config.BATCH_TIMEOUT.total_seconds(),
     )
-    summarize(target, job.output)
+
+
+def _vertex_job(target, inputs):
+    """A Vertex AI batch prediction job on the target version (by its run alias), waited for in the triggerer."""
+    from include.vertex.batch import VertexBatchPredictionOperator
+
+    return VertexBatchPredictionOperator(
+        task_id="batch_predict",
+        project_id=CFG.project,
+        region=CFG.region,
+        job_display_name=target["job_id"],
+        model_name=f"projects/{CFG.project}/locations/{CFG.region}/models/"
+                   "{{ ti.xcom_pull(task_ids='resolve_target', key='model') | lower }}@"
+                   "{{ ti.xcom_pull(task_ids='resolve_target', key='version') | replace('_', '-') }}",
+        gcs_source=inputs["input_paths"],
+        instances_format="{{ 'tf-record' if ti.xcom_pull(task_ids='prepare_inputs', key='data_format') "
+                         "== 'TF_RECORD' else 'jsonl' }}",
+        gcs_destination_prefix=target["output_path"],
+        machine_type=CFG.vertex_machine_type,
+        labels={"dag": "batch_prediction"},
+        gcp_conn_id=CFG.gcp_conn_id,
+        poll_interval=config.BATCH_POLL_SECONDS,
+        execution_timeout=config.BATCH_TIMEOUT,
+    )
 
 
 batch_prediction()

@@ -32,10 +32,22 @@ PROMOTION = assets.promotion_asset()
 
 
 def _hook():
-    """An MLEngineHook on the DAGs' connection (imported at run time: nothing heavy at parse time)."""
-    from ml_engine.hooks import MLEngineHook
+    """What the decisions read models through: an MLEngineHook, or the Vertex AI registry (ML_PLATFORM)."""
+    return dag_defaults.platform_hook(CFG)
 
-    return MLEngineHook(gcp_conn_id=CFG.gcp_conn_id)
+
+def _set_default(chosen):
+    """ml/v1: setDefault. Vertex AI: all the serving traffic to the version, then the `default` alias."""
+    if CFG.platform == "vertex":
+        from include.vertex.tasks import switch_default
+
+        return switch_default(chosen)
+    return MLEngineSetDefaultVersionOperator(
+        task_id="set_default",
+        model_name="{{ params.model_name }}",
+        version_name=chosen,
+        gcp_conn_id=CFG.gcp_conn_id,
+    ).output
 
 
 @dag(
@@ -113,14 +125,9 @@ def model_maintenance():
 
     branch = choose_action()
     chosen = choose_default()
-    set_default = MLEngineSetDefaultVersionOperator(
-        task_id="set_default",
-        model_name="{{ params.model_name }}",
-        version_name=chosen,
-        gcp_conn_id=CFG.gcp_conn_id,
-    )
+    switched = _set_default(chosen)
     branch >> chosen
-    record_default_change(chosen, set_default.output["previous_default_version"])
+    record_default_change(chosen, switched["previous_default_version"])
     old = choose_old_versions()
     branch >> old
     dag_defaults.delete_versions(old, settings=CFG)

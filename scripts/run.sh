@@ -49,6 +49,11 @@ fi
 # and include.config puts it into the Airflow connection.
 export ML_ENGINE_TOKEN=$(cat "$STATE_DIR/ml_engine_token" 2>/dev/null)
 eval "$("$PY" -m include.config --exports)"
+if [[ ${ML_PLATFORM:-ml_engine} == vertex ]]; then
+  # Google's clients reach the local Vertex AI surface through the route (docs/vertex-ai.md)
+  eval "$("$PY" -m tools.devstack env --state-dir "$STATE_DIR" --ml-port "$ML_PORT")"
+  say "platform: Vertex AI (the local surface, through the route: grpc_proxy=$grpc_proxy)"
+fi
 
 say "airflow db migrate (SQLite under $AIRFLOW_HOME)"
 "$VENV/bin/airflow" db migrate > "$LOG_DIR/airflow-db.log" 2>&1 || { tail -30 "$LOG_DIR/airflow-db.log"; exit 1; }

@@ -183,6 +183,8 @@ class AirflowStack:
             env["ML_ENGINE_ENDPOINT"] = f"http://127.0.0.1:{self.ml_port}/"
             # the connection carries the service's token (include.config reads ML_ENGINE_TOKEN)
             env["ML_ENGINE_TOKEN"] = devstack.secret_file(devstack.service_token_file(self.state_dir))
+            if {**os.environ, **self.extra_env}.get("ML_PLATFORM") == "vertex":  # the route to local Vertex AI
+                env.update(devstack.vertex_environment(self.state_dir, self.ml_port))
         env.update(self.extra_env)
         env.update(self._connection_env(env))
         return env
@@ -233,14 +235,23 @@ class AirflowStack:
                                      log_path=self.log_dir / f"airflow-{name}.log", env=env, cwd=PROJECT_ROOT)
 
     def start_services(self) -> None:
+        """The GCS emulator and the local service; on Vertex AI (ML_PLATFORM=vertex) its gRPC surface and route."""
         gcs_host = f"http://127.0.0.1:{self.gcs_port}"
+        vertex = {**os.environ, **self.extra_env}.get("ML_PLATFORM") == "vertex"
+        vertex_port, proxy_port, metadata_port = devstack.vertex_ports(self.ml_port)
+        token_file = devstack.service_token_file(self.state_dir)
         self.services = [
             devstack.gcs_emulator(port=self.gcs_port, data_dir=self.state_dir / "gcs",
                                   log_path=self.log_dir / "gcs-emulator.log"),
             devstack.ml_service(port=self.ml_port, state_dir=self.state_dir / "ml_engine", gcs_host=gcs_host,
-                                log_path=self.log_dir / "ml-engine-local.log",
-                                token_file=devstack.service_token_file(self.state_dir)),
+                                log_path=self.log_dir / "ml-engine-local.log", token_file=token_file,
+                                vertex_port=vertex_port if vertex else None),
         ]
+        if vertex:
+            self.services.append(devstack.vertex_route(
+                vertex_port=vertex_port, proxy_port=proxy_port, metadata_port=metadata_port, token_file=token_file,
+                project={**os.environ, **self.extra_env}.get("GOOGLE_CLOUD_PROJECT", "local-project"),
+                log_path=self.log_dir / "vertex-route.log"))
         for server in self.services:
             server.start(timeout=120)
 

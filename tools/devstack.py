@@ -350,9 +350,9 @@ def stop_services(state_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m tools.devstack start|stop``."""
+    """``python -m tools.devstack start|stop|env`` (env: the exports Vertex AI clients need, for ``eval``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("action", choices=["start", "stop", "env"])
     parser.add_argument("--state-dir", type=Path,
                         default=Path(os.environ.get("STATE_DIR", DEFAULT_STATE_DIR)))
     parser.add_argument("--gcs-port", type=int, default=int(os.environ.get("GCS_PORT", DEFAULT_GCS_PORT)))
@@ -361,6 +361,11 @@ def main(argv: list[str] | None = None) -> None:
     state_dir = args.state_dir.resolve()
     if args.action == "start":
         start_services(state_dir, args.gcs_port, args.ml_port)
+    elif args.action == "env":
+        import shlex
+
+        for key, value in vertex_environment(state_dir, args.ml_port).items():
+            print(f"export {key}={shlex.quote(value)}")
     else:
         stop_services(state_dir)
 

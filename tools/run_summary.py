@@ -11,6 +11,7 @@ user of the API would see, not what the DAGs believe they did.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -37,13 +38,32 @@ def _latest_json(prefix: str, name: str) -> tuple[str, dict] | None:
     return f"gs://{bucket}/{newest.name}", json.loads(newest.download_as_text())
 
 
+def _vertex_versions(settings: config.Settings) -> tuple[list[dict], str | None, dict]:
+    """Versions (ml/v1's shape), the default and each endpoint's traffic by version, from Vertex AI."""
+    from include.vertex.registry import Registry
+    from include.vertex.serving import Endpoints, staging
+
+    registry = Registry(gcp_conn_id=settings.gcp_conn_id, project=settings.project, region=settings.region)
+    versions = registry.list_versions(model_name=settings.model_name)
+    endpoints, traffic = Endpoints(registry), {}
+    for role in ("serving", *(staging(v) for v in settings.variants)):
+        if (endpoint := endpoints.get(settings.model_name, role)) is not None:
+            traffic[endpoint["name"]] = {d.version: d.share for d in endpoints.deployments(endpoint)}
+    default = next((short_name(v["name"]) for v in versions if v.get("isDefault")), None)
+    return versions, default, traffic
+
+
 def collect(settings: config.Settings) -> dict:
     """Everything the summary shows, as plain data (also handy for tests)."""
-    api = _ml_api(settings)
-    model_path = f"projects/{settings.project}/models/{settings.model_name}"
-    model = api.projects().models().get(name=model_path).execute()
-    versions = api.projects().models().versions().list(parent=model_path).execute().get("versions", [])
-    default = short_name((model.get("defaultVersion") or {}).get("name", "")) or None
+    traffic = None
+    if settings.platform == "vertex":
+        versions, default, traffic = _vertex_versions(settings)
+    else:
+        api = _ml_api(settings)
+        model_path = f"projects/{settings.project}/models/{settings.model_name}"
+        model = api.projects().models().get(name=model_path).execute()
+        versions = api.projects().models().versions().list(parent=model_path).execute().get("versions", [])
+        default = short_name((model.get("defaultVersion") or {}).get("name", "")) or None
     rows = []
     for version in sorted(versions, key=lambda v: (v.get("createTime", ""), v["name"])):
         labels = version.get("labels") or {}
@@ -59,6 +79,7 @@ def collect(settings: config.Settings) -> dict:
     gate = _latest_json(f"{settings.runs_uri}/{settings.model_name}", "gate.json")
     batch = _latest_json(f"{settings.batch_uri}/{settings.model_name}", "summary.json")
     return {"model": settings.model_name, "project": settings.project, "default": default, "versions": rows,
+            "platform": settings.platform, "traffic": traffic,
             "run": run[1] if run else None, "gate": gate[1] if gate else None,
             "batch": batch[1] if batch else None, "endpoint": settings.ml_engine_endpoint}
 
@@ -93,6 +114,9 @@ def render(info: dict, *, lifecycle: str | None = None, batch_state: str | None 
         verdict = "PROMOTED" if gate["promote"] else "NOT PROMOTED"
         out.append(f"Gate ({gate['policy']}, margin {gate.get('margin', 0.0):.4f}): {verdict} - {gate['reason']}")
     out.append(f"Default version: {info['default'] or '(none)'}")
+    for endpoint, shares in (info.get("traffic") or {}).items():
+        served = ", ".join(f"{version} {share}%" for version, share in shares.items()) or "nothing deployed"
+        out.append(f"Endpoint {endpoint}: {served}")
     out.append(f"Versions ({len(info['versions'])}):")
     for row in info["versions"]:
         metric = f"{row[config.METRIC]:.4f}" if row[config.METRIC] is not None else "  -   "
@@ -109,12 +133,20 @@ def render(info: dict, *, lifecycle: str | None = None, batch_state: str | None 
                    f"{len(batch['errors_stats_files'])} errors_stats file(s), summary.json)")
     else:
         out.append("Batch: no batch prediction summary found")
-    out.append(f"ml/v1 service: {info['endpoint']}  (pages at {info['endpoint']}ui: `make services` prints a link "
-               "that logs a browser in)")
+    if info.get("platform") == "vertex":
+        out.append("Vertex AI: the local surface at us-central1-aiplatform.googleapis.com through the route "
+                   "(docs/vertex-ai.md); on Google Cloud, the console's Vertex AI pages")
+    else:
+        out.append(f"ml/v1 service: {info['endpoint']}  (pages at {info['endpoint']}ui: `make services` prints a "
+                   "link that logs a browser in)")
     return "\n".join(out)
 
 
 def _print_default(settings: config.Settings) -> int:
+    if settings.platform == "vertex":
+        with contextlib.suppress(Exception):  # no model yet (or no service): no default
+            print(_vertex_versions(settings)[1] or "")
+        return 0
     try:
         model = _ml_api(settings).projects().models().get(
             name=f"projects/{settings.project}/models/{settings.model_name}").execute()

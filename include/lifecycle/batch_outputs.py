@@ -4,6 +4,11 @@ ml/v1 writes, under the job's outputPath, `prediction.results-NNNNN-of-MMMMM`
 (one JSON prediction per line) and `prediction.errors_stats-NNNNN-of-MMMMM`
 (one Python tuple repr per line: `('error message', count)`).
 
+Vertex AI writes, in the job's ``prediction-<model>-<time>/`` folder (its
+``outputInfo.gcsOutputDirectory``), ``predictions_NNNNN.jsonl`` (``{"instance", "prediction"}``
+lines) and ``errors_NNNNN.jsonl`` (``{"instance", "error": {"code", "message"}}`` lines):
+``summarize_vertex`` reads those into the same summary.
+
 Only the job's own final shards count: one consistent `-of-N` set directly
 under the output path. Shards of another N (an earlier run with another
 number of inputs, a crashed writer) are listed as ignored, never added in.
@@ -23,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 RESULTS = re.compile(r"prediction\.results-\d{5}-of-\d{5}$")
 ERRORS_STATS = re.compile(r"prediction\.errors_stats-\d{5}-of-\d{5}$")
 SHARD = re.compile(r"/prediction\.(results|errors_stats)-(\d{5})-of-(\d{5})$")
+VERTEX_FILE = re.compile(r"/(predictions|errors)_\d{5}\.jsonl$")
 
 
 def parse_errors_stats(text: str | Iterable[str]) -> Counter:
@@ -156,3 +162,36 @@ def summarize(*, job_id: str, output_path: str, prediction_output: dict, list_ur
         ignored_files=sorted(uri for candidate in candidates if candidate is not chosen
                              for uri in candidate.files()),
     )
+
+
+def summarize_vertex(*, job_id: str, output_path: str, job: dict, list_uris,
+                     read_lines: Callable[[str], Iterable[str]], sample_keys: int = 3) -> BatchSummary:
+    """The summary of a Vertex AI batch prediction job (``job``: the BatchPredictionJob as a JSON dict)."""
+    folder = (job.get("outputInfo") or {}).get("gcsOutputDirectory", "")
+    files = [uri for uri in list_uris(folder) if VERTEX_FILE.search(uri)] if folder else []
+    results = sorted(uri for uri in files if "/predictions_" in uri)
+    errors_files = sorted(uri for uri in files if "/errors_" in uri)
+    lines, keys = 0, []
+    for uri in results:
+        for line in read_lines(uri):
+            if not line.strip():
+                continue
+            lines += 1
+            if len(keys) < sample_keys:
+                with contextlib.suppress(ValueError, AttributeError, TypeError):
+                    keys.append(str(json.loads(line)["prediction"].get("key")))
+    types: Counter = Counter()
+    for uri in errors_files:
+        for line in read_lines(uri):
+            if line.strip():
+                try:
+                    message = str(json.loads(line)["error"].get("message", ""))
+                except (ValueError, KeyError, AttributeError, TypeError):
+                    message = line
+                types[error_type(message)] += 1
+    stats = job.get("completionStats") or {}
+    return BatchSummary(job_id=job_id, output_path=folder or output_path,
+                        prediction_count=int(stats.get("successfulCount") or 0),
+                        error_count=int(stats.get("failedCount") or 0), result_files=results,
+                        errors_stats_files=errors_files, result_lines=lines, error_types=dict(types.most_common()),
+                        sample_keys=keys)

@@ -176,3 +176,21 @@ def delete_version(version: str, params: dict) -> bool:
     deleted = registry.delete_version(model_name=params["model_name"], version_name=version)
     log.info("Version %s of %s: %s", version, params["model_name"], "deleted" if deleted else "already gone")
     return deleted
+
+
+@task(multiple_outputs=True)
+def switch_default(version: str, params: dict) -> dict:
+    """model_maintenance on Vertex AI: `version` takes all of the serving endpoint's traffic, then the `default`
+    alias; the previous default leaves the endpoint (its version stays). Output as the ml/v1 operator's."""
+    from include.lifecycle.promotion import current_default
+    from include.vertex.serving import SERVING
+
+    model, registry, endpoints = params["model_name"], _registry(), _endpoints()
+    previous = current_default(registry, model=model)
+    endpoints.deploy(model, version, SERVING, share=100)
+    registry.set_default_version(model_name=model, version_name=version)
+    for idle in endpoints.deployments(endpoints.ensure(model, SERVING)):
+        if idle.version != version and idle.share == 0:
+            endpoints.undeploy(model, SERVING, idle.version)
+    log.info("Default of %s: %s (was %s); it serves all traffic", model, version, previous)
+    return {"default_version": version, "previous_default_version": previous if previous != version else None}

@@ -11,6 +11,11 @@ route, as on Google Cloud:
    the `default` alias moves, A leaves the serving endpoint (its version stays, for rollback).
 4. run D (policy always) while the serving endpoint fails every call after the evaluation's:
    the canary fails, the traffic goes back to C, D leaves the endpoint, the default stays C.
+5. batch_prediction on the default (C), with two unreadable lines: a Vertex AI batch job, waited for
+   by the provider's trigger, counted from its predictions_/errors_ files.
+6. model_maintenance rollback: C's `promoted_from` trail leads to A: A takes the traffic and the alias.
+7. run E (policy never, keep 2) while an unfinished batch run pins D: retention deletes the versions
+   no rule needs (undeployed first), keeps the default A, the pinned D and its own.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ pytestmark = pytest.mark.slow
 
 MODEL = "vertexheatmap"
 BUCKET = "e2e-vertex"
-KEYS = {"a": "20260105T000000", "b": "20260106T000000", "c": "20260107T000000", "d": "20260108T000000"}
+KEYS = {"a": "20260105T000000", "b": "20260106T000000", "c": "20260107T000000", "d": "20260108T000000",
+        "e": "20260109T000000"}
 B64 = {run: f"v{key}_b64" for run, key in KEYS.items()}
 
 
@@ -38,6 +44,11 @@ def _step(run: str, conf: dict) -> dict:
                      "promotion_policy": "better", **conf}}
 
 
+def _other(name: str, dag_id: str, day: str, conf: dict) -> dict:
+    return {"name": name, "dag_id": dag_id, "model_name": MODEL, "logical_date": f"2026-01-{day}T06:00:00+00:00",
+            "conf": conf}
+
+
 def _faults(ml_service, method: str, rule: dict | None = None) -> None:
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {ml_service.token}"}
     request = urllib.request.Request(f"{ml_service.url}_local/faults", method=method, headers=headers,
@@ -46,7 +57,7 @@ def _faults(ml_service, method: str, rule: dict | None = None) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(ml_service, gcs_emulator, vertex, tmp_path_factory) -> dict:
+def runs(ml_service, gcs_emulator, gcs_client, vertex, tmp_path_factory) -> dict:
     env = settings_env(tmp_path_factory.mktemp("airflow_home"), ML_PLATFORM="vertex", ML_BUCKET=BUCKET,
                        ML_MODEL_NAME=MODEL, ML_NUM_EXAMPLES="96", ML_VARIANTS="b64,tfexample",
                        ML_SERVING_VARIANT="b64", ML_SMOKE_INSTANCES="2", ML_TASK_RETRIES="0",
@@ -63,7 +74,16 @@ def runs(ml_service, gcs_emulator, vertex, tmp_path_factory) -> dict:
     finally:
         _faults(ml_service, "DELETE")
     assert second.returncode == 0, second.failure()
-    return {**first.reports, **second.reports, "stdout": first.stdout + second.stdout}
+    third = run_scenario([_other("batch_c", "batch_prediction", "08", {"bad_samples": 2, "max_error_rate": 0.5}),
+                          _other("rollback", "model_maintenance", "08", {"action": "rollback"})], env, timeout=900)
+    assert third.returncode == 0, third.failure()
+    # an unfinished batch run (a target, no summary yet) pins D's serving version
+    gcs_client.bucket(BUCKET).blob(f"batch/{MODEL}/job_open/target.json").upload_from_string(
+        json.dumps({"model": MODEL, "version": B64["d"]}))
+    fourth = run_scenario([_step("e", {"promotion_policy": "never", "keep_versions": 2})], env, timeout=900)
+    assert fourth.returncode == 0, fourth.failure()
+    return {**first.reports, **second.reports, **third.reports, **fourth.reports,
+            "stdout": first.stdout + second.stdout + third.stdout + fourth.stdout}
 
 
 def test_first_run_trains_on_vertex_and_takes_all_traffic(runs):
@@ -109,3 +129,32 @@ def test_a_canary_that_fails_sends_the_traffic_back(runs):
     assert run["model"]["default"] == B64["c"]
     assert run["model"]["endpoints"]["serving"] == {B64["c"]: 100}
     assert "canary failed" in runs["stdout"]
+
+
+def test_batch_prediction_on_the_default_version(runs):
+    run = runs["batch_c"]
+    assert run["state"] == "success", run["tasks"]
+    logs = runs["stdout"]
+    assert "Created batch prediction job" in logs and "waiting in the triggerer" in logs
+    assert f"on {MODEL}/{B64['c']} (b64 variant)" in logs
+    assert "64 predictions, 2 errors" in logs
+
+
+def test_rollback_moves_traffic_and_alias_back(runs):
+    run = runs["rollback"]
+    assert run["state"] == "success", run["tasks"]
+    assert run["model"]["default"] == B64["a"]
+    assert run["model"]["endpoints"]["serving"] == {B64["a"]: 100}
+    [event] = run["asset_events"]
+    assert event["extra"]["version"] == B64["a"] and event["extra"]["previous"] == B64["c"]
+
+
+def test_retention_deletes_what_no_rule_needs_and_keeps_the_pinned(runs):
+    run = runs["lifecycle_e"]
+    assert run["state"] == "success", run["tasks"]
+    kept = set(run["model"]["versions"])
+    assert B64["a"] in kept and B64["d"] in kept  # the default, the pinned
+    assert {B64["e"], f"v{KEYS['e']}_tfexample"} <= kept  # the run's own
+    assert not {B64["b"], f"v{KEYS['b']}_tfexample", f"v{KEYS['a']}_tfexample"} & kept
+    assert run["model"]["endpoints"]["serving"] == {B64["a"]: 100}
+    assert all(not deployed for role, deployed in run["model"]["endpoints"].items() if role != "serving")

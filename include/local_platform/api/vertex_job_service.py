@@ -36,7 +36,7 @@ def _jobs() -> dict[str, Rpc]:
                                                                      BatchJob)),
         "ListBatchPredictionJobs": Rpc(
             pb(job_service.ListBatchPredictionJobsRequest), pb(job_service.ListBatchPredictionJobsResponse),
-            lambda ctx, request: page(vertex_batch_jobs.list_jobs(ctx, request.parent), request,
+            lambda ctx, request: page(vertex_batch_jobs.list_jobs(ctx, request.parent, request.filter), request,
                                       pb(job_service.ListBatchPredictionJobsResponse), "batch_prediction_jobs")),
         "CancelBatchPredictionJob": Rpc(pb(job_service.CancelBatchPredictionJobRequest), empty_pb2.Empty,
                                         _empty(vertex_batch_jobs.cancel)),

@@ -84,8 +84,10 @@ def _checked(spec: dict) -> dict:
     return job
 
 
-def list_jobs(ctx: Context, parent: str) -> list[dict]:
-    return ctx.store.list(KIND, vertex_names.parent(parent))
+def list_jobs(ctx: Context, parent: str, filter_text: str | None = None) -> list[dict]:
+    """The batch prediction jobs of ``parent``; ``filter``: ``display_name="x"``, ``labels.k="v"`` (AND)."""
+    test = vertex_names.matcher(filter_text)
+    return [job for job in ctx.store.list(KIND, vertex_names.parent(parent)) if test(job)]
 
 
 def cancel(ctx: Context, name: str) -> None:
