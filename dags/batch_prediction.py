@@ -100,13 +100,9 @@ def batch_prediction():
         """Counts, error types and output location; fails above the error-rate threshold."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from include.lifecycle import batch_outputs, storage
+        from include.lifecycle import storage
 
-        readers = {"list_uris": storage.list_uris, "read_lines": storage.read_lines}
-        summary = (batch_outputs.summarize_vertex(job_id=target["job_id"], output_path=target["output_path"],
-                                                  job=output, **readers) if ON_VERTEX else
-                   batch_outputs.summarize(job_id=target["job_id"], output_path=target["output_path"],
-                                           prediction_output=output, **readers))
+        summary = _job_summary(target, output)
         document = {**summary.to_dict(), "model": target["model"], "version": target["version"],
                     "variant": target["variant"], "max_error_rate": params["max_error_rate"]}
         storage.write_json(f"{target['output_path']}/summary.json", document)
@@ -128,6 +124,18 @@ def batch_prediction():
     job = (_vertex_job if ON_VERTEX else _ml_engine_job)(target, inputs)
     summarize(target, job.output)
 
+
+
+def _job_summary(target: dict, output: dict):
+    """The job's counts and files, read from its outputs (ml/v1's or Vertex AI's layout)."""
+    from include.lifecycle import batch_outputs, storage
+
+    readers = {"list_uris": storage.list_uris, "read_lines": storage.read_lines}
+    if ON_VERTEX:
+        return batch_outputs.summarize_vertex(job_id=target["job_id"], output_path=target["output_path"], job=output,
+                                              **readers)
+    return batch_outputs.summarize(job_id=target["job_id"], output_path=target["output_path"],
+                                   prediction_output=output, **readers)
 
 
 def _ml_engine_job(target, inputs):

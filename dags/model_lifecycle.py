@@ -61,9 +61,10 @@ log = logging.getLogger(__name__)
 CFG = config.load()
 PROMOTION = assets.promotion_asset()
 DATA = assets.data_asset()
-TRAINING_BACKENDS = ("ml_engine", "in_task")
 AUTOMATIC_RUNS = ("scheduled", "asset_triggered")
 ON_VERTEX = CFG.platform == "vertex"
+#: The platform's training job (an ml/v1 training job, or a Vertex AI training pipeline), or the task itself.
+TRAINING_BACKENDS = ("vertex" if ON_VERTEX else "ml_engine", "in_task")
 #: The first task of a promotion: ml/v1 sets the default at once; Vertex AI starts with a canary.
 PROMOTE_FIRST = "canary" if ON_VERTEX else "set_default"
 TRAINER_MODULE = "trainer.task"  # include/trainer as the package `trainer` (include/trainer/pyproject.toml)
@@ -141,10 +142,12 @@ def _canary_params() -> dict:
                              "root (on or before the run's date); or a period's date YYYY-MM-DD."),
         "num_examples": Param(CFG.num_examples, type="integer", minimum=2, title="Generated dataset size",
                               description="The local feed's examples for a period that holds no data yet."),
-        "training_backend": Param("ml_engine", type="string", enum=list(TRAINING_BACKENDS), title="Training backend",
+        "training_backend": Param(TRAINING_BACKENDS[0], type="string", enum=list(TRAINING_BACKENDS),
+                                  title="Training backend",
                                   description="ml_engine: an ml/v1 training job runs the packaged trainer "
-                                              "(logs streamed into train_job's log); in_task: train inside "
-                                              "the Airflow task."),
+                                              "(logs streamed into train_job's log); vertex (ML_PLATFORM=vertex): "
+                                              "a Vertex AI Python package training pipeline runs it; in_task: "
+                                              "train inside the Airflow task."),
         "data_uri": Param(CFG.data_uri, type="string", pattern=r"^gs://", title="Training data root (gs://)",
                           description="One folder per period (YYYY-MM-DD), or one dataset without periods."),
         "keep_versions": Param(CFG.keep_versions, type="integer", minimum=1, title="Versions to keep"),
@@ -201,7 +204,7 @@ def model_lifecycle():
         """Stage the trainer sdist for the training job (named by a hash of its sources); skipped when in_task."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        if params["training_backend"] != "ml_engine":
+        if params["training_backend"] != TRAINING_BACKENDS[0]:
             raise AirflowSkipException(f"training_backend is {params['training_backend']}: no training job")
         from include.lifecycle import packaging, storage
 

@@ -22,8 +22,8 @@ def main(path: str) -> None:
     started, cpu_started = time.perf_counter(), time.process_time()
     bag = DagBag(dag_folder=path)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    heavy = sorted(m for m in ("tensorflow", "keras", "include.trainer.task", "include.trainer.data")
-                   if m in sys.modules)
+    heavy = sorted(m for m in ("tensorflow", "keras", "include.trainer.task", "include.trainer.data",
+                               "google.cloud.aiplatform", "google.cloud.aiplatform_v1") if m in sys.modules)
     dags = {}
     for dag_id, dag in bag.dags.items():
         dags[dag_id] = {
@@ -31,6 +31,7 @@ def main(path: str) -> None:
             "retries": {t.task_id: t.retries for t in dag.tasks},
             "schedule": type(dag.timetable).__name__,
             "doc_md": bool(dag.doc_md),
+            "tasks": sorted(dag.task_ids),
         }
     print(json.dumps({"path": path, "seconds": seconds, "cpu_seconds": cpu_seconds,
                       "provider_discovery": "airflow.providers.google.cloud.hooks.gcs" in sys.modules,

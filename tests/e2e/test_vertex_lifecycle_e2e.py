@@ -63,7 +63,7 @@ def runs(ml_service, gcs_emulator, gcs_client, vertex, tmp_path_factory) -> dict
                        ML_SERVING_VARIANT="b64", ML_SMOKE_INSTANCES="2", ML_TASK_RETRIES="0",
                        ML_CANARY_SECONDS="2", ML_ENGINE_ENDPOINT=ml_service.url, STORAGE_EMULATOR_HOST=gcs_emulator)
     migrate(env)
-    first = run_scenario([_step("a", {"training_backend": "ml_engine"}), _step("b", {"epochs": 1}),
+    first = run_scenario([_step("a", {"training_backend": "vertex"}), _step("b", {"epochs": 1}),
                           _step("c", {"promotion_policy": "always"})], env, timeout=1500)
     assert first.returncode == 0, first.failure()
     # Every call to the serving endpoint fails once the evaluation has read the default through it (one call).
