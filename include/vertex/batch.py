@@ -64,9 +64,16 @@ class VertexBatchPredictionOperator(BaseOperator):
             job_id=found["name"].rsplit("/", 1)[-1], poll_interval=self.poll_interval), method_name="execute_complete")
 
     def execute_complete(self, context, event: dict) -> dict:
-        if event.get("status") != "success":
-            raise AirflowException(f"Batch prediction job {self.job_display_name}: {event.get('message')}")
+        """The trigger's verdict, checked against the job itself: a trigger that lost its job to a failed call
+        does not fail a job that still runs (it is waited for again) or that succeeded."""
         found = self._newest()
+        if event.get("status") != "success" and found is not None and found["state"] not in ENDED_BADLY | {
+                SUCCEEDED}:
+            self.log.warning("The trigger stopped (%s) but job %s is %s: waiting again", event.get("message"),
+                             found["name"], found["state"])
+            return self.execute(context)
+        if found is None or found["state"] != SUCCEEDED:
+            raise AirflowException(f"Batch prediction job {self.job_display_name}: {event.get('message')}")
         self.log.info("Batch prediction job %s: %s, %s", found["name"], found["state"],
                       found.get("completionStats", {}))
         return found
@@ -74,7 +81,9 @@ class VertexBatchPredictionOperator(BaseOperator):
     def _client(self):
         from airflow.providers.google.cloud.hooks.vertex_ai.batch_prediction_job import BatchPredictionJobHook
 
-        return BatchPredictionJobHook(gcp_conn_id=self.gcp_conn_id).get_job_service_client(self.region)
+        from include.vertex.retrying import retrying
+
+        return retrying(BatchPredictionJobHook(gcp_conn_id=self.gcp_conn_id).get_job_service_client(self.region))
 
     def _create(self) -> dict:
         from google.protobuf import json_format

@@ -49,7 +49,9 @@ class Registry:
 
     @cached_property
     def model_client(self):
-        return self.models.get_model_service_client(self.where.region)
+        from include.vertex.retrying import retrying
+
+        return retrying(self.models.get_model_service_client(self.where.region))
 
     # --- what include.lifecycle calls -------------------------------------------------------------
 
@@ -86,9 +88,8 @@ class Registry:
         return self._as_version(model_name, as_dict(updated))
 
     def set_default_version(self, *, model_name: str, version_name: str) -> dict:
-        moved = self.models.set_version_as_default(region=self.where.region, project_id=self.where.project,
-                                                   model_id=self.where.version(model_name, version_name)
-                                                   .rsplit("/", 1)[-1])
+        moved = self.model_client.merge_version_aliases(name=self.where.version(model_name, version_name),
+                                                        version_aliases=[names.DEFAULT_ALIAS])
         return self._as_version(model_name, as_dict(moved))
 
     def predict_in_chunks(self, *, model_name: str, version_name: str, instances: list, batch_size: int) -> list:
@@ -103,8 +104,11 @@ class Registry:
         from airflow.providers.google.cloud.hooks.vertex_ai.batch_prediction_job import BatchPredictionJobHook
 
         wanted = filter.partition("=")[2].strip()
-        jobs = BatchPredictionJobHook(gcp_conn_id=self.gcp_conn_id).list_batch_prediction_jobs(
-            project_id=self.where.project, region=self.where.region)
+        from include.vertex.retrying import retrying
+
+        client = retrying(BatchPredictionJobHook(gcp_conn_id=self.gcp_conn_id).get_job_service_client(
+            self.where.region))
+        jobs = client.list_batch_prediction_jobs(parent=self.where.parent)
         found = []
         for job in jobs:
             doc = as_dict(job)

@@ -54,7 +54,9 @@ class Endpoints:
 
     @cached_property
     def client(self):
-        return self.hook.get_endpoint_service_client(self.where.region)
+        from include.vertex.retrying import retrying
+
+        return retrying(self.hook.get_endpoint_service_client(self.where.region))
 
     def ensure(self, model: str, role: str) -> dict:
         """The endpoint ``<model>-<role>``, created when missing."""
@@ -64,10 +66,10 @@ class Endpoints:
         except NotFound:
             pass
         try:
-            self.hook.create_endpoint(project_id=self.where.project, region=self.where.region,
-                                      endpoint={"display_name": names.endpoint_id(model, role),
-                                                "labels": {"model": names.model_id(model), "role": role}},
-                                      endpoint_id=names.endpoint_id(model, role)).result(timeout=300)
+            self.client.create_endpoint(parent=self.where.parent,
+                                        endpoint={"display_name": names.endpoint_id(model, role),
+                                                  "labels": {"model": names.model_id(model), "role": role}},
+                                        endpoint_id=names.endpoint_id(model, role)).result(timeout=300)
             log.info("Created endpoint %s", name)
         except AlreadyExists:
             pass
@@ -104,9 +106,8 @@ class Endpoints:
         deployed_model = {"model": self.where.version(model, version), "display_name": names.alias(version),
                           "dedicated_resources": {"machine_spec": {"machine_type": self.machine_type},
                                                   "min_replica_count": 1, "max_replica_count": 1}}
-        self.hook.deploy_model(project_id=self.where.project, region=self.where.region,
-                               endpoint=endpoint["name"].rsplit("/", 1)[-1], deployed_model=deployed_model,
-                               traffic_split={**others, "0": share} if share else None).result(
+        self.client.deploy_model(endpoint=endpoint["name"], deployed_model=deployed_model,
+                                 traffic_split={**others, "0": share} if share else None).result(
             timeout=OPERATION_TIMEOUT_S)
         log.info("Deployed %s to %s with %s%% of its traffic", version, endpoint["name"], share)
         return next(d for d in self.deployments(self.ensure(model, role)) if d.version == version)
@@ -138,9 +139,8 @@ class Endpoints:
             return False
         if found[version].share and len(found) > 1:
             self.route(model, role, {version: 0})
-        self.hook.undeploy_model(project_id=self.where.project, region=self.where.region,
-                                 endpoint=endpoint["name"].rsplit("/", 1)[-1],
-                                 deployed_model_id=found[version].deployed_id).result(timeout=OPERATION_TIMEOUT_S)
+        self.client.undeploy_model(endpoint=endpoint["name"], deployed_model_id=found[version].deployed_id).result(
+            timeout=OPERATION_TIMEOUT_S)
         log.info("Undeployed %s from %s", version, endpoint["name"])
         return True
 
@@ -153,13 +153,21 @@ class Endpoints:
         raise NotFound(f"No endpoint serves version {version} of {model} alone; deploy it to one first")
 
     @cached_property
-    def predictions(self):
+    def probes(self):
+        """The prediction client without retries: a canary probe that fails counts as failed."""
         from google.cloud.aiplatform_v1 import PredictionServiceClient
 
         # The provider's PredictionServiceHook.predict fails with proto-plus 1.29 (proto-plus-python#488):
         # its client, called in the flattened form
         host = f"{self.where.region}-aiplatform.googleapis.com"
         return PredictionServiceClient(credentials=self.hook.get_credentials(), client_options={"api_endpoint": host})
+
+    @cached_property
+    def predictions(self):
+        """The prediction client with retries, for smoke tests and evaluations."""
+        from include.vertex.retrying import retrying
+
+        return retrying(self.probes)
 
     def predict(self, endpoint: str, instances: list, *, batch_size: int = 32) -> list:
         """Online predictions through ``endpoint``, ``batch_size`` instances per request, in order."""
@@ -179,7 +187,7 @@ class Endpoints:
         endpoint, answered = self.where.endpoint(model, role), {}
 
         def send(instances: list) -> str:
-            response = self.predictions.predict(endpoint=endpoint, instances=instances)
+            response = self.probes.predict(endpoint=endpoint, instances=instances)
             version_id = response.model_version_id
             if version_id not in answered:
                 found = self.registry.get_version(model_name=model, version_name=version_id)

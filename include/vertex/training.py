@@ -62,7 +62,13 @@ class VertexTrainingJobOperator(BaseOperator):
         if found is not None:
             self.log.warning("The last training pipeline %s ended %s: starting a new one", found["name"],
                              found["state"])
-        return self._start(context)
+        try:
+            return self._start(context)
+        except Exception as error:  # the SDK's start or its polling met a failed call: the pipeline may run on
+            if self._newest() in (None, found):
+                raise
+            self.log.warning("Waiting on the started pipeline after a failed call (%s)", error)
+            return self.execute(context)
 
     def _start(self, context) -> dict:
         from airflow.providers.google.cloud.operators.vertex_ai.custom_job import (
@@ -84,7 +90,9 @@ class VertexTrainingJobOperator(BaseOperator):
         from airflow.providers.google.cloud.hooks.vertex_ai.custom_job import CustomJobHook
         from google.protobuf import json_format
 
-        client = CustomJobHook(gcp_conn_id=self.gcp_conn_id).get_pipeline_service_client(self.region)
+        from include.vertex.retrying import retrying
+
+        client = retrying(CustomJobHook(gcp_conn_id=self.gcp_conn_id).get_pipeline_service_client(self.region))
         pipelines = client.list_training_pipelines(request={
             "parent": f"projects/{self.project_id}/locations/{self.region}",
             "filter": f'display_name="{self.display_name}"'})
