@@ -12,7 +12,7 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
 export STATE_DIR GCS_PORT ML_PORT
 export MITMDUMP := $(abspath $(TOOLS_DIR))/mitmproxy/bin/mitmdump
 
-.PHONY: install trainer-user tools test lint browser services stop run airflow bench clean
+.PHONY: install trainer-user tools test lint browser loadgen services stop run airflow bench clean
 
 install: $(STAMP) trainer-user  ## create/update .venv from requirements.txt (uv, else pip)
 
@@ -33,7 +33,7 @@ tools: install  ## test tools in their own venvs (mitmproxy: the flaky-GCS proxy
 lint: install  ## ruff
 	$(VENV)/bin/ruff check .
 
-test: install lint browser tools  ## install, lint, run the whole test suite
+test: install lint browser loadgen tools  ## install, lint, run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 run: install  ## set up, start the local stack, run model_lifecycle then batch_prediction, summary, stop
@@ -51,13 +51,22 @@ browser:  ## Debian's chromium for the browser test (apt-get, as root or on CI, 
 	  else echo "browser: /usr/bin/chromium missing (apt-get install chromium); the browser test will skip"; fi; \
 	fi
 
+loadgen:  ## Debian's wrk, the load generator of `make bench` (apt-get, as root or on CI, when it is missing)
+	@if ! command -v wrk >/dev/null; then \
+	  if [[ $$(id -u) == 0 || -n "$${CI:-}" ]]; then \
+	    echo "loadgen: installing Debian's wrk"; \
+	    $$( [[ $$(id -u) == 0 ]] || echo sudo ) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$( [[ $$(id -u) == 0 ]] || echo sudo ) apt-get install -y -qq wrk >/dev/null; \
+	  else echo "loadgen: wrk missing (apt-get install wrk); make bench needs it"; fi; \
+	fi
+
 airflow: install  ## Airflow 3 (api-server, scheduler, dag-processor, triggerer) + services; UI http://localhost:$(AIRFLOW_PORT) (admin/admin on loopback)
 	$(PY) -m tools.airflow_stack start --port $(AIRFLOW_PORT)
 
 stop:  ## stop everything `make services` / `make airflow` started
 	@if [[ -x $(PY) ]]; then $(PY) -m tools.airflow_stack stop && $(PY) -m tools.devstack stop; fi
 
-bench: install  ## benchmarks: service vs raw TensorFlow, side by side
+bench: install loadgen  ## benchmarks: service vs raw TensorFlow, side by side
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean: stop

@@ -42,6 +42,7 @@ import numpy as np
 
 from bench.beam_engine import bench_beam_engine, print_beam_table
 from bench.dag_parse import parse_times
+from bench.online_concurrency import bench_online_concurrency, print_concurrency_table
 from bench.raw_reference import MatchedReference
 from bench.rss import PeakSampler, hwm_mb
 from bench.transport_floor import TransportFloor
@@ -239,7 +240,12 @@ def bench_variant(variant: str, args, api, bucket, ml_server, workdir: Path) -> 
         http_matched_ms += _latencies(http_predict, 1)
     connection.close()
     matched.close()
+    concurrency = bench_online_concurrency(
+        url=f"http://127.0.0.1:{args.ml_port}{path}", body=body, headers=headers, signature=signature,
+        raw_feeds=lambda n: _raw_inputs(variant, one * n), seconds=args.concurrency_seconds, variant=variant) \
+        if variant in args.concurrency_variants.split(",") and args.concurrency_seconds > 0 else []
     return {
+        "online_concurrency": concurrency,
         "variant": variant,
         "engine": ENGINE,
         "batch_raw_per_s": raw_rate,
@@ -309,6 +315,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="alternating batch rounds; medians are reported")
     parser.add_argument("--online-requests", type=int, default=300)
     parser.add_argument("--variants", default="b64,instances")
+    parser.add_argument("--concurrency-variants", default="b64",
+                        help="variants whose online path is also driven by many connections (wrk)")
+    parser.add_argument("--concurrency-seconds", type=float, default=5,
+                        help="seconds per connection level (and as long for raw TF beside it; 0 skips)")
     parser.add_argument("--memory-instances", type=int, default=50_000,
                         help="one more job per variant on this many instances, for peak RSS (0: skip)")
     parser.add_argument("--no-dag-parse", dest="dag_parse", action="store_false", help="skip DAG parse timing")
@@ -349,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
         gcs_server.stop()
     parse = parse_times() if args.dag_parse else []
     _print_table(results, parse)
+    concurrency = [row for r in results for row in r.pop("online_concurrency")]
+    print_concurrency_table(concurrency)
     if beam:
         print_beam_table(beam)
     report = {
@@ -368,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         "predict_in_flight": PREDICT_IN_FLIGHT,
         "service_lifetime_peak_rss_mb": service_hwm_mb,
         "variants": {r["variant"]: r for r in results},
+        "online_concurrency": concurrency,
         "dag_parse": parse,
         "beam_engine": beam,
     }

@@ -111,3 +111,24 @@ def export_slow_model(local_dir: Path, *, rounds: int = 300) -> Path:
     module = Slow()
     tf.saved_model.save(module, str(local_dir), signatures={"serving_default": module.serve})
     return local_dir
+
+
+def export_batch_probe_model(local_dir: Path, *, rounds: int = 0) -> Path:
+    """One input (`x` float32 [None, None]) -> `x` itself and `batch` = the number of instances TensorFlow was
+    called with: a caller sees whether its call was joined with others. A negative x[0] fails the call in the
+    graph (an assertion). `rounds` 400x400 matrix products make every call take a while (calls pile up)."""
+    import tensorflow as tf
+
+    class Probe(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="x")])
+        def serve(self, x):
+            check = tf.debugging.assert_non_negative(x[:, 0], message="x[0] must not be negative")
+            _, product = tf.while_loop(lambda i, acc: i < rounds, lambda i, acc: (i + 1, tf.matmul(acc, acc)),
+                                       [tf.constant(0), tf.eye(400)])
+            with tf.control_dependencies([check]):
+                count = tf.shape(x)[0]
+            return {"x": tf.identity(x) + 0.0 * tf.reduce_sum(product), "batch": tf.fill([count], count)}
+
+    module = Probe()
+    tf.saved_model.save(module, str(local_dir), signatures={"serving_default": module.serve})
+    return local_dir

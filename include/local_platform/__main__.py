@@ -13,6 +13,7 @@ import uvicorn
 from include.local_platform.api.http_protocol import HeaderDeadlineProtocol
 from include.local_platform.api.security import Guard, read_token
 from include.local_platform.app import create_app
+from include.local_platform.serving.batching import BatchingOptions
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,7 +49,28 @@ def main(argv: list[str] | None = None) -> None:
                         else None,
                         help="also serve Vertex AI's gRPC API (TLS, docs/vertex-ai.md) on this port (env "
                              "ML_ENGINE_VERTEX_PORT; default: not served)")
+    try:
+        defaults = BatchingOptions.from_environment()
+    except ValueError as error:
+        parser.error(str(error))
+    parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
+                        help="online predict: instances joined into one TensorFlow call at most, from concurrent "
+                             "calls on one version (env ML_ENGINE_MAX_BATCH_SIZE; default %(default)s; 1: no "
+                             "batching). A call with more instances runs alone (docs/local-service.md)")
+    parser.add_argument("--batch-timeout-micros", type=int, default=defaults.batch_timeout_micros,
+                        help="online predict: how long an idle queue with fewer than --max-batch-size instances "
+                             "waits for more (env ML_ENGINE_BATCH_TIMEOUT_MICROS; default %(default)s: never "
+                             "waits, calls that arrive during a batch form the next one)")
+    parser.add_argument("--num-batch-threads", type=int, default=defaults.num_batch_threads,
+                        help="online predict: batches in TensorFlow at once (env ML_ENGINE_NUM_BATCH_THREADS; "
+                             "default %(default)s, twice the cores)")
     args = parser.parse_args(argv)
+    try:
+        batching = BatchingOptions(max_batch_size=args.max_batch_size,
+                                   batch_timeout_micros=args.batch_timeout_micros,
+                                   num_batch_threads=args.num_batch_threads)
+    except ValueError as error:
+        parser.error(str(error))
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -65,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     guard = Guard.from_settings(token=read_token(args.token_file), bind_host=args.host,
                                 allowed_hosts=args.allowed_hosts)
     app = create_app(state_dir, guard=guard, enable_faults=args.enable_faults, batch_engine=args.batch_engine,
-                     beam_options=args.beam_options, vertex_port=args.vertex_port, vertex_host=args.host)
+                     beam_options=args.beam_options, vertex_port=args.vertex_port, vertex_host=args.host,
+                     batching=batching)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_keep_alive=600,
                 log_level=args.log_level.lower(), http=HeaderDeadlineProtocol)
 

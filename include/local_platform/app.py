@@ -23,13 +23,14 @@ from include.local_platform.api.ml_v1_http import PredictRoute
 from include.local_platform.api.request_log import RequestLog
 from include.local_platform.api.security import CallerCheck, Guard
 from include.local_platform.context import Context
+from include.local_platform.serving.batching import BatchingOptions
 from include.local_platform.state import crashpoints
 from include.local_platform.workers import supervisor
 
 
 def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bool = False,
                batch_engine: str = "local", beam_options: str = "", vertex_port: int | None = None,
-               vertex_host: str = "127.0.0.1") -> FastAPI:
+               vertex_host: str = "127.0.0.1", batching: BatchingOptions | None = None) -> FastAPI:
     """
     The local service as an ASGI app; work interrupted by a crash resumes when it starts.
 
@@ -40,9 +41,11 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
     :param beam_options: Pipeline options for the beam engine (runner, project, region, temp_location...).
     :param vertex_port: Serve Vertex AI's gRPC API (TLS) on this port too (0: a free one; None: not at all).
     :param vertex_host: The address the Vertex AI surface binds.
+    :param batching: How concurrent online predict calls are joined (default: from the environment).
     :return: the FastAPI app (``app.state.vertex_port``: where the Vertex AI surface listens, once started).
     """
-    ctx = Context(state_dir=state_dir, batch_engine=batch_engine, beam_options=beam_options)
+    ctx = Context(state_dir=state_dir, batch_engine=batch_engine, beam_options=beam_options,
+                  batching=batching or BatchingOptions.from_environment())
     guard = guard or Guard()
     faults = FaultInjector()
     supervisor.register(ctx)

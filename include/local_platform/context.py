@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from include.local_platform.serving.batching import BatchingOptions
 from include.local_platform.serving.model_cache import ModelCache
 from include.local_platform.state.crashpoints import CrashPoints
 from include.local_platform.state.store import Store
@@ -33,12 +34,16 @@ class Context:
     crash: CrashPoints = field(default_factory=CrashPoints)
     batch_engine: str = "local"  # "local" (in process) or "beam" (Apache Beam RunInference, see beam_engine)
     beam_options: str = ""  # extra pipeline options for the beam engine, as on a command line
+    batching: BatchingOptions = field(default_factory=BatchingOptions.from_environment)  # online predict
+    batch_threads: ThreadPoolExecutor = field(init=False)  # where batches of online calls run
 
     def __post_init__(self):
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(self.state_dir / "state.sqlite")
         self.deployments = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deploy")
         self.jobs = ThreadPoolExecutor(max_workers=2, thread_name_prefix="job")
+        self.batch_threads = ThreadPoolExecutor(max_workers=self.batching.num_batch_threads,
+                                                thread_name_prefix="predict-batch")
 
     @property
     def artifacts_dir(self) -> Path:
@@ -58,4 +63,5 @@ class Context:
         self.stopping.set()
         self.deployments.shutdown(wait=False, cancel_futures=True)
         self.jobs.shutdown(wait=False, cancel_futures=True)
+        self.batch_threads.shutdown(wait=False, cancel_futures=True)
         self.store.close()

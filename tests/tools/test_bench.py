@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,12 +21,15 @@ PER_VARIANT = ("batch_raw_per_s", "batch_service_per_s", "batch_ratio", "online_
 
 @pytest.mark.slow
 def test_bench_writes_every_figure_for_both_variants(tmp_path):
+    if not shutil.which("wrk") and not os.environ.get("CI"):
+        pytest.skip("wrk missing: `make test` installs it as root or on CI (apt-get install wrk)")
     output = tmp_path / "latest.json"
     env = {**os.environ, "STATE_DIR": str(tmp_path / "state"), "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("ML_ENGINE_INTRA_OP_THREADS", None)
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--instances", "128", "--rounds", "1", "--online-requests", "10",
-         "--memory-instances", "256", "--no-dag-parse", "--beam-modes=", "--output", str(output)],
+         "--memory-instances", "256", "--no-dag-parse", "--beam-modes=", "--concurrency-seconds", "1",
+         "--output", str(output)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "matched raw reference" in done.stdout
@@ -42,3 +46,11 @@ def test_bench_writes_every_figure_for_both_variants(tmp_path):
         assert all(math.isfinite(figures[key]) for key in PER_VARIANT if "overhead" in key), figures
         assert all(figures[key] > 0 for key in PER_VARIANT if key != "engine" and "overhead" not in key), figures
         assert figures["large_instances"] == 256 and figures["large_peak_rss_mb"] > 0
+    # many callers (wrk): every level, each figure positive, and a ratio that is the quotient of the rates
+    levels = report["online_concurrency"]
+    assert [row["connections"] for row in levels] == [1, 8, 32, 128]
+    for row in levels:
+        assert all(row[key] > 0 for key in ("service_per_s", "raw_per_s", "p50_ms", "p99_ms", "requests")), row
+        assert row["ratio"] == pytest.approx(row["service_per_s"] / row["raw_per_s"])
+        assert row["p99_ms"] >= row["p50_ms"]
+    assert "online, many callers" in done.stdout

@@ -48,8 +48,13 @@ def answer(method: str, path: str, handler: Callable[..., object], *args) -> tup
     except ApiError as error:
         return error.code, error.body()
     except Exception as error:  # a bug of ours: still answered in Google's shape, and logged with its trace
-        log.exception("%s v1/%s failed", method, path)
-        return 500, ApiError(500, "INTERNAL", f"Internal error: {error.__class__.__name__}: {error}").body()
+        return bug_answer(method, path, error)
+
+
+def bug_answer(method: str, path: str, error: Exception) -> tuple[int, dict]:
+    """A bug of ours, raised while handling ``method path``: logged with its trace, answered 500 in Google's shape."""
+    log.error("%s v1/%s failed", method, path, exc_info=error)
+    return 500, ApiError(500, "INTERNAL", f"Internal error: {error.__class__.__name__}: {error}").body()
 
 
 def encoded(status: int, body: object, dumps: Callable[[object], bytes]) -> tuple[int, bytes]:

@@ -5,8 +5,9 @@ pass the exception middleware, the exit-stack middleware, the router's walk over
 every route and Starlette's request/response objects: about 0.2 ms a call,
 measured (docs/benchmarks.md). ``PredictRoute`` sits inside the request log and
 the caller check, so those still see every call; only the framework is skipped.
-Small requests for a loaded model are answered on the event loop; the rest, like
-every other ``/v1`` call, run in a worker thread.
+Small requests for a loaded model are prepared on the event loop and batched with
+the calls that arrive with them (``serving.batching``); the rest, like every other
+``/v1`` call, run in a worker thread.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from include.local_platform.api.calls import Call, answer, encoded, injected, read_body
+from include.local_platform.api.calls import Call, answer, bug_answer, encoded, injected, read_body
 from include.local_platform.api.faults import FaultInjector
-from include.local_platform.api.ml_v1_predict import PREDICT_LIMIT_BYTES, predict_call
+from include.local_platform.api.ml_v1_predict import PREDICT_LIMIT_BYTES, Pending, batched, predict_call
 from include.local_platform.api.ml_v1_routes import PREDICT_PATH, check_path_ids, dispatch
 from include.local_platform.api.security import check_json_body, header
 from include.local_platform.context import Context
@@ -58,7 +59,7 @@ class PredictRoute:
         await self.app(scope, receive, send)
 
 
-def _predict_inline(ctx: Context, call: Call) -> dict | None:
+def _predict_inline(ctx: Context, call: Call) -> dict | Pending | None:
     check_path_ids(call.params)
     return predict_call(ctx, call, inline=True)
 
@@ -81,6 +82,11 @@ def predict_endpoint(ctx: Context, faults: FaultInjector) -> Endpoint:
         answered = None
         if len(raw) <= INLINE_PREDICT_BYTES and (match := PREDICT_PATH.match(path)):
             answered = answer("POST", path, _predict_inline, ctx, Call(match.groupdict(), query, raw))
+            if isinstance(answered[1], Pending):
+                try:
+                    answered = 200, await batched(ctx, answered[1])
+                except Exception as error:  # a bug of ours, answered as any handler's is
+                    answered = bug_answer("POST", path, error)
         if answered is None or answered[1] is None:
             answered = await run_in_threadpool(dispatch, ctx, "POST", path, query, raw)
         return encoded(*answered, dumps)

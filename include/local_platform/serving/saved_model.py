@@ -64,10 +64,14 @@ class Signature:
     inputs: dict[str, Any]  # alias -> tf.TensorSpec
     flat_order: list[str] | None = field(default=None, init=False)
     facts: dict[str, InputFacts] = field(default_factory=dict, init=False)
+    batcher: Any = field(default=None, init=False, repr=False, compare=False)  # serving.batching's queue
+    fixed_shapes: bool = field(default=False, init=False)  # every input's shape past the batch axis is fixed
 
     def __post_init__(self) -> None:
         self.flat_order = _flat_order(self.function, self.inputs)
         self.facts = {alias: InputFacts.of(alias, spec) for alias, spec in self.inputs.items()}
+        self.fixed_shapes = all(facts.dims is not None and None not in facts.dims[1:]
+                                for facts in self.facts.values())
 
     def call(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """The concrete function on tensors already checked against the specs (see ``_flat_order``)."""

@@ -12,6 +12,7 @@ import pytest
 
 from tests.crashing import crashing_service  # noqa: F401 - a fixture for the crash tests
 from tests.savedmodels import (
+    export_batch_probe_model,
     export_bytes_model,
     export_single_input_model,
     export_slow_model,
@@ -73,6 +74,7 @@ def model_uris(bucket, tmp_path_factory) -> dict[str, str]:
                                "savedmodels/examples"),
         "urls": upload_dir(bucket, export_url_model(root / "urls"), "savedmodels/urls"),
         "slow": upload_dir(bucket, export_slow_model(root / "slow"), "savedmodels/slow"),
+        "probe": upload_dir(bucket, export_batch_probe_model(root / "probe", rounds=40), "savedmodels/probe"),
     }
 
 
