@@ -9,6 +9,7 @@ goes to the workers (``workers``), which serve with ``serving``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -54,6 +55,7 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         """Resume interrupted work before serving; on a graceful stop release attempts (not a crash)."""
         guard.announce()
+        ctx.event_loop = asyncio.get_running_loop()
         supervisor.start(ctx)
         vertex = None
         if vertex_port is not None:

@@ -7,6 +7,7 @@ doing the work through ``cancel_event``.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class Context:
     beam_options: str = ""  # extra pipeline options for the beam engine, as on a command line
     batching: BatchingOptions = field(default_factory=BatchingOptions.from_environment)  # online predict
     batch_threads: ThreadPoolExecutor = field(init=False)  # where batches of online calls run
+    event_loop: asyncio.AbstractEventLoop | None = None  # the HTTP server's, once it runs (batch queues live on it)
 
     def __post_init__(self):
         self.state_dir.mkdir(parents=True, exist_ok=True)

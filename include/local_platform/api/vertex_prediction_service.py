@@ -2,7 +2,8 @@
 
 Predict: the endpoint's traffic split picks a deployed model version; its SavedModel (loaded
 on first use from the local copy its deployment made) predicts the instances by the same rules
-as ml/v1 (JSON values, ``{"b64": ...}``, gs:// URLs for ``*_url`` inputs). As TensorFlow
+as ml/v1 (JSON values, ``{"b64": ...}``, gs:// URLs for ``*_url`` inputs), batched with the
+concurrent calls on that version (``serving.batching``) unless it stages files. As TensorFlow
 Serving (Vertex AI's prebuilt TF containers) answers, a model with one output gets its values
 as predictions, one with several gets an object per instance. Instances the model cannot take
 fail the request with INVALID_ARGUMENT and the model's message (TF Serving answers 400 for the
@@ -27,9 +28,10 @@ from include.local_platform.api.vertex_messages import pb, python, to_message, v
 from include.local_platform.context import Context
 from include.local_platform.errors import ApiError, PredictionError, invalid_argument
 from include.local_platform.resources import vertex_endpoints, vertex_operations
-from include.local_platform.serving import prediction
+from include.local_platform.serving import batching, prediction
 from include.local_platform.serving.numeric_json import dumps
 from include.local_platform.serving.saved_model import BadModel
+from include.local_platform.serving.tensors import prepare
 
 PredictRequest, PredictResponse = pb(prediction_service.PredictRequest), pb(prediction_service.PredictResponse)
 MAX_INSTANCES = 10_000
@@ -46,8 +48,13 @@ def predict(ctx: Context, request) -> object:
     version = ctx.store.get(key) or {}
     try:
         signature = ctx.models.get(key, Path(version["_path"])).signature(None)
-        staging = ctx.scratch_dir if signature.stages_files else None
-        rows = prediction.predict(signature, [python(value) for value in request.instances], staging)
+        instances = [python(value) for value in request.instances]
+        if signature.stages_files or ctx.event_loop is None:  # staged files: a call of its own, not batched
+            staging = ctx.scratch_dir if signature.stages_files else None
+            rows = prediction.predict(signature, instances, staging)
+        else:  # joins the concurrent calls on this deployed version
+            batcher = batching.batcher_for(key, signature, ctx.batching, ctx.batch_threads)
+            rows = batcher.predict_from_thread(prepare(signature, instances), ctx.event_loop)
     except PredictionError as error:
         raise invalid_argument(str(error)) from None
     except (BadModel, KeyError) as error:

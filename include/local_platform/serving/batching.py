@@ -105,6 +105,10 @@ class Batcher:
         self._schedule(loop)
         return await call.answer
 
+    def predict_from_thread(self, batch: PreparedBatch, loop: asyncio.AbstractEventLoop) -> list[dict]:
+        """``predict`` for a caller on another thread (the gRPC surface's): joins the same queue, blocks."""
+        return asyncio.run_coroutine_threadsafe(self.predict(batch), loop).result()
+
     def note_duration(self, seconds: float) -> None:
         """A lone call's time: over the inline budget, this signature's calls leave the event loop."""
         if seconds > INLINE_BUDGET_S and not self.slow:

@@ -74,7 +74,7 @@ def model_uris(bucket, tmp_path_factory) -> dict[str, str]:
                                "savedmodels/examples"),
         "urls": upload_dir(bucket, export_url_model(root / "urls"), "savedmodels/urls"),
         "slow": upload_dir(bucket, export_slow_model(root / "slow"), "savedmodels/slow"),
-        "probe": upload_dir(bucket, export_batch_probe_model(root / "probe", rounds=40), "savedmodels/probe"),
+        "probe": upload_dir(bucket, export_batch_probe_model(root / "probe", rounds=150), "savedmodels/probe"),
     }
 
 

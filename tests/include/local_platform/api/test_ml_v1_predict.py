@@ -242,28 +242,33 @@ def test_a_slow_model_is_answered_off_the_event_loop(ml_api, ml_service, deploy)
 
 
 def test_concurrent_calls_are_batched_and_each_caller_gets_its_own_answer(ml_api, ml_service, deploy):
-    """Twelve callers at once on one version: TensorFlow sees fewer, larger calls (the probe model answers the
-    batch size it ran with); every caller gets its own rows, and the one whose values the model refuses gets
-    its own error while the others are answered."""
+    """Twelve callers at once on one version (a model that takes a while per call, so calls pile up):
+    TensorFlow sees fewer, larger calls (the probe model answers the batch size it ran with) and every caller
+    gets its own rows. Then the same with one caller whose values the model refuses: it gets its own error,
+    the others their rows."""
     from concurrent.futures import ThreadPoolExecutor
 
     model, _ = deploy("probe")
     assert predict_json(ml_api, model, [[0.0, 0.0]])[0]["batch"] == 1  # loads the model; a lone call runs alone
 
-    def call(index: int) -> dict:
-        x = [-1.0, 0.0] if index == 5 else [float(index), float(index) / 2]
+    def call(index: int, failing: int | None = None) -> dict:
+        x = [-1.0, 0.0] if index == failing else [float(index), float(index) / 2]
         request = urllib.request.Request(f"{ml_service.url}v1/{model}:predict", method="POST",
                                          data=json.dumps({"instances": [x, x]}).encode(),
                                          headers={**ml_service.headers, "Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=120) as response:
             return json.loads(response.read())
 
+    def own_rows(index: int, answer: dict) -> int:
+        assert [row["x"] for row in answer["predictions"]] == [[float(index), index / 2]] * 2, answer
+        return answer["predictions"][0]["batch"]
+
     with ThreadPoolExecutor(12) as pool:
         answers = list(pool.map(call, range(12)))
+        joined = [own_rows(index, answer) for index, answer in enumerate(answers)]
+        assert max(joined) > 2, f"no call was joined with another: batch sizes {joined}"
+        answers = list(pool.map(lambda index: call(index, failing=5), range(12)))
     assert "x[0] must not be negative" in answers[5]["error"] and "predictions" not in answers[5]
-    joined = []
     for index, answer in enumerate(answers):
         if index != 5:
-            assert [row["x"] for row in answer["predictions"]] == [[float(index), index / 2]] * 2, answer
-            joined.append(answer["predictions"][0]["batch"])
-    assert max(joined) > 2, f"no call was joined with another: batch sizes {joined}"
+            own_rows(index, answer)

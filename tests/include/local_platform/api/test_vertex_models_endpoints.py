@@ -143,6 +143,39 @@ def test_predict_b64_urls_and_bad_instances(clients, model_uris, bucket, gcs_pre
         predict.predict(endpoint=served[urls], instances=["/etc/passwd"])
 
 
+def test_concurrent_predicts_are_batched_and_each_gets_its_own_rows(clients, model_uris):
+    """Ten PredictionService callers at once on one deployed version (the probe model reports the batch size
+    TensorFlow ran with): fewer, larger TensorFlow calls, every caller its own rows; a caller whose values the
+    model refuses gets INVALID_ARGUMENT alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    endpoints, predict = clients["endpoints"], clients["predict"]
+    probe, _ = _upload(clients, model_uris["probe"], display_name="probe")
+    endpoint = endpoints.create_endpoint(parent=clients["parent"], endpoint={"display_name": "e"}).result().name
+    endpoints.deploy_model(endpoint=endpoint, deployed_model={"model": probe}).result(timeout=120)
+    assert predict.predict(endpoint=endpoint, instances=[[0.0, 0.0]]).predictions[0]["batch"] == 1
+
+    def call(index: int):
+        try:
+            return predict.predict(endpoint=endpoint, instances=[[float(index), 1.0]] if index != 3 else [[-1.0, 0]])
+        except exceptions.InvalidArgument as error:
+            return error
+
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(call, range(10)))
+    assert isinstance(answers[3], exceptions.InvalidArgument) and "must not be negative" in str(answers[3])
+    rows = {index: dict(answer.predictions[0]) for index, answer in enumerate(answers) if index != 3}
+    assert all(list(row["x"]) == [float(index), 1.0] for index, row in rows.items()), rows
+    batches = [row["batch"] for row in rows.values()]
+    if max(batches) == 1:  # every joined batch held the refused call and reran call by call: once more without it
+        with ThreadPoolExecutor(10) as pool:
+            batches = [dict(answer.predictions[0])["batch"] for answer in pool.map(call, [i for i in range(10)
+                                                                                          if i != 3])]
+    assert max(batches) > 1, batches
+    endpoints.undeploy_model(endpoint=endpoint, deployed_model_id=endpoints.get_endpoint(
+        name=endpoint).deployed_models[0].id).result(timeout=30)
+
+
 def test_bad_requests_get_googles_status_codes_and_change_nothing(clients, model_uris):
     models, endpoints = clients["models"], clients["endpoints"]
     before = {m.name for m in models.list_models(parent=clients["parent"])}
