@@ -20,6 +20,7 @@ metrics as the job's counts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,7 @@ from include.local_platform.resources import models
 from include.local_platform.serving.numeric_json import dumps
 from include.local_platform.serving.saved_model import LoadedModel, Signature
 from include.local_platform.workers import batch_instances, beam_gcs
+from include.local_platform.workers.local_engine import PREDICT_IN_FLIGHT
 
 log = logging.getLogger(__name__)
 METRICS_NAMESPACE = "ml_engine_batch"
@@ -104,7 +107,8 @@ class SignatureModelHandler(ModelHandler[Any, tuple, Signature]):
     """
 
     def __init__(self, *, model_uri: str, local_path: str, signature_name: str | None, batch_size: int,
-                 in_process_key: str, cancel_marker: str):
+                 in_process_key: str, cancel_marker: str, calls_in_flight: int = 1):
+        self._calls_in_flight = calls_in_flight
         self._model_uri = model_uri
         self._local_path = local_path
         self._signature_name = signature_name
@@ -125,10 +129,20 @@ class SignatureModelHandler(ModelHandler[Any, tuple, Signature]):
         return LoadedModel(path).signature(self._signature_name)
 
     def run_inference(self, batch_: list, model: Signature, inference_args: dict | None = None) -> list[tuple]:
+        """One batch's outcomes. In the service's own process its slices are in TensorFlow side by side,
+        one per core, as the local engine keeps its batches (one intra-op thread per call leaves the
+        other cores idle otherwise)."""
         _check_marker(self._cancel_marker)
-        rows, errors = batch_instances.predict_instances(model, list(batch_), None)
-        return [("row", dumps(row)) for row in rows] + [
-            ("error", message) for message, count in errors.items() for _ in range(count)]
+        instances = list(batch_)
+        step = -(-len(instances) // self._calls_in_flight)
+        slices = [instances[start:start + step] for start in range(0, len(instances), step)]
+        if len(slices) == 1:
+            outcomes = [batch_instances.predict_instances(model, instances, None)]
+        else:
+            pool = _slice_pool(self._calls_in_flight)
+            outcomes = list(pool.map(lambda part: batch_instances.predict_instances(model, part, None), slices))
+        return [("row", dumps(row)) for rows, _ in outcomes for row in rows] + [
+            ("error", message) for _, errors in outcomes for message, count in errors.items() for _ in range(count)]
 
     def batch_elements_kwargs(self) -> dict:
         return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
@@ -139,6 +153,12 @@ class SignatureModelHandler(ModelHandler[Any, tuple, Signature]):
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
+
+
+@functools.cache
+def _slice_pool(size: int) -> ThreadPoolExecutor:
+    """Threads that predict a batch's slices side by side (one pool per process, shared by its jobs)."""
+    return ThreadPoolExecutor(size, thread_name_prefix="beam-predict")
 
 
 class SplitOutcomes(beam.DoFn):
@@ -163,9 +183,57 @@ def _errors_stats_line(message_count: tuple[str, int]) -> str:
     return repr(tuple(message_count))
 
 
+class WriteTextInBundles(beam.PTransform):
+    """``WriteToText`` with ``num_shards`` files, each bundle writing its own as its elements come.
+
+    Beam writes a fixed number of shards through a GroupByKey of every element: in the
+    DirectRunner all results are buffered and encoded once more, and only written after
+    the last prediction (at 65,536 heatmap rows, a third of the job's time: docs/benchmarks.md).
+    Without ``num_shards`` each bundle writes its own file in the same stage as the
+    predictions; when that gives fewer files than ``num_shards``, Beam's own finalize step
+    adds empty ones, as it does for ``WriteToText(num_shards=...)`` on a small input. Used
+    where the runner makes one bundle of the stage (DirectRunner in memory), so the files
+    and their names are those ``WriteToText`` writes. Built from Beam's ``WriteImpl`` parts.
+    """
+
+    def __init__(self, file_path_prefix: str, num_shards: int):
+        super().__init__()
+        self._sink = beam.io.WriteToText(file_path_prefix, shard_name_template=SHARD_TEMPLATE)._sink
+        self._num_shards = num_shards
+
+    def expand(self, pcoll):
+        from apache_beam.io import iobase
+        from apache_beam.pvalue import AsIter, AsSingleton
+        from apache_beam.transforms import window
+
+        sink = self._sink
+        do_once = pcoll.pipeline | "DoOnce" >> beam.Create([None])
+        init = do_once | "InitializeWrite" >> beam.Map(lambda _, sink: sink.initialize_write(), sink)
+        written = (pcoll
+                   | beam.WindowInto(window.GlobalWindows())
+                   | "WriteBundles" >> beam.ParDo(iobase._WriteBundleDoFn(sink), AsSingleton(init))
+                   | "Pair" >> beam.Map(lambda result: (None, result))
+                   | beam.GroupByKey()
+                   | "Extract" >> beam.FlatMap(lambda pair: pair[1]))
+        pre_finalize = do_once | "PreFinalize" >> beam.FlatMap(iobase._pre_finalize, sink, AsSingleton(init),
+                                                               AsIter(written))
+        return do_once | "FinalizeWrite" >> beam.FlatMap(iobase._finalize_write, sink, AsSingleton(init),
+                                                         AsIter(written), self._num_shards,
+                                                         AsSingleton(pre_finalize))
+
+
+def _write_text(path_prefix: str, shards: int, in_bundles: bool) -> beam.PTransform:
+    if in_bundles:
+        return WriteTextInBundles(path_prefix, shards)
+    return beam.io.WriteToText(path_prefix, num_shards=shards, shard_name_template=SHARD_TEMPLATE)
+
+
 def build_pipeline(pipeline: beam.Pipeline, *, inputs: list[str], data_format: str, output_path: str,
                    handler: SignatureModelHandler, cancel_marker: str, reshuffle: bool) -> None:
-    """Read -> parse (bad input to a dead-letter output) -> RunInference -> sharded results and errors_stats."""
+    """Read -> parse (bad input to a dead-letter output) -> RunInference -> sharded results and errors_stats.
+
+    Without ``reshuffle`` (DirectRunner in memory: one bundle per stage) results are written as they come.
+    """
     shards = len(inputs)
     files = (pipeline
              | "InputFiles" >> beam.Create(inputs)
@@ -179,9 +247,7 @@ def build_pipeline(pipeline: beam.Pipeline, *, inputs: list[str], data_format: s
     outcomes = (instances
                 | "Predict" >> RunInference(handler)
                 | "Split" >> beam.ParDo(SplitOutcomes()).with_outputs(ERRORS, main="rows"))
-    _ = (outcomes.rows
-         | "WriteResults" >> beam.io.WriteToText(f"{output_path}/prediction.results", num_shards=shards,
-                                                 shard_name_template=SHARD_TEMPLATE))
+    _ = outcomes.rows | "WriteResults" >> _write_text(f"{output_path}/prediction.results", shards, not reshuffle)
     _ = ((parsed[ERRORS], outcomes[ERRORS])
          | "AllErrors" >> beam.Flatten()
          | "CountErrors" >> beam.combiners.Count.PerElement()
@@ -294,7 +360,8 @@ def run_pipeline(ctx: Context, name: str, prediction_input: dict, inputs: list[s
     handler = SignatureModelHandler(model_uri=model_uri, local_path=local_path if direct else "",
                                     signature_name=prediction_input.get("signatureName"),
                                     batch_size=batch_instances.batch_size(prediction_input), in_process_key=key,
-                                    cancel_marker=cancel_marker)
+                                    cancel_marker=cancel_marker,
+                                    calls_in_flight=PREDICT_IN_FLIGHT if direct and mode == "in_memory" else 1)
     _delete_beam_temp(output_path)
     pipeline = beam.Pipeline(runner=_direct_runner(options) if direct else runner, options=options)
     build_pipeline(pipeline, inputs=inputs, data_format=prediction_input["dataFormat"], output_path=output_path,
