@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="beam engine modes to measure beside the local engine (bench/beam_engine.py; '' skips)")
     parser.add_argument("--beam-instances", type=int, default=8192)
     parser.add_argument("--beam-rounds", type=int, default=3)
+    parser.add_argument("--beam-large-instances", type=int, default=65_536,
+                        help="one more job per engine this large: start-up vs steady state (0 skips)")
     parser.add_argument("--output", type=Path,
                         default=Path(os.environ.get("STATE_DIR", ".state")) / "bench" / "latest.json")
     args = parser.parse_args(argv)
