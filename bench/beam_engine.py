@@ -132,8 +132,10 @@ def print_beam_table(report: dict) -> None:
         for engine in ("local", *MODES):
             if engine in report:
                 row = report[engine]
+                split = (f"start-up {row['startup_s']:>5.1f} s, steady {row['steady_per_s']:>6.0f}/s "
+                         f"({row['steady_ratio_to_raw']:.2f}x raw TF)") if row["startup_s"] >= 0 else (
+                    "no start-up to split off: slower per instance on the large job (GCS uploads grow faster)")
                 print(f"  {engine:<18} {row['large_per_s']:>8.0f} instances/s  {row['large_ratio_to_raw']:>5.2f}x raw"
-                      f" TF   start-up {row['startup_s']:>5.1f} s, steady {row['steady_per_s']:>6.0f}/s "
-                      f"({row['steady_ratio_to_raw']:.2f}x raw TF)")
+                      f" TF   {split}")
     print(f"goals: beam in_process >= {GOAL_IN_PROCESS}x raw TF on the large job and <= {GOAL_FIXED_COST_S} s over "
           f"local on the small one; multi_processing steady state >= {GOAL_STEADY_PER_CORE}x raw TF per core")

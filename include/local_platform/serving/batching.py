@@ -132,7 +132,10 @@ class Batcher:
             calls = self._take()
             if len(calls) == 1 and not self.slow and self._in_flight == 0:
                 started = time.perf_counter()
-                outcome = _run(self.signature, calls)
+                try:
+                    outcome = _run(self.signature, calls)
+                except Exception as error:  # a bug of ours: the caller answers 500, the queue goes on
+                    outcome = [error]
                 self.note_duration(time.perf_counter() - started)
                 self._answer(calls, outcome)
                 continue
