@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import queue
 import re
 import shlex
 import tempfile
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io import fileio
+from apache_beam.io import fileio, textio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
@@ -183,6 +184,64 @@ def _errors_stats_line(message_count: tuple[str, int]) -> str:
     return repr(tuple(message_count))
 
 
+class BackgroundUpload:
+    """A file handle whose bytes a thread of its own writes on, in pieces: the bundle that predicts never
+    waits on the upload (GCS's resumable upload sends a chunk per 16 MB, synchronously). At most two
+    pieces wait; an upload error is raised at the next write or at ``close``."""
+
+    PIECE_BYTES = 4 * 1024 * 1024
+
+    def __init__(self, handle):
+        self._handle, self._pending, self._size, self._error = handle, [], 0, None
+        self._pieces: queue.Queue = queue.Queue(maxsize=2)
+        self._uploader = threading.Thread(target=self._upload, daemon=True, name="beam-upload")
+        self._uploader.start()
+
+    def write(self, data: bytes) -> int:
+        self._raise()
+        self._pending.append(data)
+        self._size += len(data)
+        if self._size >= self.PIECE_BYTES:
+            self._hand_over(b"".join(self._pending))
+        return len(data)
+
+    def close(self) -> None:
+        if self._pending:
+            self._hand_over(b"".join(self._pending))
+        self._pieces.put(None)
+        self._uploader.join()
+        self._raise()
+        self._handle.close()
+
+    def _hand_over(self, piece: bytes | None) -> None:
+        self._pending, self._size = [], 0
+        while True:
+            try:
+                self._pieces.put(piece, timeout=CANCEL_POLL_S)
+                return
+            except queue.Full:
+                self._raise()
+
+    def _upload(self) -> None:
+        while (piece := self._pieces.get()) is not None:
+            if self._error is None:  # after an error, drain so the writer never blocks
+                try:
+                    self._handle.write(piece)
+                except BaseException as error:  # raised in the writing thread
+                    self._error = error
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+class _BackgroundTextSink(textio._TextSink):
+    """Beam's text sink, each shard written through ``BackgroundUpload``."""
+
+    def open(self, temp_path):
+        return BackgroundUpload(super().open(temp_path))
+
+
 class WriteTextInBundles(beam.PTransform):
     """``WriteToText`` with ``num_shards`` files, each bundle writing its own as its elements come.
 
@@ -198,7 +257,7 @@ class WriteTextInBundles(beam.PTransform):
 
     def __init__(self, file_path_prefix: str, num_shards: int):
         super().__init__()
-        self._sink = beam.io.WriteToText(file_path_prefix, shard_name_template=SHARD_TEMPLATE)._sink
+        self._sink = _BackgroundTextSink(file_path_prefix, shard_name_template=SHARD_TEMPLATE)
         self._num_shards = num_shards
 
     def expand(self, pcoll):
