@@ -143,10 +143,11 @@ class Batcher:
             loop.create_task(self._in_thread(calls, loop))
 
     def _take(self) -> list[_Call]:
-        """The oldest call and the queued calls that fit ``max_batch_size`` with it and can be joined to it."""
+        """The oldest call and the queued calls that fit ``max_batch_size`` with it and can be joined to it
+        (looking past at most ``max_batch_size`` calls that cannot, so a long queue costs no more per batch)."""
         first = self._queue.popleft()
         calls, total, skipped = [first], first.batch.count, []
-        while self._queue and total < self.options.max_batch_size:
+        while self._queue and total < self.options.max_batch_size and len(skipped) < self.options.max_batch_size:
             call = self._queue.popleft()
             if total + call.batch.count > self.options.max_batch_size or not _joinable(self.signature, first, call):
                 skipped.append(call)
