@@ -268,10 +268,20 @@ def test_promotion_asset_triggers_batch_prediction(stack, lifecycle_run):
 
 
 def _created_runs(stack: AirflowStack, source_dag_id: str, source_run_id: str, dag_id: str, token: str) -> list:
-    """The runs of `dag_id` that the Asset events of one source run created (waits up to 2 minutes)."""
+    """The runs of `dag_id` that the Asset events of one source run created (waits up to 2 minutes).
+
+    Airflow 3.3's `GET /assets/events` answers 500 while a run an event created is still queued (its
+    response model requires `created_dagruns[].start_date`, which a queued run lacks): asked again, once the
+    run has started, it answers."""
     deadline = time.monotonic() + 120
     while True:
-        events = stack.api("GET", f"/assets/events?source_dag_id={source_dag_id}", token=token)["asset_events"]
+        try:
+            events = stack.api("GET", f"/assets/events?source_dag_id={source_dag_id}", token=token)["asset_events"]
+        except urllib.error.HTTPError as error:
+            if error.code != 500 or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+            continue
         created = [r for e in events if e["source_run_id"] == source_run_id for r in e["created_dagruns"]
                    if r["dag_id"] == dag_id]
         if created or time.monotonic() > deadline:
