@@ -110,8 +110,9 @@ def shard_sets(output_path: str, uris: Iterable[str]) -> list[_ShardSet]:
     return sorted(sets.values(), key=lambda s: (not s.complete, -s.total))
 
 
-def _count_lines(uris: Iterable[str], read_lines: Callable[[str], Iterable[str]], sample_keys: int
-                 ) -> tuple[int, list[str]]:
+def _count_lines(uris: Iterable[str], read_lines: Callable[[str], Iterable[str]], sample_keys: int,
+                 key_of: Callable[[dict], object] = lambda row: row.get("key")) -> tuple[int, list[str]]:
+    """Non-empty lines of the result files, and the keys (``key_of`` a row) of the first ``sample_keys``."""
     lines, keys = 0, []
     for uri in uris:
         for line in read_lines(uri):
@@ -119,8 +120,8 @@ def _count_lines(uris: Iterable[str], read_lines: Callable[[str], Iterable[str]]
                 continue
             lines += 1
             if len(keys) < sample_keys:
-                with contextlib.suppress(ValueError, AttributeError):
-                    keys.append(str(json.loads(line).get("key")))
+                with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):
+                    keys.append(str(key_of(json.loads(line))))
     return lines, keys
 
 
@@ -171,15 +172,7 @@ def summarize_vertex(*, job_id: str, output_path: str, job: dict, list_uris,
     files = [uri for uri in list_uris(folder) if VERTEX_FILE.search(uri)] if folder else []
     results = sorted(uri for uri in files if "/predictions_" in uri)
     errors_files = sorted(uri for uri in files if "/errors_" in uri)
-    lines, keys = 0, []
-    for uri in results:
-        for line in read_lines(uri):
-            if not line.strip():
-                continue
-            lines += 1
-            if len(keys) < sample_keys:
-                with contextlib.suppress(ValueError, AttributeError, TypeError):
-                    keys.append(str(json.loads(line)["prediction"].get("key")))
+    lines, keys = _count_lines(results, read_lines, sample_keys, key_of=lambda row: row["prediction"].get("key"))
     types: Counter = Counter()
     for uri in errors_files:
         for line in read_lines(uri):

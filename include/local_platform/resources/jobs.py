@@ -76,13 +76,8 @@ def _matcher(filter_text: str | None):
     """ml/v1 list filters: ``jobId:prefix*``, ``state=SUCCEEDED``, ``labels.k=v``, joined with AND."""
     if not filter_text:
         return lambda job: True
-    clauses = []
-    for clause in re.split(r"\s+AND\s+", filter_text.strip()):
-        match = _CLAUSE.match(clause)
-        if not match:
-            raise invalid_argument(f"Unsupported filter '{clause}'; use jobId:prefix*, state=STATE or "
-                                   "labels.KEY=VALUE joined by AND.", "filter")
-        clauses.append(match.groups())
+    clauses = validation.filter_clauses(filter_text, _CLAUSE, "Unsupported filter '{clause}'; use jobId:prefix*, "
+                                        "state=STATE or labels.KEY=VALUE joined by AND.")
 
     def test(job: dict) -> bool:
         for field, _, value in clauses:

@@ -106,3 +106,15 @@ def unknown_keys(given: dict, known: frozenset[str], where: str) -> None:
         if key not in known:
             raise invalid_argument(f'Invalid JSON payload received. Unknown name "{str(key)[:80]}" at '
                                    f"'{where}': Cannot find field.")
+
+
+def filter_clauses(filter_text: str, clause: re.Pattern, usage: str) -> list[tuple]:
+    """A list filter's clauses joined by AND, each matched by ``clause`` (its groups); any other clause
+    is refused with ``usage``, which names the clause as ``{clause}``."""
+    clauses = []
+    for text in re.split(r"\s+AND\s+", filter_text.strip()):
+        match = clause.match(text)
+        if not match:
+            raise invalid_argument(usage.format(clause=text), "filter")
+        clauses.append(match.groups())
+    return clauses

@@ -11,6 +11,7 @@ import re
 import secrets
 
 from include.local_platform.errors import invalid_argument
+from include.local_platform.resources import validation
 
 COLLECTIONS = ("models", "endpoints", "batchPredictionJobs", "customJobs", "trainingPipelines", "operations")
 ID_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -26,13 +27,8 @@ def matcher(filter_text: str | None):
     """A test for list filters ``display_name="x"`` and ``labels.k="v"`` joined by AND (what the DAGs use)."""
     if not filter_text:
         return lambda resource: True
-    clauses = []
-    for clause in re.split(r"\s+AND\s+", filter_text.strip()):
-        match = _FILTER.match(clause)
-        if not match:
-            raise invalid_argument(f'Unsupported filter "{clause[:200]}": use display_name="..." or '
-                                   'labels.KEY="..." joined by AND.', "filter")
-        clauses.append(match.groups())
+    clauses = validation.filter_clauses(filter_text, _FILTER, 'Unsupported filter "{clause:.200}": use '
+                                        'display_name="..." or labels.KEY="..." joined by AND.')
 
     def test(resource: dict) -> bool:
         for field, value in clauses:

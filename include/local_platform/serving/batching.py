@@ -183,7 +183,7 @@ class Batcher:
         report.calls += len(calls)
         report.batches += 1
         report.largest = max(report.largest, sum(call.batch.count for call in calls))
-        report.reruns += len(calls) > 1 and isinstance(outcome, _Rerun)
+        report.reruns += isinstance(outcome, _Rerun)
         if (elapsed := time.monotonic() - report.since) >= REPORT_EVERY_S:
             log.info("%s: %d predict calls in %d TensorFlow calls in the last %.0f s (largest %d instances%s)",
                      self.name, report.calls, report.batches, elapsed, report.largest,

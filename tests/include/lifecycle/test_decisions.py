@@ -115,6 +115,23 @@ def test_batch_summary_from_files():
     assert summary.sample_keys == ["a", "b"] and summary.ignored_files == []
 
 
+def test_vertex_batch_summary_from_its_files():
+    out = "gs://b/out/prediction-m-2026_01_01T00_00_00_000Z"
+    files = {
+        f"{out}/predictions_00001.jsonl": '{"instance": {}, "prediction": {"key": "a"}}\n{"instance": {}}\n\n'
+                                          '{"instance": {}, "prediction": {"key": "c"}}\n',
+        f"{out}/errors_00001.jsonl": '{"instance": {}, "error": {"code": 3, "message": "not a jpeg"}}\nnot json\n',
+        f"{out}/other.txt": "ignored\n",
+    }
+    job = {"outputInfo": {"gcsOutputDirectory": out}, "completionStats": {"successfulCount": "3", "failedCount": "2"}}
+    summary = batch_outputs.summarize_vertex(job_id="j", output_path="gs://b/out", job=job,
+                                             list_uris=lambda prefix: sorted(files), read_lines=_lines_of(files))
+    assert (summary.prediction_count, summary.error_count, summary.result_lines) == (3, 2, 3)
+    assert summary.sample_keys == ["a", "c"]  # a line without a prediction gives no key
+    assert summary.error_types == {"not a jpeg": 1, "not json": 1}
+    assert summary.result_files == [f"{out}/predictions_00001.jsonl"] and summary.output_path == out
+
+
 def _lines_of(files: dict[str, str]):
     """A streaming reader over in-memory files that records what was read."""
 
