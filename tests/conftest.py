@@ -56,6 +56,70 @@ TEST_PROJECT = "test-project"
 TEST_BUCKET = "test-bucket"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--database", choices=("sqlite", "postgresql"), default="sqlite",
+                     help="the database of every service the tests start: SQLite in its state dir (default) or "
+                          "a database of its own on one PostgreSQL server for the session (make test runs the "
+                          "service tests both ways)")
+
+
+class _PostgresBackend:
+    """One PostgreSQL server for the test session, a database and an artifact prefix per service state dir."""
+
+    def __init__(self):
+        from tools.postgres import PostgresServer
+
+        self.server = PostgresServer(Path(tempfile.mkdtemp(prefix="ml-engine-pg-"))).start()
+        self._databases: dict[Path, dict[str, str]] = {}
+
+    def __call__(self, state_dir: Path) -> dict[str, str]:
+        key = Path(state_dir).resolve()
+        if key not in self._databases:
+            name = f"svc_{len(self._databases)}_{uuid.uuid4().hex[:6]}"
+            _ensure_bucket(TEST_BUCKET)
+            self._databases[key] = {"database_url": self.server.create_database(name),
+                                    "artifact_uri": f"gs://{TEST_BUCKET}/artifacts/{name}"}
+        return self._databases[key]
+
+    def stop(self) -> None:
+        self.server.stop()
+        shutil.rmtree(self.server.directory, ignore_errors=True)
+
+
+def _ensure_bucket(name: str) -> None:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project=TEST_PROJECT, credentials=AnonymousCredentials())
+    if not client.bucket(name).exists():
+        client.create_bucket(name)
+
+
+def pytest_configure(config):
+    if config.getoption("--database", default="sqlite") == "postgresql":
+        devstack.service_backend = _PostgresBackend()
+
+
+def pytest_unconfigure(config):
+    if isinstance(devstack.service_backend, _PostgresBackend):
+        devstack.service_backend.stop()
+        devstack.service_backend = None
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A real PostgreSQL server on loopback for this session (the replica tests' shared database)."""
+    from tools.postgres import PostgresServer, binaries
+
+    if binaries() is None:
+        pytest.fail("PostgreSQL's initdb is missing: `make test` installs Debian's postgresql")
+    directory = Path(tempfile.mkdtemp(prefix="ml-engine-pg-replicas-"))
+    server = PostgresServer(directory).start()
+    yield server
+    server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def gcs_emulator(tmp_path_factory) -> str:
     """URL of an in-memory GCS emulator; STORAGE_EMULATOR_HOST points at it."""

@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
@@ -170,8 +171,14 @@ def gcs_emulator(*, port: int, data_dir: Path | None, log_path: Path) -> LocalPr
     )
 
 
+#: When set (the test session's ``--database postgresql``): the database settings of the service with a given
+#: state dir, {"database_url": ..., "artifact_uri": ...}; every ``ml_service`` started without its own uses them.
+service_backend: Callable[[Path], dict[str, str]] | None = None
+
+
 def ml_service(*, port: int, state_dir: Path, gcs_host: str, log_path: Path, token_file: Path | None = None,
-               enable_faults: bool = False, vertex_port: int | None = None) -> LocalProcess:
+               enable_faults: bool = False, vertex_port: int | None = None, database_url: str = "",
+               artifact_uri: str = "") -> LocalProcess:
     """
     The local ml/v1 service on loopback, not yet started.
 
@@ -182,8 +189,13 @@ def ml_service(*, port: int, state_dir: Path, gcs_host: str, log_path: Path, tok
     :param token_file: File holding the bearer token callers must send; None: anonymous.
     :param enable_faults: Expose the fault switch (``/_local/faults``) for tests.
     :param vertex_port: Also serve Vertex AI's gRPC API on this loopback port.
+    :param database_url: The service's database (default: SQLite in ``state_dir``, or ``service_backend``'s).
+    :param artifact_uri: Where deployed models are kept for every replica (with a PostgreSQL database).
     :return: the process handle; ``start()`` it.
     """
+    if not database_url and service_backend is not None:
+        backend = service_backend(state_dir)
+        database_url, artifact_uri = backend["database_url"], backend["artifact_uri"]
     argv = [sys.executable, "-m", "include.local_platform", "--host", "127.0.0.1",
             "--port", str(port), "--state-dir", str(state_dir)]
     if vertex_port is not None:
@@ -192,12 +204,15 @@ def ml_service(*, port: int, state_dir: Path, gcs_host: str, log_path: Path, tok
         argv += ["--token-file", str(token_file)]
     if enable_faults:
         argv.append("--enable-faults")
+    env = {"STORAGE_EMULATOR_HOST": gcs_host, "PYTHONPATH": str(PROJECT_ROOT)}
+    if database_url:  # by environment: a password on the command line is visible to every local user
+        env.update(ML_ENGINE_DATABASE_URL=database_url, ML_ENGINE_ARTIFACT_URI=artifact_uri)
     return LocalProcess(
         name="ml-engine-local",
         argv=argv,
         health_url=f"http://127.0.0.1:{port}/healthz",
         log_path=log_path,
-        env={"STORAGE_EMULATOR_HOST": gcs_host, "PYTHONPATH": str(PROJECT_ROOT)},
+        env=env,
         cwd=PROJECT_ROOT,
     )
 

@@ -14,6 +14,7 @@ from include.local_platform.api.http_protocol import HeaderDeadlineProtocol
 from include.local_platform.api.security import Guard, read_token
 from include.local_platform.app import create_app
 from include.local_platform.serving.batching import BatchingOptions
+from include.local_platform.state.database import describe
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,6 +50,13 @@ def main(argv: list[str] | None = None) -> None:
                         else None,
                         help="also serve Vertex AI's gRPC API (TLS, docs/vertex-ai.md) on this port (env "
                              "ML_ENGINE_VERTEX_PORT; default: not served)")
+    parser.add_argument("--database-url", default=os.environ.get("ML_ENGINE_DATABASE_URL", ""),
+                        help="the service's state: sqlite:///PATH (default: STATE_DIR/state.sqlite) or "
+                             "postgresql://USER@HOST:PORT/DB, which several replicas can share (env "
+                             "ML_ENGINE_DATABASE_URL; docs/replicas.md)")
+    parser.add_argument("--artifact-uri", default=os.environ.get("ML_ENGINE_ARTIFACT_URI", ""),
+                        help="gs://BUCKET/PREFIX where deployed models are kept for every replica (env "
+                             "ML_ENGINE_ARTIFACT_URI; required with a PostgreSQL database)")
     try:
         defaults = BatchingOptions.from_environment()
     except ValueError as error:
@@ -65,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="online predict: batches in TensorFlow at once (env ML_ENGINE_NUM_BATCH_THREADS; "
                              "default %(default)s, twice the cores)")
     args = parser.parse_args(argv)
+    if args.database_url.startswith("postgres") and not args.artifact_uri.startswith("gs://"):
+        parser.error("--database-url postgresql://... needs --artifact-uri gs://BUCKET/PREFIX: replicas load "
+                     "deployed models from there")
     try:
         batching = BatchingOptions(max_batch_size=args.max_batch_size,
                                    batch_timeout_micros=args.batch_timeout_micros,
@@ -81,14 +92,15 @@ def main(argv: list[str] | None = None) -> None:
     sys.setswitchinterval(float(os.environ.get("ML_ENGINE_SWITCH_INTERVAL_S", "0.0005")))
     state_dir = args.state_dir.resolve()
     logging.getLogger("local_platform").info(
-        "ml/v1 service on http://%s:%d/ (state in %s, GCS %s, batch engine %s)", args.host, args.port, state_dir,
+        "ml/v1 service on http://%s:%d/ (state in %s, database %s, GCS %s, batch engine %s)", args.host, args.port,
+        state_dir, describe(args.database_url) if args.database_url else "SQLite in the state dir",
         os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com", args.batch_engine)
     # A long keep-alive: httplib2 (googleapiclient) reuses idle connections and fails on a closed one.
     guard = Guard.from_settings(token=read_token(args.token_file), bind_host=args.host,
                                 allowed_hosts=args.allowed_hosts)
     app = create_app(state_dir, guard=guard, enable_faults=args.enable_faults, batch_engine=args.batch_engine,
                      beam_options=args.beam_options, vertex_port=args.vertex_port, vertex_host=args.host,
-                     batching=batching)
+                     batching=batching, database_url=args.database_url, artifact_uri=args.artifact_uri)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_keep_alive=600,
                 log_level=args.log_level.lower(), http=HeaderDeadlineProtocol)
 

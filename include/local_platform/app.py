@@ -31,7 +31,8 @@ from include.local_platform.workers import supervisor
 
 def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bool = False,
                batch_engine: str = "local", beam_options: str = "", vertex_port: int | None = None,
-               vertex_host: str = "127.0.0.1", batching: BatchingOptions | None = None) -> FastAPI:
+               vertex_host: str = "127.0.0.1", batching: BatchingOptions | None = None, database_url: str = "",
+               artifact_uri: str = "") -> FastAPI:
     """
     The local service as an ASGI app; work interrupted by a crash resumes when it starts.
 
@@ -43,10 +44,18 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
     :param vertex_port: Serve Vertex AI's gRPC API (TLS) on this port too (0: a free one; None: not at all).
     :param vertex_host: The address the Vertex AI surface binds.
     :param batching: How concurrent online predict calls are joined (default: from the environment).
+    :param database_url: The store's database: ``sqlite:///PATH`` (default: in ``state_dir``) or
+        ``postgresql://...`` (several replicas may share it; docs/replicas.md).
+    :param artifact_uri: gs:// prefix deployed models are copied to, so every replica loads them from there
+        (required with PostgreSQL; "": models stay on this machine).
     :return: the FastAPI app (``app.state.vertex_port``: where the Vertex AI surface listens, once started).
     """
+    if database_url.startswith("postgres") and not artifact_uri:
+        raise ValueError("a PostgreSQL database is shared by replicas: give --artifact-uri (gs://BUCKET/PREFIX) "
+                         "too, where deployed models are kept for all of them")
     ctx = Context(state_dir=state_dir, batch_engine=batch_engine, beam_options=beam_options,
-                  batching=batching or BatchingOptions.from_environment())
+                  batching=batching or BatchingOptions.from_environment(), database_url=database_url,
+                  artifact_uri=artifact_uri.rstrip("/"))
     guard = guard or Guard()
     faults = FaultInjector()
     supervisor.register(ctx)

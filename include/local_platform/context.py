@@ -2,7 +2,10 @@
 
 One ``Context`` per process, made by ``app.create_app``. Threads that do work
 (deployments, batch jobs) come from its two pools; a cancel reaches the thread
-doing the work through ``cancel_event``.
+doing the work through ``cancel_event`` (on another replica: through the work
+queue's cancel requests). ``database_url`` picks the store's database; with
+several replicas on one PostgreSQL database, ``artifact_uri`` is where deployed
+models are kept for all of them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pathlib import Path
 from include.local_platform.serving.batching import BatchingOptions
 from include.local_platform.serving.model_cache import ModelCache
 from include.local_platform.state.crashpoints import CrashPoints
+from include.local_platform.state.database import default_url
+from include.local_platform.state.leases import Leases, default_replica_id, lease_seconds
 from include.local_platform.state.store import Store
 from include.local_platform.state.work_queue import WorkQueue
 
@@ -25,9 +30,12 @@ class Context:
     """The service's shared state; one per process."""
 
     state_dir: Path
+    database_url: str = ""  # sqlite:///... (default: state.sqlite in state_dir) or postgresql://...
+    artifact_uri: str = ""  # gs://bucket/prefix: deployed models, shared by replicas ("": this machine only)
+    replica_id: str = ""  # who holds this process's leases (default: host name and state dir)
     store: Store = field(init=False)
     models: ModelCache = field(default_factory=ModelCache)
-    work: WorkQueue = field(default_factory=WorkQueue)
+    work: WorkQueue = field(init=False)
     deployments: ThreadPoolExecutor = field(init=False)
     jobs: ThreadPoolExecutor = field(init=False)
     cancel_events: dict[str, threading.Event] = field(default_factory=dict)
@@ -41,7 +49,10 @@ class Context:
 
     def __post_init__(self):
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(self.state_dir / "state.sqlite")
+        self.database_url = self.database_url or default_url(self.state_dir)
+        self.store = Store(self.database_url)
+        self.replica_id = self.replica_id or default_replica_id(self.state_dir)
+        self.work = WorkQueue(Leases(self.store, self.replica_id, lease_seconds()), self.cancel_events)
         self.deployments = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deploy")
         self.jobs = ThreadPoolExecutor(max_workers=2, thread_name_prefix="job")
         self.batch_threads = ThreadPoolExecutor(max_workers=self.batching.num_batch_threads,
@@ -63,6 +74,7 @@ class Context:
     def shutdown(self) -> None:
         """Stop workers; their in-flight work is left as is and resumed at the next start."""
         self.stopping.set()
+        self.work.stop()
         self.deployments.shutdown(wait=False, cancel_futures=True)
         self.jobs.shutdown(wait=False, cancel_futures=True)
         self.batch_threads.shutdown(wait=False, cancel_futures=True)

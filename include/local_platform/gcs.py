@@ -155,6 +155,35 @@ def download_prefix(prefix_uri: str, dest: Path, *, max_files: int, max_bytes: i
     return len(objects)
 
 
+def delete_prefix(prefix_uri: str) -> int:
+    """Delete every object under ``prefix_uri/``; returns how many there were."""
+    prefix_uri = prefix_uri.rstrip("/") + "/"
+    bucket = client().bucket(split_uri(prefix_uri)[0])
+    uris = list_objects(prefix_uri)
+    for uri in uris:
+        try:
+            bucket.blob(split_uri(uri)[1]).delete()
+        except gexc.NotFound:
+            pass
+        except gexc.GoogleAPIError as error:
+            raise _translate(uri, error) from error
+    return len(uris)
+
+
+def upload_dir(source: Path, prefix_uri: str) -> int:
+    """Copy every file under ``source`` to ``prefix_uri/``, keeping relative paths; returns the count."""
+    bucket_name, prefix = split_uri(prefix_uri.rstrip("/") + "/")
+    bucket = client().bucket(bucket_name)
+    files = sorted(path for path in source.rglob("*") if path.is_file())
+    for path in files:
+        name = prefix + path.relative_to(source).as_posix()
+        try:
+            bucket.blob(name).upload_from_filename(str(path))
+        except gexc.GoogleAPIError as error:
+            raise _translate(f"gs://{bucket_name}/{name}", error) from error
+    return len(files)
+
+
 def download_file(uri: str, target: Path) -> None:
     bucket, path = split_uri(uri)
     try:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from include.local_platform.api.calls import Call
 from include.local_platform.context import Context
 from include.local_platform.errors import ApiError, PredictionError, invalid_argument
-from include.local_platform.resources import models
+from include.local_platform.resources import artifacts, models
 from include.local_platform.serving import batching, numeric_json, prediction
 from include.local_platform.serving.saved_model import BadModel, Signature
 from include.local_platform.serving.tensors import PreparedBatch, prepare
@@ -55,7 +54,7 @@ def predict_call(ctx: Context, call: Call, *, inline: bool = False) -> dict | Pe
             if (loaded := ctx.models.peek(version["name"])) is None:
                 return None
         else:
-            loaded = ctx.models.get(version["name"], Path(version["_path"]))
+            loaded = ctx.models.get(version["name"], artifacts.local_dir(ctx, version))
         signature = loaded.signature(body.get("signature_name") or body.get("signatureName"))
         if inline:
             return None if signature.stages_files else Pending(version["name"], signature,

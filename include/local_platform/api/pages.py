@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-from pathlib import Path
 
 import orjson
 from fastapi import FastAPI, Request
@@ -20,7 +19,7 @@ from starlette.datastructures import UploadFile
 from include.local_platform.api.security import Guard
 from include.local_platform.context import Context
 from include.local_platform.errors import ApiError, PredictionError
-from include.local_platform.resources import jobs, models, operations
+from include.local_platform.resources import artifacts, jobs, models, operations
 from include.local_platform.resources.names import job_name
 from include.local_platform.serving import prediction
 from include.local_platform.serving.numeric_json import dumps
@@ -124,7 +123,7 @@ def _predict_upload(ctx: Context, version_name: str, form) -> str:
         return (f"<h2>Image too large</h2><p>{size[0]}x{size[1]} pixels; at most {MAX_UPLOAD_PIXELS:,} pixels "
                 "are decoded here.</p>")
     version = models.resolve_for_prediction(ctx, version_name)
-    signature = ctx.models.get(version["name"], Path(version["_path"])).signature(None)
+    signature = ctx.models.get(version["name"], artifacts.local_dir(ctx, version)).signature(None)
     instance: dict = {}
     try:
         for alias, spec in signature.inputs.items():

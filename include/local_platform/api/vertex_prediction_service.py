@@ -15,8 +15,6 @@ GetProject answers the aiplatform SDK's project-number lookup (it asks Resource 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 from google.cloud.aiplatform_v1.types import prediction_service
 from google.cloud.resourcemanager_v3.types import projects as rm_projects
@@ -27,7 +25,7 @@ from include.local_platform.api.vertex_grpc import Rpc
 from include.local_platform.api.vertex_messages import pb, python, to_message, values
 from include.local_platform.context import Context
 from include.local_platform.errors import ApiError, PredictionError, invalid_argument
-from include.local_platform.resources import vertex_endpoints, vertex_operations
+from include.local_platform.resources import artifacts, vertex_endpoints, vertex_operations
 from include.local_platform.serving import batching, prediction
 from include.local_platform.serving.numeric_json import dumps
 from include.local_platform.serving.saved_model import BadModel
@@ -47,7 +45,7 @@ def predict(ctx: Context, request) -> object:
     key = f"{deployed['model']}@{deployed['modelVersionId']}"
     version = ctx.store.get(key) or {}
     try:
-        signature = ctx.models.get(key, Path(version["_path"])).signature(None)
+        signature = ctx.models.get(key, artifacts.local_dir(ctx, version)).signature(None)
         instances = [python(value) for value in request.instances]
         if signature.stages_files or ctx.event_loop is None:  # staged files: a call of its own, not batched
             staging = ctx.scratch_dir if signature.stages_files else None

@@ -106,6 +106,6 @@ def cancel_job(ctx: Context, project: str, job_id: str) -> dict:
         if job["state"] not in ACTIVE_STATES:
             raise failed_precondition(f"Job {name} is {job['state']} and cannot be cancelled.")
         ctx.store.transition(name, ACTIVE_STATES, state="CANCELLING")
-    ctx.cancel_event(name).set()
+    ctx.work.cancel(name)
     log.info("job %s CANCELLING", name)
     return {}

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-from pathlib import Path
 
 from include.local_platform.context import Context
 from include.local_platform.errors import (
@@ -19,7 +17,7 @@ from include.local_platform.errors import (
     invalid_argument,
     not_found,
 )
-from include.local_platform.resources import operations
+from include.local_platform.resources import artifacts, operations
 from include.local_platform.resources.names import check_name, model_name, version_name
 from include.local_platform.resources.proto_json import camel, camel_case
 from include.local_platform.resources.validation import (
@@ -271,9 +269,7 @@ def delete_version(ctx: Context, project: str, model: str, version: str) -> dict
         if is_default:
             ctx.store.update(parent["name"], lambda doc: doc.pop("defaultVersion", None))
     ctx.models.evict(current["name"])
-    local = current.get("_path")
-    if local:
-        shutil.rmtree(Path(local), ignore_errors=True)
+    artifacts.forget(ctx, current)
     log.info("deleted version %s", current["name"])
     return operations.finished(ctx, project=project, kind="delete", model=model, version=current,
                                operation_type="DELETE_VERSION")

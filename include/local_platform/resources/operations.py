@@ -86,5 +86,5 @@ def cancel(ctx: Context, name: str) -> dict:
         if operation["done"]:
             return {}
         ctx.store.update(name, lambda op: op["metadata"].__setitem__("isCancellationRequested", True))
-    ctx.cancel_event(name).set()
+    ctx.work.cancel(name)
     return {}

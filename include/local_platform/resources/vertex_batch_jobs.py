@@ -97,7 +97,7 @@ def cancel(ctx: Context, name: str) -> None:
         if job["state"] not in ACTIVE:
             raise failed_precondition(f"BatchPredictionJob {name} is {job['state']} and cannot be cancelled.")
         ctx.store.transition(name, ACTIVE, state="JOB_STATE_CANCELLING", updateTime=now_rfc3339())
-    ctx.cancel_event(name).set()
+    ctx.work.cancel(name)
 
 
 def delete(ctx: Context, name: str) -> dict:

@@ -14,7 +14,7 @@ import logging
 
 from include.local_platform.context import Context
 from include.local_platform.errors import ApiError, failed_precondition, invalid_argument, not_found
-from include.local_platform.resources import validation, vertex_names, vertex_operations
+from include.local_platform.resources import artifacts, validation, vertex_names, vertex_operations
 from include.local_platform.state.clock import new_etag, now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -198,6 +198,7 @@ def delete_version(ctx: Context, name: str) -> dict:
                                       f"{[ref.get('endpoint') for ref in _deployed_refs(version)]}; undeploy it first.")
         ctx.store.delete(key)
     ctx.models.evict(key)
+    artifacts.forget(ctx, version)
     log.info("deleted model version %s", key)
     return vertex_operations.finished(ctx, key, "DeleteOperationMetadata")
 
@@ -218,6 +219,7 @@ def delete_model(ctx: Context, name: str) -> dict:
         ctx.store.delete(model_name)
     for version in all_versions:
         ctx.models.evict(_version_key(model_name, version["versionId"]))
+        artifacts.forget(ctx, version)
     log.info("deleted model %s (%d versions)", model_name, len(all_versions))
     return vertex_operations.finished(ctx, model_name, "DeleteOperationMetadata")
 

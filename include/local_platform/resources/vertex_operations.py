@@ -77,7 +77,7 @@ def cancel(ctx: Context, name: str) -> None:
     operation = get(ctx, name)
     if not operation.get("done"):
         ctx.store.update(name, lambda op: op.__setitem__("_cancelRequested", True))
-        ctx.cancel_event(name).set()
+        ctx.work.cancel(name)
 
 
 def failed(error: ApiError) -> tuple[int, str]:

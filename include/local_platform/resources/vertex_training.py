@@ -133,7 +133,7 @@ def cancel_custom_job(ctx: Context, name: str) -> None:
         job = get_custom_job(ctx, name)
         if ctx.store.transition(name, ("QUEUED", "PREPARING", "RUNNING"), state="CANCELLING") is None:
             raise failed_precondition(f"CustomJob {name} is {JOB_STATES.get(job['state'])} and cannot be cancelled.")
-    ctx.cancel_event(name).set()
+    ctx.work.cancel(name)
 
 
 def delete_custom_job(ctx: Context, name: str) -> dict:

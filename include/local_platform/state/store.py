@@ -1,9 +1,10 @@
-"""Durable state of the service: every resource is one JSON document in SQLite.
+"""Durable state of the service: every resource is one JSON document in SQL (SQLite or PostgreSQL).
 
 Models, versions, operations and jobs are stored as the exact JSON bodies the
 API returns, keyed by their full resource name, so a restart (even kill -9)
-finds them all again. Writes are serialised by one lock; SQLite runs in WAL
-mode with synchronous=NORMAL, enough for a local service.
+finds them all again, and every replica on one PostgreSQL database sees them at
+once. Every write runs in a write transaction under one database-wide lock
+(``database``); SQLite runs in WAL mode with synchronous=NORMAL.
 
 A resource's ``state`` changes in one place only, ``Store.transition``: a
 compare-and-set, so a state read earlier is never written back over a newer one
@@ -14,40 +15,35 @@ Keys starting with ``_`` are the service's own bookkeeping, never shown (``publi
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
+from include.local_platform.state import migrations
 from include.local_platform.state.clock import new_etag
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS resources (
-    name    TEXT PRIMARY KEY,
-    kind    TEXT NOT NULL,
-    parent  TEXT NOT NULL,
-    created REAL NOT NULL,
-    body    TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS resources_by_parent ON resources (kind, parent, created);
-"""
+from include.local_platform.state.database import connect
 
 
 class Store:
     """A tiny document store: get / put / update / delete / list by (kind, parent)."""
 
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+    def __init__(self, url: str):
+        self._db = connect(url)
+        self.dialect = self._db.dialect
+        migrations.migrate(self._db)
         self._lock = threading.RLock()
         self._depth = 0  # nesting of transaction() in the thread holding the lock
-        self._generation = 0  # moves on every write (and rollback): what `memo` results are valid for
+        self._changed = False  # whether the open transaction wrote anything
+        # moves on every write here, every rollback, and every write another replica commits: what `memo`
+        # results are valid for
+        self._generation = 0
         self._memo: dict[object, tuple[int, object]] = {}
+        self._db.on_change(self._bump)
+
+    def _bump(self) -> None:
+        with self._lock:
+            self._generation += 1
 
     @contextmanager
     def transaction(self) -> Iterator[Store]:
@@ -64,41 +60,46 @@ class Store:
                 finally:
                     self._depth -= 1
                 return
-            self._db.execute("BEGIN IMMEDIATE")
-            self._depth = 1
+            self._db.begin_write()
+            self._depth, self._changed = 1, False
             try:
                 yield self
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.rollback()
                 self._generation += 1
                 raise
             finally:
                 self._depth = 0
-            self._db.execute("COMMIT")
+            self._db.commit(changed=self._changed)
+
+    def _write(self, sql: str, params: Sequence) -> None:
+        with self.transaction():
+            self._db.execute(sql, params)
+            self._changed = True
+            self._generation += 1
+
+    def execute(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        """One statement on the state layer's own tables (leases), atomic by itself."""
+        with self._lock:
+            return self._db.execute(sql, params)
 
     def get(self, name: str) -> dict | None:
         with self._lock:
-            row = self._db.execute("SELECT body FROM resources WHERE name = ?", (name,)).fetchone()
-        return json.loads(row[0]) if row else None
+            rows = self._db.execute("SELECT body FROM resources WHERE name = ?", (name,))
+        return json.loads(rows[0][0]) if rows else None
 
     def insert(self, name: str, kind: str, parent: str, body: dict) -> dict:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO resources (name, kind, parent, created, body) VALUES (?, ?, ?, ?, ?)",
-                (name, kind, parent, time.time(), json.dumps(body)),
-            )
-            self._generation += 1
+        self._write("INSERT INTO resources (name, kind, parent, created, body) VALUES (?, ?, ?, ?, ?)",
+                    (name, kind, parent, time.time(), json.dumps(body)))
         return body
 
     def put(self, name: str, body: dict) -> dict:
-        with self._lock:
-            self._db.execute("UPDATE resources SET body = ? WHERE name = ?", (json.dumps(body), name))
-            self._generation += 1
+        self._write("UPDATE resources SET body = ? WHERE name = ?", (json.dumps(body), name))
         return body
 
     def update(self, name: str, change: Callable[[dict], None]) -> dict | None:
         """Read, change in place and write back one document atomically; None if it is gone."""
-        with self._lock:
+        with self.transaction():
             body = self.get(name)
             if body is None:
                 return None
@@ -124,15 +125,15 @@ class Store:
             return self.put(name, current)
 
     def delete(self, name: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM resources WHERE name = ?", (name,))
-            self._generation += 1
+        self._write("DELETE FROM resources WHERE name = ?", (name,))
 
     def memo(self, key: object, compute: Callable[[], object], max_entries: int = 1024) -> object:
         """`compute()`, reused until the next write to the store (a read-only answer derived from it).
 
         A write while `compute` runs leaves its answer uncached. Callers must not change the result.
         """
+        if not self._db.change_signal_alive:
+            return compute()  # another replica's write could go unnoticed: nothing is cached
         with self._lock:
             hit = self._memo.get(key)
             if hit is not None and hit[0] == self._generation:
@@ -150,12 +151,10 @@ class Store:
         """Documents of one kind (under one parent), oldest first."""
         with self._lock:
             if parent is None:
-                rows = self._db.execute(
-                    "SELECT body FROM resources WHERE kind = ? ORDER BY created", (kind,)).fetchall()
+                rows = self._db.execute("SELECT body FROM resources WHERE kind = ? ORDER BY created, name", (kind,))
             else:
                 rows = self._db.execute(
-                    "SELECT body FROM resources WHERE kind = ? AND parent = ? ORDER BY created",
-                    (kind, parent)).fetchall()
+                    "SELECT body FROM resources WHERE kind = ? AND parent = ? ORDER BY created, name", (kind, parent))
         return [json.loads(row[0]) for row in rows]
 
     def close(self) -> None:

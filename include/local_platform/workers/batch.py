@@ -21,7 +21,7 @@ from pathlib import Path
 from include.local_platform import gcs
 from include.local_platform.context import Context
 from include.local_platform.errors import ApiError, PredictionError
-from include.local_platform.resources import models
+from include.local_platform.resources import artifacts, models
 from include.local_platform.serving.saved_model import BadModel, LoadedModel, Signature
 from include.local_platform.state.clock import now_rfc3339
 from include.local_platform.workers import deployment, local_engine
@@ -155,7 +155,7 @@ def _load_signature(ctx: Context, prediction_input: dict, scratch: Path) -> Sign
     else:
         version = models.resolve_for_prediction(ctx, prediction_input.get("versionName")
                                                 or prediction_input["modelName"])
-        loaded = ctx.models.get(version["name"], Path(version["_path"]))
+        loaded = ctx.models.get(version["name"], artifacts.local_dir(ctx, version))
     return loaded.signature(prediction_input.get("signatureName"))
 
 
@@ -168,15 +168,20 @@ def _expand_inputs(patterns: list[str]) -> list[str]:
     return inputs
 
 
-def resume(ctx: Context) -> None:
-    """After a restart: interrupted jobs run again from the start (their earlier shards are deleted first)."""
-    for job in ctx.store.list("job"):
-        name = job["_name"]
-        if "trainingInput" in job:
-            continue  # training.resume's
-        if ctx.store.transition(name, ("CANCELLING",), state="CANCELLED", endTime=now_rfc3339()) is not None:
-            continue
-        if ctx.store.transition(name, ("QUEUED", "PREPARING", "RUNNING"), state="QUEUED") is not None:
-            log.info("job %s was %s when the service stopped (attempt %s); queued again", name, job["state"],
-                     job.get("_attempts", 0))
-            submit(ctx, name)
+WORKING = ("QUEUED", "PREPARING", "RUNNING", "CANCELLING")
+
+
+def pending(ctx: Context) -> list[str]:
+    """Batch prediction jobs not ended (running here, on another replica, or on none since a crash)."""
+    return [job["_name"] for job in ctx.store.list("job") if "trainingInput" not in job and job["state"] in WORKING]
+
+
+def adopt(ctx: Context, name: str) -> None:
+    """A job this replica just took over runs again from the start (its earlier shards are deleted first)."""
+    if ctx.store.transition(name, ("CANCELLING",), state="CANCELLED", endTime=now_rfc3339()) is not None:
+        return
+    job = ctx.store.get(name) or {}
+    if ctx.store.transition(name, ("QUEUED", "PREPARING", "RUNNING"), state="QUEUED") is not None:
+        log.info("job %s was %s when its worker stopped (attempt %s); queued again", name, job.get("state"),
+                 job.get("_attempts", 0))
+        submit(ctx, name)

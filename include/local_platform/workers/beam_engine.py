@@ -51,7 +51,7 @@ from apache_beam.options.pipeline_options import (
 
 from include.local_platform import gcs
 from include.local_platform.context import Context
-from include.local_platform.resources import models
+from include.local_platform.resources import artifacts, models
 from include.local_platform.serving.numeric_json import dumps
 from include.local_platform.serving.saved_model import LoadedModel, Signature
 from include.local_platform.workers import batch_instances, beam_gcs
@@ -363,7 +363,7 @@ def _model_source(ctx: Context, prediction_input: dict, scratch: Path) -> tuple[
         return prediction_input["uri"], str(scratch / "model")  # where batch._load_signature put it
     version = models.resolve_for_prediction(ctx, prediction_input.get("versionName")
                                             or prediction_input["modelName"])
-    return version.get("deploymentUri", ""), version.get("_path", "")
+    return version.get("deploymentUri", ""), str(artifacts.local_dir(ctx, version)) if version.get("_path") else ""
 
 
 def _delete_beam_temp(output_path: str) -> None:

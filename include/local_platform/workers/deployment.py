@@ -19,7 +19,7 @@ from pathlib import Path
 
 from include.local_platform import gcs
 from include.local_platform.context import Context
-from include.local_platform.resources import operations
+from include.local_platform.resources import artifacts, operations
 from include.local_platform.serving.saved_model import BadModel
 from include.local_platform.state.clock import new_etag
 from include.local_platform.workers.recovery import MAX_ATTEMPTS
@@ -104,7 +104,8 @@ def deploy(ctx: Context, version_name: str) -> None:
                            "expected to contain exactly one of: [saved_model.pb, saved_model.pbtxt].")
         _check_cancel(ctx, operation_name)
         loaded = ctx.models.get(version_name, target)
-        _finish_ready(ctx, version_name, operation_name, target)
+        kept = artifacts.publish(ctx, target)  # where other replicas load it from
+        _finish_ready(ctx, version_name, operation_name, target, kept)
     except (gcs.GcsError, BadModel) as error:
         _fail(ctx, version_name, operation_name, target,
               f"Create Version failed. Bad model detected with error: {error}", operations.FAILED_PRECONDITION)
@@ -120,13 +121,14 @@ def deploy(ctx: Context, version_name: str) -> None:
              sorted(loaded.signatures), time.monotonic() - started)
 
 
-def _finish_ready(ctx: Context, version_name: str, operation_name: str, target: Path) -> None:
+def _finish_ready(ctx: Context, version_name: str, operation_name: str, target: Path, kept: str) -> None:
     """Version READY, first version the default, operation done: one transaction, all or nothing."""
     with ctx.store.transaction():
         operation = ctx.store.get(operation_name) or {}
         if operation.get("metadata", {}).get("isCancellationRequested"):
             raise Cancelled()  # asked while the model loaded: honoured, not lost
-        updated = ctx.store.transition(version_name, ("CREATING",), state="READY", _path=str(target))
+        updated = ctx.store.transition(version_name, ("CREATING",), state="READY", _path=str(target),
+                                       **({"_artifacts": kept} if kept else {}))
         if updated is None:  # deleted meanwhile
             shutil.rmtree(target, ignore_errors=True)
             ctx.models.evict(version_name)
@@ -146,12 +148,19 @@ def _fail(ctx: Context, version_name: str, operation_name: str, target: Path, me
     log.warning("version %s FAILED: %s", version_name, message)
 
 
-def resume(ctx: Context) -> None:
-    """After a restart: redo interrupted deployments, reload READY versions in the background."""
-    for version in ctx.store.list("version"):
-        if version["state"] == "CREATING":
-            operation = ctx.store.get(version["_operation"]) or {}
-            if operation.get("metadata", {}).get("isCancellationRequested"):
-                ctx.cancel_event(version["_operation"]).set()  # asked before the restart: still honoured
-            log.info("resuming deployment of %s after a restart", version["name"])
-            submit(ctx, version["name"])
+def pending(ctx: Context) -> list[str]:
+    """Versions whose deployment is under way (here, on another replica, or on none since a crash)."""
+    return [version["name"] for version in ctx.store.list("version") if version["state"] == "CREATING"]
+
+
+def adopt(ctx: Context, version_name: str) -> None:
+    """Redo a deployment this replica just took over (after a restart, or from a replica that died)."""
+    version = ctx.store.get(version_name)
+    if version is None or version["state"] != "CREATING":
+        return
+    operation = ctx.store.get(version["_operation"]) or {}
+    if operation.get("metadata", {}).get("isCancellationRequested"):
+        ctx.cancel_event(version["_operation"]).set()  # asked before the restart: still honoured
+    log.info("resuming deployment of %s (attempt %d; interrupted by a stop or a dead replica)", version_name,
+             int(version.get("_attempts", 0)) + 1)
+    submit(ctx, version_name)

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from include.local_platform.context import Context
-from include.local_platform.resources import operations
+from include.local_platform.resources import artifacts, operations
 
 log = logging.getLogger(__name__)
 #: Starts of one deployment or job: after this many interrupted ones (the service died while doing
@@ -61,14 +61,14 @@ def finish_dangling_operations(ctx: Context) -> int:
 def remove_orphan_directories(ctx: Context) -> list[Path]:
     """Delete artifact directories no version refers to (ml/v1's and Vertex AI's) and every scratch directory
     (nothing runs yet)."""
-    referenced = {Path(version["_path"]).resolve() for kind in ("version", "vertex_model_version")
+    referenced = {artifacts.relative(Path(version["_path"])) for kind in ("version", "vertex_model_version")
                   for version in ctx.store.list(kind) if version.get("_path")}
     removed = []
     for root in (ctx.artifacts_dir, ctx.state_dir / "vertex_artifacts"):
         if root.is_dir():
             # layout: <root>/PROJECT/MODEL/VERSION-ETAG
             for directory in root.glob("*/*/*"):
-                if directory.resolve() not in referenced:
+                if artifacts.relative(directory) not in referenced:
                     _remove(directory)
                     removed.append(directory)
     for entry in ctx.scratch_dir.iterdir():
@@ -80,17 +80,18 @@ def remove_orphan_directories(ctx: Context) -> list[Path]:
 
 
 def release_attempts(ctx: Context) -> int:
-    """At a graceful stop: give back the attempt of every deployment and job in flight.
+    """At a graceful stop: give back the attempt of every deployment and job in flight on this replica.
 
     Only a start that ended in a crash counts towards MAX_ATTEMPTS; work the
     service is asked to stop (make stop, a restart) resumes with its count unchanged.
     """
     released = 0
+    held = ctx.work.held()
     with ctx.store.transaction():
         for kind, states in (("version", ("CREATING",)), ("job", ("QUEUED", "PREPARING", "RUNNING"))):
             for resource in ctx.store.list(kind):
-                if resource.get("state") in states and int(resource.get("_attempts", 0)) > 0:
-                    name = resource.get("_name") or resource["name"]
+                name = resource.get("_name") or resource["name"]
+                if name in held and resource.get("state") in states and int(resource.get("_attempts", 0)) > 0:
                     ctx.store.update(name, lambda doc: doc.update(_attempts=int(doc["_attempts"]) - 1))
                     released += 1
     return released

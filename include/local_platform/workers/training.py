@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import threading
 import time
 from collections import deque
@@ -47,7 +48,13 @@ def trainer_identity(ctx: Context) -> trainer_sandbox.Identity:
 
 
 def work_dir(ctx: Context, name: str) -> Path:
-    """The job's own directory (its id is a checked ml/v1 name: letters, digits, underscores)."""
+    """The job's own directory (its id is a checked ml/v1 name: letters, digits, underscores).
+
+    A job started by another replica on this host keeps the directory that replica recorded (a
+    replica taking over re-attaches to its trainer and reads its log and exit status there)."""
+    job = ctx.store.get(name) or {}
+    if job.get("_workDir") and job.get("_host") == socket.gethostname():
+        return Path(job["_workDir"])
     project, job_id = name.split("/")[1], name.rsplit("/", 1)[1]
     return jobs_root(ctx) / project / job_id
 
@@ -177,8 +184,10 @@ def _run_with_slot(ctx: Context, name: str) -> None:
         if ctx.store.transition(name, ("CANCELLING",), state="CANCELLED", endTime=now_rfc3339()) is not None:
             return
         attempt = int((ctx.store.get(name) or {}).get("_attempts", 0)) + 1
+        project, job_id = name.split("/")[1], name.rsplit("/", 1)[1]
         job = ctx.store.transition(name, ("QUEUED",), state="PREPARING", startTime=now_rfc3339(),
-                                   _runSince=time.time(), _attempts=attempt)
+                                   _runSince=time.time(), _attempts=attempt, _host=socket.gethostname(),
+                                   _workDir=str(jobs_root(ctx) / project / job_id))
     if job is None:
         return
     if attempt > MAX_ATTEMPTS:
@@ -280,37 +289,43 @@ def _record_exit(ctx: Context, name: str, code: int | None) -> None:
         _finish(ctx, name, "FAILED", errorMessage=message)
 
 
-def resume(ctx: Context) -> None:
-    """After a restart no training job stays RUNNING unwatched: re-attach, finish, or start again.
-
-    First the state dir is closed to other users but for the jobs' own directories, and
-    who trainers run as is decided (and logged).
-    """
+def prepare(ctx: Context) -> None:
+    """At start: the state dir is closed to other users but for the jobs' own directories, and who trainers
+    run as is decided (and logged)."""
     jobs_root(ctx).mkdir(parents=True, exist_ok=True)
     trainer_sandbox.close_state(ctx.state_dir, jobs_root(ctx))
     log.info("trainers run as %s", trainer_identity(ctx).why)
-    for job in ctx.store.list("job"):
-        if "trainingInput" not in job or job["state"] in ENDED:
-            continue
-        name, pid, started = job["_name"], job.get("_pid"), job.get("_pidStarted")
-        state = job["state"]
-        running = bool(pid) and state in ("RUNNING", "CANCELLING") and trainer_process.alive(pid, started)
-        if state == "CANCELLING":
-            if running:
-                trainer_process.stop(pid, job.get("_trainerId"))
-            _finish(ctx, name, "CANCELLED")
-        elif state in ("QUEUED", "PREPARING"):
-            log.info("training job %s was %s when the service stopped; preparing it again", name, state)
-            ctx.store.transition(name, ("QUEUED", "PREPARING"), state="QUEUED")
-            submit(ctx, name)
-        elif running:
-            log.info("training job %s: re-attaching to trainer pid %s", name, pid)
-            _append_log(ctx, name, f"service restarted: re-attached to the trainer (pid {pid})")
-            attach = {"pid": pid, "started": started, "marker": job.get("_trainerId")}
-            threading.Thread(target=_run_logged, args=(ctx, name, attach), daemon=True,
-                             name=f"train-{job['jobId']}").start()
-        else:
-            _record_exit(ctx, name, trainer_process.exit_status(_exit_file(ctx, name), None))
+
+
+def pending(ctx: Context) -> list[str]:
+    """Training jobs not ended (running here, on another replica, or on none since a crash)."""
+    return [job["_name"] for job in ctx.store.list("job") if "trainingInput" in job and job["state"] not in ENDED]
+
+
+def adopt(ctx: Context, name: str) -> None:
+    """No training job this replica takes over stays RUNNING unwatched: re-attach, finish, or start again."""
+    job = ctx.store.get(name)
+    if job is None or job["state"] in ENDED:
+        return
+    pid, started = job.get("_pid"), job.get("_pidStarted")
+    state = job["state"]
+    running = bool(pid) and state in ("RUNNING", "CANCELLING") and trainer_process.alive(pid, started)
+    if state == "CANCELLING":
+        if running:
+            trainer_process.stop(pid, job.get("_trainerId"))
+        _finish(ctx, name, "CANCELLED")
+    elif state in ("QUEUED", "PREPARING"):
+        log.info("training job %s was %s when the service stopped; preparing it again", name, state)
+        ctx.store.transition(name, ("QUEUED", "PREPARING"), state="QUEUED")
+        submit(ctx, name)
+    elif running:
+        log.info("training job %s: re-attaching to trainer pid %s", name, pid)
+        _append_log(ctx, name, f"service restarted: re-attached to the trainer (pid {pid})")
+        attach = {"pid": pid, "started": started, "marker": job.get("_trainerId")}
+        threading.Thread(target=_run_logged, args=(ctx, name, attach), daemon=True,
+                         name=f"train-{job['jobId']}").start()
+    else:
+        _record_exit(ctx, name, trainer_process.exit_status(_exit_file(ctx, name), None))
 
 
 def read_log(ctx: Context, project: str, job_id: str, offset: int, limit: int = LOG_READ_LIMIT) -> dict:

@@ -181,12 +181,15 @@ def _prediction(row: dict) -> object:
     return next(iter(row.values())) if len(row) == 1 else row
 
 
-def resume(ctx: Context) -> None:
-    """After a restart: active jobs run again from the start (their earlier outputs are deleted first)."""
-    for job in ctx.store.list(KIND):
-        if job["state"] == "JOB_STATE_CANCELLING":
-            _end(ctx, job["name"], "JOB_STATE_CANCELLED")
-        elif job["state"] in ACTIVE:
-            log.info("batch prediction job %s was %s when the service stopped; running it again", job["name"],
-                     job["state"])
-            submit(ctx, job["name"])
+def pending(ctx: Context) -> list[str]:
+    return [job["name"] for job in ctx.store.list(KIND) if job["state"] in (*ACTIVE, "JOB_STATE_CANCELLING")]
+
+
+def adopt(ctx: Context, name: str) -> None:
+    """A job this replica just took over runs again from the start (its earlier outputs are deleted first)."""
+    job = ctx.store.get(name) or {}
+    if job.get("state") == "JOB_STATE_CANCELLING":
+        _end(ctx, name, "JOB_STATE_CANCELLED")
+    elif job.get("state") in ACTIVE:
+        log.info("batch prediction job %s was %s when its worker stopped; running it again", name, job["state"])
+        submit(ctx, name)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from include.local_platform import gcs
 from include.local_platform.context import Context
-from include.local_platform.resources import vertex_endpoints, vertex_models, vertex_operations
+from include.local_platform.resources import artifacts, vertex_endpoints, vertex_models, vertex_operations
 from include.local_platform.serving.saved_model import BadModel
 from include.local_platform.state.clock import new_etag
 from include.local_platform.workers.deployment import MAX_FILES, max_artifact_bytes
@@ -76,8 +76,8 @@ def deploy(ctx: Context, operation_name: str) -> None:
 
 def local_copy(ctx: Context, version: dict, operation_name: str) -> Path:
     """The version's artifacts on this machine: copied once, reused by every endpoint it is deployed to."""
-    if version.get("_path") and Path(version["_path"]).is_dir():
-        return Path(version["_path"])
+    if version.get("_path") and (copy := artifacts.local_dir(ctx, version)).is_dir():
+        return copy
     project, model = version["name"].split("/")[1], version["name"].rsplit("/", 1)[1]
     target = ctx.state_dir / ARTIFACTS / project / model / f"{version['versionId']}-{new_etag().strip('=')}"
     target = target.with_name(target.name.replace("/", "_").replace("+", "-"))
@@ -96,7 +96,9 @@ def local_copy(ctx: Context, version: dict, operation_name: str) -> Path:
     if count == 0:
         shutil.rmtree(target, ignore_errors=True)
         raise BadModel(f"the artifact_uri {version['artifactUri']} is empty or does not exist")
-    ctx.store.update(vertex_models.version_key(version), lambda doc: doc.update(_path=str(target)))
+    kept = artifacts.publish(ctx, target)  # where other replicas load it from
+    ctx.store.update(vertex_models.version_key(version),
+                     lambda doc: doc.update(_path=str(target), **({"_artifacts": kept} if kept else {})))
     return target
 
 
@@ -119,9 +121,13 @@ def _fail(ctx: Context, operation_name: str, message: str, code: int = vertex_op
     log.warning("deployment %s failed: %s", operation_name, message)
 
 
-def resume(ctx: Context) -> None:
-    """After a restart: redo deployments whose operation is not done."""
-    for operation in ctx.store.list(vertex_operations.KIND):
-        if not operation.get("done") and "_deployment" in operation:
-            log.info("resuming deployment %s after a restart", operation["name"])
-            submit(ctx, operation["name"])
+def pending(ctx: Context) -> list[str]:
+    """Deployments to an endpoint whose operation is not done."""
+    return [operation["name"] for operation in ctx.store.list(vertex_operations.KIND)
+            if not operation.get("done") and "_deployment" in operation]
+
+
+def adopt(ctx: Context, operation_name: str) -> None:
+    """Redo a deployment this replica just took over (after a restart, or from a replica that died)."""
+    log.info("resuming deployment %s (interrupted by a stop or a dead replica)", operation_name)
+    submit(ctx, operation_name)

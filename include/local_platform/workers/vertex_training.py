@@ -49,7 +49,7 @@ class _Watcher:
                     return
                 raise
             for pipeline in pipelines:
-                if pipeline["state"] in vertex_training.PIPELINE_ACTIVE:
+                if pipeline["state"] in vertex_training.PIPELINE_ACTIVE and ctx.work.holds(pipeline["name"]):
                     try:
                         advance(ctx, pipeline)
                     except Exception:
@@ -64,7 +64,13 @@ def submit(ctx: Context, name: str) -> None:
     _WATCHER.watch(ctx)
 
 
-def resume(ctx: Context) -> None:
+def pending(ctx: Context) -> list[str]:
+    return [pipeline["name"] for pipeline in ctx.store.list(vertex_training.PIPELINE)
+            if pipeline["state"] in vertex_training.PIPELINE_ACTIVE]
+
+
+def adopt(ctx: Context, name: str) -> None:
+    """The watcher advances the pipelines this replica holds."""
     _WATCHER.watch(ctx)
 
 
