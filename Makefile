@@ -12,7 +12,7 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
 export STATE_DIR GCS_PORT ML_PORT
 export MITMDUMP := $(abspath $(TOOLS_DIR))/mitmproxy/bin/mitmdump
 
-.PHONY: install trainer-user tools test lint browser loadgen services stop run airflow bench clean
+.PHONY: install trainer-user tools test lint browser loadgen database services stop run airflow bench clean
 
 install: $(STAMP) trainer-user  ## create/update .venv from requirements.txt (uv, else pip)
 
@@ -33,8 +33,9 @@ tools: install  ## test tools in their own venvs (mitmproxy: the flaky-GCS proxy
 lint: install  ## ruff
 	$(VENV)/bin/ruff check .
 
-test: install lint browser loadgen tools  ## install, lint, run the whole test suite
+test: install lint browser loadgen database tools  ## install, lint, run the whole test suite (service tests on SQLite, then on PostgreSQL)
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest tests/include/local_platform --database postgresql $(PYTEST_PG_ARGS)
 
 run: install  ## set up, start the local stack, run model_lifecycle then batch_prediction, summary, stop
 	@bash scripts/run.sh
@@ -60,13 +61,22 @@ loadgen:  ## Debian's wrk, the load generator of `make bench` (apt-get, as root 
 	  else echo "loadgen: wrk missing (apt-get install wrk); make bench needs it"; fi; \
 	fi
 
+database:  ## PostgreSQL's server programs for the replica tests (Debian's postgresql, as root or on CI, when initdb is missing)
+	@if ! command -v initdb >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then \
+	  if [[ $$(id -u) == 0 || -n "$${CI:-}" ]]; then \
+	    echo "database: installing Debian's postgresql"; \
+	    $$( [[ $$(id -u) == 0 ]] || echo sudo ) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$( [[ $$(id -u) == 0 ]] || echo sudo ) apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "database: PostgreSQL missing (apt-get install postgresql); the replica tests fail"; fi; \
+	fi
+
 airflow: install  ## Airflow 3 (api-server, scheduler, dag-processor, triggerer) + services; UI http://localhost:$(AIRFLOW_PORT) (admin/admin on loopback)
 	$(PY) -m tools.airflow_stack start --port $(AIRFLOW_PORT)
 
 stop:  ## stop everything `make services` / `make airflow` started
 	@if [[ -x $(PY) ]]; then $(PY) -m tools.airflow_stack stop && $(PY) -m tools.devstack stop; fi
 
-bench: install loadgen  ## benchmarks: service vs raw TensorFlow, side by side
+bench: install loadgen database  ## benchmarks: service vs raw TensorFlow, side by side
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean: stop

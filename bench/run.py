@@ -44,6 +44,7 @@ from bench.beam_engine import bench_beam_engine, print_beam_table
 from bench.dag_parse import parse_times
 from bench.online_concurrency import bench_online_concurrency, print_concurrency_table
 from bench.raw_reference import MatchedReference
+from bench.replicas import bench_replicas, print_replicas_table
 from bench.rss import PeakSampler, hwm_mb
 from bench.transport_floor import TransportFloor
 from include.local_platform.workers.local_engine import PREDICT_IN_FLIGHT
@@ -328,6 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--beam-rounds", type=int, default=3)
     parser.add_argument("--beam-large-instances", type=int, default=65_536,
                         help="one more job per engine this large: start-up vs steady state (0 skips)")
+    parser.add_argument("--no-replicas", dest="replicas", action="store_false",
+                        help="skip the replicas section (PostgreSQL beside SQLite, take-over, claims)")
     parser.add_argument("--output", type=Path,
                         default=Path(os.environ.get("STATE_DIR", ".state")) / "bench" / "latest.json")
     args = parser.parse_args(argv)
@@ -355,6 +358,13 @@ def main(argv: list[str] | None = None) -> None:
                                  deploy=_deploy, job_seconds=_job_seconds, raw_seconds=_raw_batch_seconds,
                                  export=_export, make_instances=_instances, images=_images) \
             if args.beam_modes else {}
+        replicas = {}
+        if args.replicas:
+            b64 = _instances("b64", _images(4, args.image_size))
+            replicas = bench_replicas(args, bucket=bucket, workdir=workdir, gcs_host=gcs_host, token_file=token_file,
+                                      sqlite_port=args.ml_port, model="bench_b64", model_dir=workdir / "b64",
+                                      deploy=_deploy, instance=b64[0],
+                                      input_uri=_upload_lines(bucket, "inputs/replicas.json", b64, 8192))
         service_hwm_mb = hwm_mb(ml_server.process.pid)
     finally:
         ml_server.stop()
@@ -365,6 +375,8 @@ def main(argv: list[str] | None = None) -> None:
     print_concurrency_table(concurrency)
     if beam:
         print_beam_table(beam)
+    if replicas:
+        print_replicas_table(replicas)
     report = {
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
@@ -385,6 +397,7 @@ def main(argv: list[str] | None = None) -> None:
         "online_concurrency": concurrency,
         "dag_parse": parse,
         "beam_engine": beam,
+        "replicas": replicas,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

@@ -39,6 +39,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _server_user() -> str:
+    """Who runs the server when we are root: Debian's ``postgres``, else any unprivileged system user."""
+    for name in ("postgres", os.environ.get("ML_ENGINE_TRAINER_USER", "ml-trainer"), "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise RuntimeError("PostgreSQL refuses to run as root and no unprivileged user exists (useradd postgres)")
+
+
 class PostgresServer:
     """One PostgreSQL cluster in ``directory`` (data, socket, log, password file)."""
 
@@ -49,7 +60,7 @@ class PostgresServer:
         if self.bin is None:
             raise RuntimeError("PostgreSQL's initdb was not found (apt-get install postgresql, or `make test`, "
                                "which installs it)")
-        self.run_as = "postgres" if os.geteuid() == 0 else None
+        self.run_as = _server_user() if os.geteuid() == 0 else None
 
     @property
     def data(self) -> Path:

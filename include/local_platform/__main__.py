@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="the service's state: sqlite:///PATH (default: STATE_DIR/state.sqlite) or "
                              "postgresql://USER@HOST:PORT/DB, which several replicas can share (env "
                              "ML_ENGINE_DATABASE_URL; docs/replicas.md)")
+    parser.add_argument("--database-url-file", type=Path,
+                        default=Path(os.environ["ML_ENGINE_DATABASE_URL_FILE"])
+                        if os.environ.get("ML_ENGINE_DATABASE_URL_FILE") else None,
+                        help="a file holding the database URL (owner-only, like --token-file): keeps its password "
+                             "out of the environment and the command line (env ML_ENGINE_DATABASE_URL_FILE)")
     parser.add_argument("--artifact-uri", default=os.environ.get("ML_ENGINE_ARTIFACT_URI", ""),
                         help="gs://BUCKET/PREFIX where deployed models are kept for every replica (env "
                              "ML_ENGINE_ARTIFACT_URI; required with a PostgreSQL database)")
@@ -73,6 +78,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="online predict: batches in TensorFlow at once (env ML_ENGINE_NUM_BATCH_THREADS; "
                              "default %(default)s, twice the cores)")
     args = parser.parse_args(argv)
+    if args.database_url_file is not None:
+        try:
+            args.database_url = read_token(args.database_url_file) or ""
+        except (OSError, ValueError) as error:
+            parser.error(f"--database-url-file: {error}")
     if args.database_url.startswith("postgres") and not args.artifact_uri.startswith("gs://"):
         parser.error("--database-url postgresql://... needs --artifact-uri gs://BUCKET/PREFIX: replicas load "
                      "deployed models from there")

@@ -10,6 +10,7 @@ goes to the workers (``workers``), which serve with ``serving``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +27,10 @@ from include.local_platform.api.security import CallerCheck, Guard
 from include.local_platform.context import Context
 from include.local_platform.serving.batching import BatchingOptions
 from include.local_platform.state import crashpoints
+from include.local_platform.state.database import describe
 from include.local_platform.workers import supervisor
+
+log = logging.getLogger("local_platform")
 
 
 def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bool = False,
@@ -64,6 +68,8 @@ def create_app(state_dir: Path, *, guard: Guard | None = None, enable_faults: bo
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         """Resume interrupted work before serving; on a graceful stop release attempts (not a crash)."""
         guard.announce()
+        log.info("replica %s, database %s%s", ctx.replica_id, describe(ctx.database_url),
+                 f", artifact store {ctx.artifact_uri}" if ctx.artifact_uri else "")
         ctx.event_loop = asyncio.get_running_loop()
         supervisor.start(ctx)
         vertex = None

@@ -155,6 +155,19 @@ def download_prefix(prefix_uri: str, dest: Path, *, max_files: int, max_bytes: i
     return len(objects)
 
 
+def create_bucket_if_missing(name: str) -> bool:
+    """True if the bucket had to be created."""
+    try:
+        if client().bucket(name).exists():
+            return False
+        client().create_bucket(name)
+    except gexc.Conflict:
+        return False  # created meanwhile (another replica)
+    except gexc.GoogleAPIError as error:
+        raise _translate(f"gs://{name}", error) from error
+    return True
+
+
 def delete_prefix(prefix_uri: str) -> int:
     """Delete every object under ``prefix_uri/``; returns how many there were."""
     prefix_uri = prefix_uri.rstrip("/") + "/"

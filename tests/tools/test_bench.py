@@ -54,3 +54,13 @@ def test_bench_writes_every_figure_for_both_variants(tmp_path):
         assert row["ratio"] == pytest.approx(row["service_per_s"] / row["raw_per_s"])
         assert row["p99_ms"] >= row["p50_ms"]
     assert "online, many callers" in done.stdout
+    # replicas: PostgreSQL beside SQLite on the same model, a take-over after kill -9, claims by 1 and 4 processes
+    replicas = report["replicas"]
+    online, takeover, claims = replicas["online"], replicas["takeover"], replicas["claims"]
+    assert online["sqlite_p50_ms"] > 0 and online["postgresql_p50_ms"] > 0
+    assert math.isfinite(online["postgresql_minus_sqlite_p50_ms"])
+    # not before the dead replica's lease ran out (it renewed at most a second before it died)
+    assert replicas["lease_seconds"] - 1.5 < takeover["dead_to_taken_s"] < takeover["dead_to_succeeded_s"]
+    assert takeover["instances"] == 8192
+    assert claims["one_claimer_per_s"] > 0 and claims["four_claimers_per_s"] > 0
+    assert "replicas (PostgreSQL" in done.stdout

@@ -19,7 +19,9 @@ from include.local_platform.workers import training
 def add_routes(app: FastAPI, ctx: Context) -> None:
     @app.get("/healthz")
     def _health() -> dict:
-        return {"status": "ok"}
+        """Liveness for load balancers: this process answers (the database is not asked: serving models
+        loaded here goes on while it is away)."""
+        return {"status": "ok", "replica": ctx.replica_id}
 
     @app.get("/_local/projects/{project}/jobs/{job}/logs")
     async def _training_log(project: str, job: str, offset: int = 0, limit: int = training.LOG_READ_LIMIT):

@@ -44,6 +44,18 @@ def publish(ctx: Context, directory: Path) -> str:
     return uri
 
 
+def ensure_store(ctx: Context) -> None:
+    """Create the artifact store's bucket when it is missing (the GCS emulator starts empty)."""
+    if not ctx.artifact_uri:
+        return
+    bucket = gcs.split_uri(ctx.artifact_uri)[0]
+    try:
+        if gcs.create_bucket_if_missing(bucket):
+            log.info("created the artifact store's bucket gs://%s", bucket)
+    except gcs.GcsError as error:
+        log.warning("the artifact store %s: %s (deployments fail until it is writable)", ctx.artifact_uri, error)
+
+
 def local_dir(ctx: Context, version: dict) -> Path:
     """This replica's copy of a deployed version, fetched from the artifact store on first use."""
     recorded = Path(version["_path"])

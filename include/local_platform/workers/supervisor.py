@@ -17,6 +17,7 @@ import logging
 import threading
 
 from include.local_platform.context import Context
+from include.local_platform.resources import artifacts
 from include.local_platform.serving import saved_model
 from include.local_platform.workers import (
     batch,
@@ -54,6 +55,7 @@ def start(ctx: Context) -> None:
     if ctx.batch_engine == "beam":
         threading.Thread(target=_warm_beam, daemon=True, name="beam-import").start()
     recovery.recover(ctx)
+    artifacts.ensure_store(ctx)
     training.prepare(ctx)
     take_over(ctx)
     ctx.work.start()

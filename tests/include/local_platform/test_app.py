@@ -19,9 +19,10 @@ def test_lifespan_recovers_before_serving_and_releases_attempts_at_stop(tmp_path
     ctx.store.insert(job, "job", PROJECT, {"name": job, "_name": job, "jobId": "j1", "state": "FAILED", "_attempts": 1})
 
     with TestClient(app, base_url="http://127.0.0.1") as client:
-        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/healthz").json() == {"status": "ok", "replica": ctx.replica_id}
         assert ctx.store.get(dangling)["done"] is True  # the crash's leftover was finished at startup
-        ctx.store.update(job, lambda doc: doc.update(state="RUNNING"))  # in flight when the stop comes
+        ctx.store.update(job, lambda doc: doc.update(state="RUNNING"))  # in flight here when the stop comes
+        assert ctx.work.take("batch", job)
         assert not ctx.stopping.is_set()
     assert ctx.stopping.is_set()  # workers were told to stop
     reopened = create_app(tmp_path).state.ctx

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import ast
 import json
-import sqlite3
 
 import pytest
 
+from include.local_platform.state.database import default_url
+from include.local_platform.state.store import Store
 from include.local_platform.workers.recovery import MAX_ATTEMPTS
 from tests.crashing import LIFE_TIMEOUT_S, Lives
 from tests.include.local_platform.conftest import PARENT, post_fault, unique, wait_job, wait_operation
+from tools import devstack
 
 pytestmark = pytest.mark.slow
 
@@ -138,14 +140,16 @@ def test_start_completes_dangling_operations_and_removes_orphans(crashing_servic
     crashing_service.server.stop()  # graceful (SIGTERM)
 
     state = tmp_path / "state"
-    with sqlite3.connect(state / "state.sqlite") as db:  # as a crash between two writes of an older service left it
-        job = json.loads(db.execute("SELECT body FROM resources WHERE name = ?",
-                                    (f"{PARENT}/jobs/{job_id}",)).fetchone()[0])
+    store = Store(devstack.service_backend(state)["database_url"] if devstack.service_backend else default_url(state))
+    try:  # as a crash between two writes of an older service left it
+        job = store.get(f"{PARENT}/jobs/{job_id}")
         assert (job["state"], job["_attempts"]) == ("PREPARING", 0)
-        body = json.loads(db.execute("SELECT body FROM resources WHERE name = ?", (operation["name"],)).fetchone()[0])
+        body = store.get(operation["name"])
         body["done"] = False
         body.pop("response")
-        db.execute("UPDATE resources SET body = ? WHERE name = ?", (json.dumps(body), operation["name"]))
+        store.put(operation["name"], body)
+    finally:
+        store.close()
     orphan = state / "artifacts" / "test-project" / model / "v0-abandoned"
     (orphan / "variables").mkdir(parents=True)
     (orphan / "saved_model.pb").write_bytes(b"half a copy")

@@ -1,0 +1,315 @@
+"""Replicas on one PostgreSQL database: shared resources, claimed work, take-over after kill -9, cancels.
+
+Two services (``replica-a``, ``replica-b``) run on one real PostgreSQL server,
+each with its own state directory, sharing the GCS artifact store; leases last
+3 s so a dead replica's work is taken over within seconds. Which replica holds a
+piece of work is read from the ``leases`` table, as an operator would.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import PROJECT_ROOT, ServiceHandle, session_token_file
+from tests.include.local_platform.conftest import PARENT, post_fault, unique, wait_job, wait_operation
+from tests.include.local_platform.workers.test_batch import prediction_input, read_outputs, start_job
+from tools import devstack
+
+LEASE_S = 3
+
+
+@pytest.fixture(autouse=True)
+def _once(request):
+    if request.config.getoption("--database") == "postgresql":
+        pytest.skip("runs in the default pass already (it starts its own PostgreSQL replicas)")
+
+
+@dataclass
+class Replicas:
+    handles: dict[str, ServiceHandle]
+    states: dict[str, Path]
+    database_url: str
+    artifact_uri: str
+
+    def api(self, replica: str):
+        return self.handles[replica].build_api()
+
+    def holder(self, name: str, timeout: float = 60) -> str:
+        """The replica holding ``name``'s lease (waits until somebody does)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with psycopg.connect(self.database_url) as conn:
+                row = conn.execute("SELECT owner FROM leases WHERE name = %s", (name,)).fetchone()
+            if row:
+                return row[0]
+            time.sleep(0.1)
+        raise TimeoutError(f"nobody holds {name}")
+
+    def other(self, replica: str) -> str:
+        return next(name for name in self.handles if name != replica)
+
+    def kill(self, replica: str) -> None:
+        self.handles[replica].server.stop(sig=signal.SIGKILL)
+
+    def start(self, replica: str) -> None:
+        self.handles[replica].server.start(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def replicas(gcs_emulator, bucket, postgres_server, tmp_path_factory):
+    name = f"replicas_{uuid.uuid4().hex[:6]}"
+    database_url = postgres_server.create_database(name)
+    artifact_uri = f"gs://{bucket.name}/artifacts/{name}"
+    token_file = session_token_file()
+    handles, states = {}, {}
+    for replica in ("replica-a", "replica-b"):
+        state = states[replica] = tmp_path_factory.mktemp(replica)
+        port = devstack.free_port()
+        server = devstack.ml_service(port=port, state_dir=state, gcs_host=gcs_emulator, log_path=state / "service.log",
+                                     token_file=token_file, enable_faults=True, database_url=database_url,
+                                     artifact_uri=artifact_uri)
+        server.env.update(ML_ENGINE_LEASE_SECONDS=str(LEASE_S), ML_ENGINE_REPLICA_ID=replica)
+        handles[replica] = ServiceHandle(server=server.start(timeout=120), port=port,
+                                         token=token_file.read_text().strip())
+    yield Replicas(handles, states, database_url, artifact_uri)
+    for handle in handles.values():
+        handle.server.stop()
+
+
+def deploy_through(api, model_uri: str, model: str | None = None, version: str = "v1") -> tuple[str, str]:
+    model = model or unique("replicated")
+    if model not in {m["name"].rsplit("/", 1)[1] for m in api.projects().models().list(parent=PARENT).execute()
+                     .get("models", [])}:
+        api.projects().models().create(parent=PARENT, body={"name": model}).execute()
+    operation = api.projects().models().versions().create(
+        parent=f"{PARENT}/models/{model}",
+        body={"name": version, "deploymentUri": model_uri, "runtimeVersion": "2.11"}).execute()
+    return model, operation["name"]
+
+
+def predict(handle: ServiceHandle, name: str, instances: list) -> dict:
+    request = urllib.request.Request(f"{handle.url}v1/{name}:predict", method="POST",
+                                     data=json.dumps({"instances": instances}).encode(),
+                                     headers={**handle.headers, "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_created_through_one_served_by_the_other(replicas, model_uris):
+    api_a, api_b = replicas.api("replica-a"), replicas.api("replica-b")
+    model, operation = deploy_through(api_a, model_uris["tiny"])
+    assert wait_operation(api_a, operation)["response"]["state"] == "READY"
+    assert api_b.projects().models().get(name=f"{PARENT}/models/{model}").execute()["defaultVersion"]["name"] \
+        .endswith("/versions/v1")
+    # served by B from the artifact store (B never saw A's directory)
+    answer = predict(replicas.handles["replica-b"], f"{PARENT}/models/{model}", [{"x": [1, 2], "key": "k"}])
+    assert answer == {"predictions": [{"y": 6.0, "key": "k"}]}
+    fetched = list(replicas.states["replica-b"].glob(f"artifacts/*/{model}/*/saved_model.pb"))
+    assert len(fetched) == 1
+
+
+def test_set_default_through_one_is_what_the_other_serves_next(replicas, model_uris):
+    api_a, handle_b = replicas.api("replica-a"), replicas.handles["replica-b"]
+    model, first = deploy_through(api_a, model_uris["tiny"])
+    wait_operation(api_a, first)
+    _, second = deploy_through(api_a, model_uris["tiny3"], model, "v2")
+    wait_operation(api_a, second)
+    name = f"{PARENT}/models/{model}"
+    assert predict(handle_b, name, [{"x": [1, 1], "key": "k"}])["predictions"][0]["y"] == 4.0  # v1: 2 * sum
+    for version, expected in (("v2", 6.0), ("v1", 4.0), ("v2", 6.0)):
+        api_a.projects().models().versions().setDefault(name=f"{name}/versions/{version}", body={}).execute()
+        assert predict(handle_b, name, [{"x": [1, 1], "key": "k"}])["predictions"][0]["y"] == expected
+    # a delete through B: A answers 404 at once
+    api_a.projects().models().versions().setDefault(name=f"{name}/versions/v1", body={}).execute()
+    wait_operation(replicas.api("replica-b"), replicas.api("replica-b").projects().models().versions()
+                   .delete(name=f"{name}/versions/v2").execute()["name"])
+    with pytest.raises(urllib.error.HTTPError) as gone:
+        predict(replicas.handles["replica-a"], f"{name}/versions/v2", [{"x": [1, 1], "key": "k"}])
+    assert gone.value.code == 404
+
+
+def test_two_replicas_racing_for_the_same_work_one_wins_each_time(replicas):
+    """Two processes claim the same 1,000 names in the same order at the same moment: each name has one winner."""
+    code = (
+        "import sys, time\n"
+        "from include.local_platform.state.store import Store\n"
+        "from include.local_platform.state.leases import Leases\n"
+        "leases = Leases(Store(sys.argv[1]), sys.argv[2], 60)\n"
+        "time.sleep(max(0.0, float(sys.argv[3]) - time.time()))\n"
+        "won = [str(i) for i in range(1000) if leases.claim(f'race-{sys.argv[4]}-{i}', 'batch')]\n"
+        "print(' '.join(won))\n")
+    run = uuid.uuid4().hex[:6]
+    start_at = time.time() + 3
+    processes = [subprocess.Popen([sys.executable, "-c", code, replicas.database_url, owner, str(start_at), run],
+                                  stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
+                 for owner in ("racer-1", "racer-2")]
+    wins = [set(process.communicate(timeout=120)[0].split()) for process in processes]
+    assert all(process.returncode == 0 for process in processes)
+    assert wins[0] | wins[1] == {str(i) for i in range(1000)}
+    assert not wins[0] & wins[1]
+    assert wins[0] and wins[1], "both claimers took part"
+
+
+def test_kill_9_of_the_replica_deploying_a_version_another_finishes_it_once(replicas, model_uris, bucket):
+    for handle in replicas.handles.values():
+        post_fault(handle.url, {"delay_at": "deploy.copying", "seconds": 60})
+    api_a = replicas.api("replica-a")
+    model, operation = deploy_through(api_a, model_uris["tiny"])
+    version = f"{PARENT}/models/{model}/versions/v1"
+    holder = replicas.holder(version)
+    survivor = replicas.other(holder)
+    post_fault(replicas.handles[survivor].url, None)
+    killed_at = time.monotonic()
+    replicas.kill(holder)
+    try:
+        done = wait_operation(replicas.api(survivor), operation, timeout=120)
+        taken_over_in = time.monotonic() - killed_at
+        assert done["response"]["state"] == "READY"
+        prefix = f"{replicas.artifact_uri.split('/', 3)[3]}/artifacts/test-project/{model}/"
+        copies = {blob.name[len(prefix):].split("/")[0] for blob in bucket.list_blobs(prefix=prefix)}
+        assert len(copies) == 1, copies  # one artifact folder: the survivor's
+        assert LEASE_S - 1.5 < taken_over_in < 60  # not before the dead holder's lease ran out
+        answer = predict(replicas.handles[survivor], f"{PARENT}/models/{model}", [{"x": [1, 2], "key": "k"}])
+        assert answer["predictions"][0]["y"] == 6.0
+    finally:
+        replicas.start(holder)
+
+
+def test_kill_9_of_the_replica_running_a_batch_job_another_reruns_it_once(replicas, model_uris, bucket, gcs_prefix):
+    api_a = replicas.api("replica-a")
+    model, operation = deploy_through(api_a, model_uris["tiny"])
+    wait_operation(api_a, operation)
+    lines = [json.dumps({"x": [i, 1], "key": f"k{i}"}) for i in range(400)]
+    bucket.blob(f"{gcs_prefix}/in/part-0.json").upload_from_string("\n".join(lines))
+    for handle in replicas.handles.values():
+        post_fault(handle.url, {"delay_at": "batch.predicting", "after": 2, "seconds": 60})
+    output = f"gs://{bucket.name}/{gcs_prefix}/out"
+    job_id = start_job(api_a, prediction_input({"modelName": f"{PARENT}/models/{model}"}, [f"gs://{bucket.name}/{gcs_prefix}/in/*"],
+                                               output, batchSize=16))
+    holder = replicas.holder(f"{PARENT}/jobs/{job_id}")
+    survivor = replicas.other(holder)
+    post_fault(replicas.handles[survivor].url, None)
+    replicas.kill(holder)
+    try:
+        job = wait_job(replicas.api(survivor), job_id, timeout=120)
+        assert job["state"] == "SUCCEEDED", job
+        assert job["predictionOutput"]["predictionCount"] == "400"
+        results, _, _ = read_outputs(bucket, f"{gcs_prefix}/out")
+        keys = [result["key"] for result in results]
+        assert sorted(keys) == sorted(f"k{i}" for i in range(400))  # every key exactly once
+    finally:
+        replicas.start(holder)
+
+
+def test_a_cancel_sent_to_the_replica_not_running_the_job_stops_it(replicas, model_uris, bucket, gcs_prefix):
+    api_a = replicas.api("replica-a")
+    model, operation = deploy_through(api_a, model_uris["tiny"])
+    wait_operation(api_a, operation)
+    bucket.blob(f"{gcs_prefix}/in/part-0.json").upload_from_string(
+        "\n".join(json.dumps({"x": [i, 1], "key": f"k{i}"}) for i in range(200)))
+    for handle in replicas.handles.values():
+        post_fault(handle.url, {"delay_at": "batch.predicting", "after": 1, "seconds": 30})
+    job_id = start_job(api_a, prediction_input({"modelName": f"{PARENT}/models/{model}"}, [f"gs://{bucket.name}/{gcs_prefix}/in/*"],
+                                               f"gs://{bucket.name}/{gcs_prefix}/out", batchSize=16))
+    holder = replicas.holder(f"{PARENT}/jobs/{job_id}")
+    other = replicas.other(holder)
+    for handle in replicas.handles.values():
+        post_fault(handle.url, None)
+    asked = time.monotonic()
+    replicas.api(other).projects().jobs().cancel(name=f"{PARENT}/jobs/{job_id}", body={}).execute()
+    job = wait_job(replicas.api(other), job_id, timeout=60)
+    assert job["state"] == "CANCELLED", job
+    assert time.monotonic() - asked < 30 - 5  # the holder noticed, not the pause running out
+
+
+def test_kill_9_of_the_replica_watching_a_training_job_another_finishes_it(replicas, tiny_trainer_package, bucket,
+                                                                            gcs_prefix):
+    api_a = replicas.api("replica-a")
+    job_id = unique("train")
+    job_dir = f"gs://{bucket.name}/{gcs_prefix}/job"
+    api_a.projects().jobs().create(parent=PARENT, body={"jobId": job_id, "trainingInput": {
+        "packageUris": [tiny_trainer_package], "pythonModule": "tinytrainer.task", "region": "us-central1",
+        "jobDir": job_dir, "args": ["--seconds", "12"]}}).execute()
+    name = f"{PARENT}/jobs/{job_id}"
+    wait_job(api_a, job_id, timeout=120, states=("RUNNING",))
+    holder = replicas.holder(name)
+    survivor = replicas.other(holder)
+    replicas.kill(holder)
+    try:
+        job = wait_job(replicas.api(survivor), job_id, timeout=180)
+        assert job["state"] == "SUCCEEDED", job
+        assert bucket.blob(f"{gcs_prefix}/job/result.json").exists()
+        log_text = _training_log(replicas.handles[survivor], job_id)
+        assert log_text.count("tiny trainer pid=") == 1  # one trainer run, watched to its end by the survivor
+        assert "re-attached to the trainer" in log_text
+    finally:
+        replicas.start(holder)
+
+
+def _training_log(handle: ServiceHandle, job_id: str) -> str:
+    request = urllib.request.Request(f"{handle.url}_local/projects/test-project/jobs/{job_id}/logs?offset=0",
+                                     headers=handle.headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return "\n".join(json.loads(response.read())["lines"])
+
+
+def test_load_over_two_replicas_while_one_is_killed_and_restarted(replicas, model_uris):
+    """Eight clients call both replicas for ~10 s; one replica is killed at 3 s and back at ~5 s. Every answer is
+    right, every failure is retryable (connection refused or reset, 503), and both replicas answer again."""
+    api_a = replicas.api("replica-a")
+    model, operation = deploy_through(api_a, model_uris["tiny"])
+    wait_operation(api_a, operation)
+    name = f"{PARENT}/models/{model}"
+    names = list(replicas.handles)
+    outcomes: list[tuple[str, str]] = []
+    stop = threading.Event()
+
+    def client(index: int) -> None:
+        count = 0
+        while not stop.is_set():
+            replica = names[(index + count) % 2]
+            count += 1
+            try:
+                answer = predict(replicas.handles[replica], name, [{"x": [index, count], "key": str(count)}])
+                right = answer == {"predictions": [{"y": 2.0 * (index + count), "key": str(count)}]}
+                outcomes.append((replica, "ok" if right else f"wrong {answer}"))
+            except urllib.error.HTTPError as error:
+                outcomes.append((replica, "retryable" if error.code in (502, 503, 504) else f"HTTP {error.code}"))
+            except (ConnectionError, urllib.error.URLError, TimeoutError, http.client.HTTPException):
+                outcomes.append((replica, "retryable"))
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(3)
+    replicas.kill("replica-b")
+    time.sleep(2)
+    replicas.start("replica-b")
+    time.sleep(3)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    kinds = {outcome for _, outcome in outcomes}
+    assert kinds <= {"ok", "retryable"}, kinds - {"ok", "retryable"}
+    answered = {replica for replica, outcome in outcomes if outcome == "ok"}
+    assert answered == {"replica-a", "replica-b"}
+    assert sum(1 for _, outcome in outcomes if outcome == "ok") > 100
+    # nothing lost: the model and its version are as they were, through both
+    for replica in names:
+        assert replicas.api(replica).projects().models().get(name=name).execute()["defaultVersion"]["name"] \
+            .endswith("/versions/v1")
