@@ -12,7 +12,7 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
 export STATE_DIR GCS_PORT ML_PORT
 export MITMDUMP := $(abspath $(TOOLS_DIR))/mitmproxy/bin/mitmdump
 
-.PHONY: install trainer-user tools test lint browser loadgen database services stop run airflow bench clean
+.PHONY: install trainer-user tools test lint browser loadgen database loadbalancer services stop run airflow bench clean
 
 install: $(STAMP) trainer-user  ## create/update .venv from requirements.txt (uv, else pip)
 
@@ -33,7 +33,7 @@ tools: install  ## test tools in their own venvs (mitmproxy: the flaky-GCS proxy
 lint: install  ## ruff
 	$(VENV)/bin/ruff check .
 
-test: install lint browser loadgen database tools  ## install, lint, run the whole test suite (service tests on SQLite, then on PostgreSQL)
+test: install lint browser loadgen database loadbalancer tools  ## install, lint, run the whole test suite (service tests on SQLite, then on PostgreSQL)
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(PY) -m pytest tests/include/local_platform --database postgresql $(PYTEST_PG_ARGS)
 
@@ -68,6 +68,15 @@ database:  ## PostgreSQL's server programs for the replica tests (Debian's postg
 	    $$( [[ $$(id -u) == 0 ]] || echo sudo ) apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $$( [[ $$(id -u) == 0 ]] || echo sudo ) apt-get install -y -qq postgresql >/dev/null; \
 	  else echo "database: PostgreSQL missing (apt-get install postgresql); the replica tests fail"; fi; \
+	fi
+
+loadbalancer:  ## Debian's haproxy, compose's load balancer, in front of two replicas in the tests (apt-get, as root or on CI)
+	@if ! command -v haproxy >/dev/null && [[ ! -x /usr/sbin/haproxy ]]; then \
+	  if [[ $$(id -u) == 0 || -n "$${CI:-}" ]]; then \
+	    echo "loadbalancer: installing Debian's haproxy"; \
+	    $$( [[ $$(id -u) == 0 ]] || echo sudo ) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$( [[ $$(id -u) == 0 ]] || echo sudo ) apt-get install -y -qq haproxy >/dev/null; \
+	  else echo "loadbalancer: haproxy missing (apt-get install haproxy); the load-balancer test fails"; fi; \
 	fi
 
 airflow: install  ## Airflow 3 (api-server, scheduler, dag-processor, triggerer) + services; UI http://localhost:$(AIRFLOW_PORT) (admin/admin on loopback)

@@ -62,5 +62,5 @@ def test_bench_writes_every_figure_for_both_variants(tmp_path):
     # not before the dead replica's lease ran out (it renewed at most a second before it died)
     assert replicas["lease_seconds"] - 1.5 < takeover["dead_to_taken_s"] < takeover["dead_to_succeeded_s"]
     assert takeover["instances"] == 8192
-    assert claims["one_claimer_per_s"] > 0 and claims["four_claimers_per_s"] > 0
+    assert min(claims["one_claimer_per_s"], claims["four_claimers_per_s"], claims["four_claimers_own_names_per_s"]) > 0
     assert "replicas (PostgreSQL" in done.stdout

@@ -19,8 +19,8 @@ from include.local_platform.workers import training
 def add_routes(app: FastAPI, ctx: Context) -> None:
     @app.get("/healthz")
     def _health() -> dict:
-        """Liveness for load balancers: this process answers (the database is not asked: serving models
-        loaded here goes on while it is away)."""
+        """Liveness for load balancers: this process answers (the database is not asked; calls that need it
+        answer 503 while it is away)."""
         return {"status": "ok", "replica": ctx.replica_id}
 
     @app.get("/_local/projects/{project}/jobs/{job}/logs")

@@ -22,14 +22,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from include.local_platform.errors import ApiError
+
 log = logging.getLogger(__name__)
 #: The advisory lock key every replica's write transaction takes (any constant shared by all replicas).
 WRITE_LOCK_KEY = 727_1001
 CHANNEL = "ml_engine_store"
 
 
-class DatabaseUnavailable(RuntimeError):
-    """The database cannot be reached (a PostgreSQL restart, a network cut): the call may be retried."""
+class DatabaseUnavailable(ApiError):
+    """The database cannot be reached (a PostgreSQL restart, a network cut): answered 503 UNAVAILABLE in
+    Google's words, which clients retry; the cause goes to the log, not to the caller."""
+
+    def __init__(self, cause: str):
+        super().__init__(503, "UNAVAILABLE", "The service is currently unavailable.")
+        self.cause = cause
+        log.warning("database unavailable: %s", cause)
 
 
 def default_url(state_dir: Path) -> str:
@@ -125,6 +133,7 @@ class PostgresDatabase(Database):
         self._psycopg = psycopg
         self._url = url
         self._conn = self._open()
+        self._in_transaction = False
         self._callbacks: list[Callable[[], None]] = []
         self._listening = threading.Event()
         self._closing = threading.Event()
@@ -142,7 +151,7 @@ class PostgresDatabase(Database):
 
     def execute(self, sql: str, params: Sequence = ()) -> list[tuple]:
         if self._conn.closed or self._conn.broken:
-            if self._conn.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE:
+            if self._in_transaction:  # its earlier statements are gone with the connection: the caller rolls back
                 raise DatabaseUnavailable("the database connection was lost inside a transaction")
             self._conn = self._open()
         try:
@@ -153,14 +162,23 @@ class PostgresDatabase(Database):
 
     def begin_write(self) -> None:
         self.execute("BEGIN")
-        self.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK_KEY,))
+        self._in_transaction = True
+        try:
+            self.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK_KEY,))
+        except BaseException:
+            self.rollback()
+            raise
 
     def commit(self, changed: bool) -> None:
-        if changed:
-            self.execute("SELECT pg_notify(?, '')", (CHANNEL,))  # delivered to every listener at commit
-        self.execute("COMMIT")
+        try:
+            if changed:
+                self.execute("SELECT pg_notify(?, '')", (CHANNEL,))  # delivered to every listener at commit
+            self.execute("COMMIT")
+        finally:
+            self._in_transaction = False
 
     def rollback(self) -> None:
+        self._in_transaction = False
         if not (self._conn.closed or self._conn.broken):
             self.execute("ROLLBACK")
 

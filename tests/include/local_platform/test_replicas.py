@@ -267,30 +267,25 @@ def _training_log(handle: ServiceHandle, job_id: str) -> str:
         return "\n".join(json.loads(response.read())["lines"])
 
 
-def test_load_over_two_replicas_while_one_is_killed_and_restarted(replicas, model_uris):
-    """Eight clients call both replicas for ~10 s; one replica is killed at 3 s and back at ~5 s. Every answer is
-    right, every failure is retryable (connection refused or reset, 503), and both replicas answer again."""
-    api_a = replicas.api("replica-a")
-    model, operation = deploy_through(api_a, model_uris["tiny"])
-    wait_operation(api_a, operation)
-    name = f"{PARENT}/models/{model}"
-    names = list(replicas.handles)
+def _load_while_one_restarts(replicas: Replicas, name: str, target) -> list[tuple[str, str]]:
+    """Eight clients call ``target(index, count)`` (a handle) for ~10 s; replica-b is killed (kill -9) at 3 s and
+    started again at 5 s. Each outcome: ok, wrong, retryable (refused or reset connection, 502/503/504)."""
     outcomes: list[tuple[str, str]] = []
     stop = threading.Event()
 
     def client(index: int) -> None:
         count = 0
         while not stop.is_set():
-            replica = names[(index + count) % 2]
             count += 1
+            handle = target(index, count)
             try:
-                answer = predict(replicas.handles[replica], name, [{"x": [index, count], "key": str(count)}])
+                answer = predict(handle, name, [{"x": [index, count], "key": str(count)}])
                 right = answer == {"predictions": [{"y": 2.0 * (index + count), "key": str(count)}]}
-                outcomes.append((replica, "ok" if right else f"wrong {answer}"))
+                outcomes.append((handle.url, "ok" if right else f"wrong {answer}"))
             except urllib.error.HTTPError as error:
-                outcomes.append((replica, "retryable" if error.code in (502, 503, 504) else f"HTTP {error.code}"))
+                outcomes.append((handle.url, "retryable" if error.code in (502, 503, 504) else f"HTTP {error.code}"))
             except (ConnectionError, urllib.error.URLError, TimeoutError, http.client.HTTPException):
-                outcomes.append((replica, "retryable"))
+                outcomes.append((handle.url, "retryable"))
                 time.sleep(0.05)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
@@ -304,12 +299,105 @@ def test_load_over_two_replicas_while_one_is_killed_and_restarted(replicas, mode
     stop.set()
     for thread in threads:
         thread.join(timeout=60)
+    return outcomes
+
+
+def test_load_over_two_replicas_while_one_is_killed_and_restarted(replicas, model_uris):
+    """Clients alternate between the replicas themselves: every answer is right, every failure retryable, both
+    replicas answer again after the restart, and nothing is lost."""
+    api_a = replicas.api("replica-a")
+    model, operation = deploy_through(api_a, model_uris["tiny"])
+    wait_operation(api_a, operation)
+    name = f"{PARENT}/models/{model}"
+    handles = list(replicas.handles.values())
+    outcomes = _load_while_one_restarts(replicas, name, lambda index, count: handles[(index + count) % 2])
     kinds = {outcome for _, outcome in outcomes}
+    print(f"direct: {sum(o == 'ok' for _, o in outcomes)} answered right, "
+          f"{sum(o == 'retryable' for _, o in outcomes)} retryable failures")
     assert kinds <= {"ok", "retryable"}, kinds - {"ok", "retryable"}
-    answered = {replica for replica, outcome in outcomes if outcome == "ok"}
-    assert answered == {"replica-a", "replica-b"}
+    assert {url for url, outcome in outcomes if outcome == "ok"} == {handle.url for handle in handles}
     assert sum(1 for _, outcome in outcomes if outcome == "ok") > 100
-    # nothing lost: the model and its version are as they were, through both
-    for replica in names:
+    for replica in replicas.handles:  # nothing lost: the model and its version as they were, through both
         assert replicas.api(replica).projects().models().get(name=name).execute()["defaultVersion"]["name"] \
             .endswith("/versions/v1")
+
+
+@pytest.fixture
+def load_balancer(replicas, tmp_path):
+    """HAProxy with compose's own config (tools/haproxy/ml-engine.cfg), its servers pointed at the two replicas
+    on loopback instead of compose's service names (no Docker DNS here)."""
+    import re
+    import shutil
+
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not Path(haproxy).exists():
+        pytest.fail("HAProxy is missing: `make test` installs Debian's haproxy (make loadbalancer)")
+    config = (PROJECT_ROOT / "tools" / "haproxy" / "ml-engine.cfg").read_text()
+    port = devstack.free_port()
+    config = re.sub(r"(?ms)^resolvers docker\n(    .*?\n)+", "", config).replace(" resolvers docker", "")
+    config = config.replace("bind :8780", f"bind 127.0.0.1:{port}")
+    for server, replica in (("ml-engine-1", "replica-a"), ("ml-engine-2", "replica-b")):
+        address = f"127.0.0.1:{replicas.handles[replica].port}"
+        config, replaced = re.subn(rf"(server {server}) {server}:8780", rf"\1 {address}", config)
+        assert replaced == 1, config
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(config)
+    process = subprocess.Popen([haproxy, "-f", str(path), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    handle = ServiceHandle(server=replicas.handles["replica-a"].server, port=port,
+                           token=replicas.handles["replica-a"].token)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/haproxy-healthz", timeout=2).read()
+            break
+        except (OSError, urllib.error.URLError):
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read().decode()
+            time.sleep(0.2)
+    yield handle
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_load_through_haproxy_while_one_replica_is_killed_and_restarted(replicas, load_balancer, model_uris):
+    """Compose's load balancer (real HAProxy, its config) in front of both replicas: while one is killed and
+    restarted, every answer is right and failures are few and retryable (only calls in flight on the dead
+    replica when it died; new connections go to the live one)."""
+    api_a = replicas.api("replica-a")
+    model, operation = deploy_through(api_a, model_uris["tiny"])
+    wait_operation(api_a, operation)
+    outcomes = _load_while_one_restarts(replicas, f"{PARENT}/models/{model}", lambda index, count: load_balancer)
+    kinds = [outcome for _, outcome in outcomes]
+    print(f"through HAProxy: {kinds.count('ok')} answered right, {kinds.count('retryable')} retryable failures")
+    assert set(kinds) <= {"ok", "retryable"}, set(kinds) - {"ok", "retryable"}
+    assert kinds.count("ok") > 100
+    assert kinds.count("retryable") <= 8 + kinds.count("ok") // 100, kinds.count("retryable")
+
+
+def test_database_away_answers_503_and_the_replica_recovers_when_it_is_back(replicas, postgres_server, model_uris):
+    """PostgreSQL stopped for real (pg_ctl stop): calls that need it answer 503 UNAVAILABLE in Google's words (a
+    status clients retry), nothing crashes; once it is back, the same replica answers from its next call."""
+    from googleapiclient.errors import HttpError
+
+    api_b = replicas.api("replica-b")
+    model, operation = deploy_through(replicas.api("replica-a"), model_uris["tiny"])
+    wait_operation(api_b, operation)
+    postgres_server.stop()
+    try:
+        with pytest.raises(HttpError) as away:
+            api_b.projects().models().get(name=f"{PARENT}/models/{model}").execute()
+        assert away.value.resp.status == 503
+        assert json.loads(away.value.content)["error"] == {
+            "code": 503, "message": "The service is currently unavailable.", "status": "UNAVAILABLE"}
+    finally:
+        postgres_server.start()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert api_b.projects().models().get(name=f"{PARENT}/models/{model}").execute()["name"].endswith(model)
+            break
+        except HttpError as error:
+            assert error.resp.status == 503 and time.monotonic() < deadline
+            time.sleep(0.2)
+    answer = predict(replicas.handles["replica-a"], f"{PARENT}/models/{model}", [{"x": [1, 2], "key": "k"}])
+    assert answer == {"predictions": [{"y": 6.0, "key": "k"}]}
+    assert all(handle.server.process.poll() is None for handle in replicas.handles.values())
