@@ -36,14 +36,16 @@ MAX_INSTANCES = 10_000
 
 
 def predict(ctx: Context, request) -> object:
-    endpoint = vertex_endpoints.get(ctx, request.endpoint)
+    # both reads are kept until the next write anywhere (no database round trip per call on PostgreSQL)
+    endpoint = ctx.store.memo(("vertex endpoint", request.endpoint),
+                              lambda: vertex_endpoints.get(ctx, request.endpoint))
     if not request.instances:
         raise invalid_argument("instances must not be empty.", "instances")
     if len(request.instances) > MAX_INSTANCES:
         raise invalid_argument(f"At most {MAX_INSTANCES} instances per request.", "instances")
     deployed = vertex_endpoints.choose(endpoint)
     key = f"{deployed['model']}@{deployed['modelVersionId']}"
-    version = ctx.store.get(key) or {}
+    version = ctx.store.memo(("vertex version", key), lambda: ctx.store.get(key)) or {}
     try:
         signature = ctx.models.get(key, artifacts.local_dir(ctx, version)).signature(None)
         instances = [python(value) for value in request.instances]
