@@ -150,15 +150,19 @@ class PostgresDatabase(Database):
         return sql.replace("%", "%%").replace("?", "%s").format(now=self.now_sql)
 
     def execute(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        if self._conn.closed or self._conn.broken:
-            if self._in_transaction:  # its earlier statements are gone with the connection: the caller rolls back
-                raise DatabaseUnavailable("the database connection was lost inside a transaction")
-            self._conn = self._open()
-        try:
-            cursor = self._conn.execute(self._sql(sql), tuple(params))
-        except self._psycopg.OperationalError as error:
-            raise DatabaseUnavailable(f"database call failed: {error}") from error
-        return cursor.fetchall() if cursor.description is not None else []
+        for attempt in (1, 2):
+            if self._conn.closed or self._conn.broken:
+                if self._in_transaction:  # its earlier statements went with the connection: the caller rolls back
+                    raise DatabaseUnavailable("the database connection was lost inside a transaction")
+                self._conn = self._open()
+            try:
+                cursor = self._conn.execute(self._sql(sql), tuple(params))
+            except self._psycopg.OperationalError as error:
+                if attempt == 1 and not self._in_transaction and (self._conn.closed or self._conn.broken):
+                    continue  # a connection lost while idle (say, the database restarted): once more on a new one
+                raise DatabaseUnavailable(f"database call failed: {error}") from error
+            return cursor.fetchall() if cursor.description is not None else []
+        raise AssertionError("unreachable")
 
     def begin_write(self) -> None:
         self.execute("BEGIN")

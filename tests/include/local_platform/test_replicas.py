@@ -143,25 +143,36 @@ def test_set_default_through_one_is_what_the_other_serves_next(replicas, model_u
 
 
 def test_two_replicas_racing_for_the_same_work_one_wins_each_time(replicas):
-    """Two processes claim the same 1,000 names in the same order at the same moment: each name has one winner."""
+    """Two processes claim the same 1,000 names over and over, each in its own order, for the same 2 s: every
+    name has exactly one winner, and both were claiming at the same time."""
     code = (
-        "import sys, time\n"
+        "import json, random, sys, time\n"
         "from include.local_platform.state.store import Store\n"
         "from include.local_platform.state.leases import Leases\n"
         "leases = Leases(Store(sys.argv[1]), sys.argv[2], 60)\n"
+        "names = [f'race-{sys.argv[4]}-{i}' for i in range(1000)]\n"
+        "random.Random(sys.argv[2]).shuffle(names)\n"
         "time.sleep(max(0.0, float(sys.argv[3]) - time.time()))\n"
-        "won = [str(i) for i in range(1000) if leases.claim(f'race-{sys.argv[4]}-{i}', 'batch')]\n"
-        "print(' '.join(won))\n")
+        "started, won, tries = time.time(), set(), 0\n"
+        "while time.time() < float(sys.argv[3]) + 2:\n"
+        "    for name in names:\n"
+        "        tries += 1\n"
+        "        if leases.claim(name, 'batch'):\n"
+        "            won.add(name.rsplit('-', 1)[1])\n"
+        "print(json.dumps({'won': sorted(won), 'tries': tries, 'started': started, 'ended': time.time()}))\n")
     run = uuid.uuid4().hex[:6]
-    start_at = time.time() + 3
+    start_at = time.time() + 5
     processes = [subprocess.Popen([sys.executable, "-c", code, replicas.database_url, owner, str(start_at), run],
                                   stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
                  for owner in ("racer-1", "racer-2")]
-    wins = [set(process.communicate(timeout=120)[0].split()) for process in processes]
+    reports = [json.loads(process.communicate(timeout=120)[0]) for process in processes]
     assert all(process.returncode == 0 for process in processes)
+    wins = [set(report["won"]) for report in reports]
     assert wins[0] | wins[1] == {str(i) for i in range(1000)}
-    assert not wins[0] & wins[1]
-    assert wins[0] and wins[1], "both claimers took part"
+    assert not wins[0] & wins[1]  # never both
+    overlap = min(r["ended"] for r in reports) - max(r["started"] for r in reports)
+    assert overlap > 1.0, reports  # they raced: both claiming during the same second at least
+    assert all(report["tries"] >= 2000 for report in reports)  # every name tried twice by each at least
 
 
 def test_kill_9_of_the_replica_deploying_a_version_another_finishes_it_once(replicas, model_uris, bucket):
