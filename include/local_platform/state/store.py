@@ -128,7 +128,8 @@ class Store:
         self._write("DELETE FROM resources WHERE name = ?", (name,))
 
     def memo(self, key: object, compute: Callable[[], object], max_entries: int = 1024) -> object:
-        """`compute()`, reused until the next write to the store (a read-only answer derived from it).
+        """`compute()`, reused until the next write to the store (a read-only answer derived from it): a write
+        here or, on PostgreSQL, one any replica commits (its notification).
 
         A write while `compute` runs leaves its answer uncached. Callers must not change the result.
         """
