@@ -238,7 +238,7 @@ def create_version(ctx: Context, project: str, model: str, body: object) -> dict
         version["_operation"] = operation["name"]
         ctx.store.insert(version["name"], "version", parent["name"], version)
     log.info("creating version %s from %s (operation %s)", version["name"], uri, operation["name"])
-    ctx.work.submit("deployment", version["name"])
+    ctx.work.submit("deployment", version["name"], lease=operation["name"])  # a name may be deployed again
     return operation
 
 

@@ -68,14 +68,15 @@ class WorkQueue:
         with self._lock:
             return set(self._held)
 
-    def submit(self, kind: str, name: str) -> bool:
-        """Start the work on ``name`` here if this replica wins it (the runner returns at once; the work goes on
-        in the background). False: another replica does it, or this one already does."""
+    def submit(self, kind: str, name: str, *, lease: str | None = None) -> bool:
+        """Start the work on ``name`` here if this replica wins its lease (``lease``: a key unique to this piece
+        of work, when ``name`` can be reused, as a version's can after a delete; default ``name``). The runner
+        returns at once; the work goes on in the background. False: another replica does it, or this one does."""
         with self._lock:
             runner = self._runners.get(kind)
         if runner is None:
             raise RuntimeError(f"no worker takes {kind} work in this process")
-        if not self.take(kind, name):
+        if not self.take(kind, lease or name):
             return False
         runner(name)
         return True

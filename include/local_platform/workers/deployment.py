@@ -149,18 +149,20 @@ def _fail(ctx: Context, version_name: str, operation_name: str, target: Path, me
 
 
 def pending(ctx: Context) -> list[str]:
-    """Versions whose deployment is under way (here, on another replica, or on none since a crash)."""
-    return [version["name"] for version in ctx.store.list("version") if version["state"] == "CREATING"]
+    """The operations of deployments under way (here, on another replica, or on none since a crash): a
+    deployment's lease is its operation's name, as a version's name may be deleted and deployed again."""
+    return [version["_operation"] for version in ctx.store.list("version") if version["state"] == "CREATING"]
 
 
-def adopt(ctx: Context, version_name: str) -> None:
+def adopt(ctx: Context, operation_name: str) -> None:
     """Redo a deployment this replica just took over (after a restart, or from a replica that died)."""
-    version = ctx.store.get(version_name)
-    if version is None or version["state"] != "CREATING":
+    operation = ctx.store.get(operation_name) or {}
+    version_name = ((operation.get("metadata") or {}).get("version") or {}).get("name", "")
+    version = ctx.store.get(version_name) if version_name else None
+    if version is None or version["state"] != "CREATING" or version.get("_operation") != operation_name:
         return
-    operation = ctx.store.get(version["_operation"]) or {}
     if operation.get("metadata", {}).get("isCancellationRequested"):
-        ctx.cancel_event(version["_operation"]).set()  # asked before the restart: still honoured
+        ctx.cancel_event(operation_name).set()  # asked before the restart: still honoured
     log.info("resuming deployment of %s (attempt %d; interrupted by a stop or a dead replica)", version_name,
              int(version.get("_attempts", 0)) + 1)
     submit(ctx, version_name)

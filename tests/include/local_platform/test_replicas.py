@@ -180,8 +180,7 @@ def test_kill_9_of_the_replica_deploying_a_version_another_finishes_it_once(repl
         post_fault(handle.url, {"delay_at": "deploy.copying", "seconds": 60})
     api_a = replicas.api("replica-a")
     model, operation = deploy_through(api_a, model_uris["tiny"])
-    version = f"{PARENT}/models/{model}/versions/v1"
-    holder = replicas.holder(version)
+    holder = replicas.holder(operation)  # a deployment's lease is its operation's
     survivor = replicas.other(holder)
     post_fault(replicas.handles[survivor].url, None)
     killed_at = time.monotonic()

@@ -285,3 +285,18 @@ def test_a_model_holds_at_most_the_documented_number_of_versions(tmp_path, monke
     assert refused.status_code == 429 and refused.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
     assert [v["name"].rsplit("/", 1)[1] for v in client.get(
         f"/v1/{PARENT}/models/capped/versions").json()["versions"]] == ["v1", "v2"]
+
+
+def test_a_version_deleted_and_created_again_at_once_is_deployed_each_time(ml_api, deploy, model_uris):
+    """A version's name can be deployed again right after a delete (a cleared task re-running): each creation is
+    its own piece of work (its lease is its operation's), so the next is never mistaken for the one that ended."""
+    model_name, _ = deploy("tiny")
+    versions = ml_api.projects().models().versions()
+    for factor_model, expected in (("tiny3", 6.0), ("tiny", 4.0), ("tiny3", 6.0)):
+        operation = versions.create(parent=model_name, body={"name": "again",
+                                                             "deploymentUri": model_uris[factor_model]}).execute()
+        assert wait_operation(ml_api, operation["name"], timeout=30)["response"]["state"] == "READY"
+        answer = ml_api.projects().predict(name=f"{model_name}/versions/again",
+                                           body={"instances": [{"x": [1, 1], "key": "k"}]}).execute()
+        assert answer["predictions"][0]["y"] == expected
+        wait_operation(ml_api, versions.delete(name=f"{model_name}/versions/again").execute()["name"])
