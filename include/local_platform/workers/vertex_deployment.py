@@ -79,8 +79,9 @@ def local_copy(ctx: Context, version: dict, operation_name: str) -> Path:
     if version.get("_path") and (copy := artifacts.local_dir(ctx, version)).is_dir():
         return copy
     project, model = version["name"].split("/")[1], version["name"].rsplit("/", 1)[1]
-    target = ctx.state_dir / ARTIFACTS / project / model / f"{version['versionId']}-{new_etag().strip('=')}"
-    target = target.with_name(target.name.replace("/", "_").replace("+", "-"))
+    # an etag is base64: its "/" would nest a directory (an orphan at the next start), so it is replaced first
+    name = f"{version['versionId']}-{new_etag().strip('=')}".replace("/", "_").replace("+", "-")
+    target = ctx.state_dir / ARTIFACTS / project / model / name
 
     def before_each_file() -> None:
         if ctx.cancel_event(operation_name).is_set():

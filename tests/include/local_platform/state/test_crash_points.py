@@ -92,8 +92,8 @@ def test_kill_9_at_every_crash_point_converges(crashing_service, model_uris, buc
         parent=model_name, body={"name": "v_poison", "deploymentUri": model_uris["tiny3"]}).execute()
     lives.wait_death()
     for _ in range(2 * MAX_ATTEMPTS):
-        api = lives.restart(crash_at="deploy.copying,batch.predicting")
-        try:
+        try:  # a life may end before it answers: the poison is resumed while the service starts
+            api = lives.restart(crash_at="deploy.copying,batch.predicting")
             job = wait_job(api, poison_job, timeout=30)
             operation = wait_operation(api, poison_version["name"], timeout=30)
             break
