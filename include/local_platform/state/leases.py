@@ -69,11 +69,6 @@ class Leases:
         for name in names or ():
             self.store.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, self.owner))
 
-    def holder(self, name: str) -> tuple[str, float] | None:
-        """(owner, seconds left) of ``name``'s lease, or None."""
-        rows = self.store.execute("SELECT owner, expires - {now} FROM leases WHERE name = ?", (name,))
-        return (rows[0][0], float(rows[0][1])) if rows else None
-
     def ask_cancel(self, name: str) -> None:
         """Record a cancel for whichever replica runs ``name`` (it polls ``cancels``)."""
         self.store.execute("INSERT INTO cancel_requests (name, asked) VALUES (?, {now}) ON CONFLICT (name) DO "

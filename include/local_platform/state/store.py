@@ -30,7 +30,6 @@ class Store:
 
     def __init__(self, url: str):
         self._db = connect(url)
-        self.dialect = self._db.dialect
         migrations.migrate(self._db)
         self._lock = threading.RLock()
         self._depth = 0  # nesting of transaction() in the thread holding the lock

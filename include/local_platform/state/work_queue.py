@@ -37,10 +37,6 @@ class WorkQueue:
         self._stopping = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
-    @property
-    def replica(self) -> str:
-        return self.leases.owner
-
     def register(self, kind: str, runner: Callable[[str], None]) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown kind of work {kind!r}; known: {list(KINDS)}")
@@ -80,12 +76,6 @@ class WorkQueue:
             return False
         runner(name)
         return True
-
-    def run_here(self, kind: str, name: str) -> None:
-        """Start work this replica already took (``take``), e.g. after fixing up what a dead holder left."""
-        with self._lock:
-            runner = self._runners[kind]
-        runner(name)
 
     def finished(self, names: set[str]) -> None:
         """Give back the leases of work that has ended (its resource left its working states)."""

@@ -199,18 +199,25 @@ def test_kill_9_of_the_replica_deploying_a_version_another_finishes_it_once(repl
         replicas.start(holder)
 
 
-def test_kill_9_of_the_replica_running_a_batch_job_another_reruns_it_once(replicas, model_uris, bucket, gcs_prefix):
+def _paused_batch_job(replicas: Replicas, model_uris, bucket, prefix: str, count: int, after: int,
+                      seconds: float) -> tuple[str, str]:
+    """A batch job of ``count`` instances that pauses mid-prediction on whichever replica takes it; (job id,
+    that replica). The pause is armed on both replicas: either may win the job."""
     api_a = replicas.api("replica-a")
     model, operation = deploy_through(api_a, model_uris["tiny"])
     wait_operation(api_a, operation)
-    lines = [json.dumps({"x": [i, 1], "key": f"k{i}"}) for i in range(400)]
-    bucket.blob(f"{gcs_prefix}/in/part-0.json").upload_from_string("\n".join(lines))
+    bucket.blob(f"{prefix}/in/part-0.json").upload_from_string(
+        "\n".join(json.dumps({"x": [i, 1], "key": f"k{i}"}) for i in range(count)))
     for handle in replicas.handles.values():
-        post_fault(handle.url, {"delay_at": "batch.predicting", "after": 2, "seconds": 60})
-    output = f"gs://{bucket.name}/{gcs_prefix}/out"
-    job_id = start_job(api_a, prediction_input({"modelName": f"{PARENT}/models/{model}"}, [f"gs://{bucket.name}/{gcs_prefix}/in/*"],
-                                               output, batchSize=16))
-    holder = replicas.holder(f"{PARENT}/jobs/{job_id}")
+        post_fault(handle.url, {"delay_at": "batch.predicting", "after": after, "seconds": seconds})
+    job_id = start_job(api_a, prediction_input({"modelName": f"{PARENT}/models/{model}"},
+                                               [f"gs://{bucket.name}/{prefix}/in/*"],
+                                               f"gs://{bucket.name}/{prefix}/out", batchSize=16))
+    return job_id, replicas.holder(f"{PARENT}/jobs/{job_id}")
+
+
+def test_kill_9_of_the_replica_running_a_batch_job_another_reruns_it_once(replicas, model_uris, bucket, gcs_prefix):
+    job_id, holder = _paused_batch_job(replicas, model_uris, bucket, gcs_prefix, 400, after=2, seconds=60)
     survivor = replicas.other(holder)
     post_fault(replicas.handles[survivor].url, None)
     replicas.kill(holder)
@@ -226,16 +233,7 @@ def test_kill_9_of_the_replica_running_a_batch_job_another_reruns_it_once(replic
 
 
 def test_a_cancel_sent_to_the_replica_not_running_the_job_stops_it(replicas, model_uris, bucket, gcs_prefix):
-    api_a = replicas.api("replica-a")
-    model, operation = deploy_through(api_a, model_uris["tiny"])
-    wait_operation(api_a, operation)
-    bucket.blob(f"{gcs_prefix}/in/part-0.json").upload_from_string(
-        "\n".join(json.dumps({"x": [i, 1], "key": f"k{i}"}) for i in range(200)))
-    for handle in replicas.handles.values():
-        post_fault(handle.url, {"delay_at": "batch.predicting", "after": 1, "seconds": 30})
-    job_id = start_job(api_a, prediction_input({"modelName": f"{PARENT}/models/{model}"}, [f"gs://{bucket.name}/{gcs_prefix}/in/*"],
-                                               f"gs://{bucket.name}/{gcs_prefix}/out", batchSize=16))
-    holder = replicas.holder(f"{PARENT}/jobs/{job_id}")
+    job_id, holder = _paused_batch_job(replicas, model_uris, bucket, gcs_prefix, 200, after=1, seconds=30)
     other = replicas.other(holder)
     for handle in replicas.handles.values():
         post_fault(handle.url, None)
