@@ -169,7 +169,8 @@ class Scenario:
     def failure(self) -> str:
         return (f"scenario stopped (exit {self.returncode}) after {list(self.reports)}: "
                 f"{json.dumps(list(self.reports.values())[-1:], indent=1)[:4000]}\n"
-                f"log tail:\n{self.log_path.read_text()[-6000:]}")
+                f"log tail:\n{self.log_path.read_text()[-6000:]}\n"
+                f"task log tail:\n{self.stdout[-8000:]}")
 
 
 def run_scenario(steps: list[dict], env: dict[str, str], *, timeout: float = 900) -> Scenario:

@@ -32,7 +32,8 @@ class WorkQueue:
         self.leases = leases
         self._cancel_events = cancel_events  # the context's: created by the work when it starts
         self._runners: dict[str, Callable[[str], None]] = {}
-        self._held: set[str] = set()
+        self._held: dict[str, int] = {}  # name -> the serial of the take that got it (see ``beat``)
+        self._takes = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -53,7 +54,8 @@ class WorkQueue:
         with self._lock:
             if name in self._held:
                 return False
-            self._held.add(name)
+            self._takes += 1
+            self._held[name] = self._takes
         return True
 
     def holds(self, name: str) -> bool:
@@ -80,8 +82,9 @@ class WorkQueue:
     def finished(self, names: set[str]) -> None:
         """Give back the leases of work that has ended (its resource left its working states)."""
         with self._lock:
-            names = names & self._held
-            self._held -= names
+            names = names & self._held.keys()
+            for name in names:
+                del self._held[name]
         if names:
             self.leases.release(sorted(names))
 
@@ -103,11 +106,17 @@ class WorkQueue:
                 log.warning("work heartbeat failed (%s); retried in %.0f s", error, HEARTBEAT_S)
 
     def beat(self) -> None:
-        """Renew this replica's leases, notice lost ones, deliver cancels asked through other replicas."""
+        """Renew this replica's leases, notice lost ones, deliver cancels asked through other replicas.
+
+        Only a take older than the renewal can be lost: work taken while the renewal ran is missing from its
+        answer but is held (counting it lost let the take-over pass start a running job a second time)."""
+        with self._lock:
+            before = dict(self._held)
         still = self.leases.renew()
         with self._lock:
-            lost = self._held - still
-            self._held -= lost
+            lost = {name for name, take in before.items() if name not in still and self._held.get(name) == take}
+            for name in lost:
+                del self._held[name]
         for name in sorted(lost):
             log.error("lost the lease of %s (this replica stalled past its lease; another may run it now)", name)
         for name in self.leases.cancels():
