@@ -245,6 +245,31 @@ def write_small(uri: str, data: bytes | str) -> None:
         raise _translate(uri, error) from error
 
 
+#: GCS's limit on the sources of one compose request.
+MAX_COMPOSE_SOURCES = 32
+
+
+def compose(sources: list[str], target: str) -> None:
+    """Concatenate objects of one bucket into ``target`` on the server (no byte passes through here);
+    more than MAX_COMPOSE_SOURCES sources are composed in steps onto the growing target."""
+    bucket_name, target_path = split_uri(target)
+    bucket = client().bucket(bucket_name)
+    paths = []
+    for uri in sources:
+        source_bucket, path = split_uri(uri)
+        if source_bucket != bucket_name:
+            raise GcsError(f"cannot compose {uri} into {target}: objects of another bucket")
+        paths.append(path)
+    try:
+        done = paths[:MAX_COMPOSE_SOURCES]
+        bucket.blob(target_path).compose([bucket.blob(path) for path in done])
+        for start in range(len(done), len(paths), MAX_COMPOSE_SOURCES - 1):
+            step = [target_path, *paths[start:start + MAX_COMPOSE_SOURCES - 1]]
+            bucket.blob(target_path).compose([bucket.blob(path) for path in step])
+    except gexc.GoogleAPIError as error:
+        raise _translate(target, error) from error
+
+
 #: Caps on what the URL variant copies to local disk. Staged files live only while their request
 #: (or batch: a job stages one batch at a time and deletes it after) is predicted, so these bound the
 #: disk a request or a running job can fill: at most MAX_STAGED_BYTES_PER_REQUEST per batch, and a job

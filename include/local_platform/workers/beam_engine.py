@@ -37,6 +37,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io import fileio, textio
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import ModelHandler, RunInference
@@ -247,12 +248,13 @@ class WriteTextInBundles(beam.PTransform):
 
     Beam writes a fixed number of shards through a GroupByKey of every element: in the
     DirectRunner all results are buffered and encoded once more, and only written after
-    the last prediction (at 65,536 heatmap rows, a third of the job's time: docs/benchmarks.md).
-    Without ``num_shards`` each bundle writes its own file in the same stage as the
-    predictions; when that gives fewer files than ``num_shards``, Beam's own finalize step
-    adds empty ones, as it does for ``WriteToText(num_shards=...)`` on a small input. Used
-    where the runner makes one bundle of the stage (DirectRunner in memory), so the files
-    and their names are those ``WriteToText`` writes. Built from Beam's ``WriteImpl`` parts.
+    the last prediction (at 65,536 heatmap rows, a third of the job's time: docs/benchmarks.md);
+    with worker processes every row also travels to the runner and back. Here each bundle
+    writes its own file in the same stage as the predictions (in the worker that predicted
+    them); more files than ``num_shards`` are composed into ``num_shards`` on the storage
+    side (``_merge_into_shards``), fewer get empty ones from Beam's own finalize step, as
+    ``WriteToText(num_shards=...)`` does on a small input. So the files and their names are
+    those ``WriteToText`` writes. Built from Beam's ``WriteImpl`` parts.
     """
 
     def __init__(self, file_path_prefix: str, num_shards: int):
@@ -274,24 +276,37 @@ class WriteTextInBundles(beam.PTransform):
                    | "Pair" >> beam.Map(lambda result: (None, result))
                    | beam.GroupByKey()
                    | "Extract" >> beam.FlatMap(lambda pair: pair[1]))
+        merged = do_once | "MergeIntoShards" >> beam.FlatMap(_merge_into_shards, AsIter(written), self._num_shards)
         pre_finalize = do_once | "PreFinalize" >> beam.FlatMap(iobase._pre_finalize, sink, AsSingleton(init),
-                                                               AsIter(written))
+                                                               AsIter(merged))
         return do_once | "FinalizeWrite" >> beam.FlatMap(iobase._finalize_write, sink, AsSingleton(init),
-                                                         AsIter(written), self._num_shards,
+                                                         AsIter(merged), self._num_shards,
                                                          AsSingleton(pre_finalize))
 
 
-def _write_text(path_prefix: str, shards: int, in_bundles: bool) -> beam.PTransform:
-    if in_bundles:
-        return WriteTextInBundles(path_prefix, shards)
-    return beam.io.WriteToText(path_prefix, num_shards=shards, shard_name_template=SHARD_TEMPLATE)
+def _merge_into_shards(_, written, num_shards: int) -> list[str]:
+    """The bundles' temporary files as at most ``num_shards`` (each a concatenation of whole bundle files, in
+    Beam's temporary folder; the parts are deleted); GCS composes them without the bytes passing through here."""
+    written = sorted(written)
+    if len(written) <= num_shards:
+        return written
+    merged = []
+    for shard in range(num_shards):
+        group = written[shard::num_shards]
+        target = f"{group[0].rsplit('/', 1)[0]}/merged-{shard:05d}"
+        gcs.compose(group, target)  # outputPath is a gs:// URI (prediction_input's validation)
+        FileSystems.delete(group)
+        merged.append(target)
+    log.info("Composed %d bundle files into %d shards", len(written), num_shards)
+    return merged
 
 
 def build_pipeline(pipeline: beam.Pipeline, *, inputs: list[str], data_format: str, output_path: str,
                    handler: SignatureModelHandler, cancel_marker: str, reshuffle: bool) -> None:
     """Read -> parse (bad input to a dead-letter output) -> RunInference -> sharded results and errors_stats.
 
-    Without ``reshuffle`` (DirectRunner in memory: one bundle per stage) results are written as they come.
+    With ``reshuffle`` (worker processes) one file's instances are spread over every worker; either way each
+    bundle writes its results where it predicted them (``WriteTextInBundles``).
     """
     shards = len(inputs)
     files = (pipeline
@@ -306,7 +321,7 @@ def build_pipeline(pipeline: beam.Pipeline, *, inputs: list[str], data_format: s
     outcomes = (instances
                 | "Predict" >> RunInference(handler)
                 | "Split" >> beam.ParDo(SplitOutcomes()).with_outputs(ERRORS, main="rows"))
-    _ = outcomes.rows | "WriteResults" >> _write_text(f"{output_path}/prediction.results", shards, not reshuffle)
+    _ = outcomes.rows | "WriteResults" >> WriteTextInBundles(f"{output_path}/prediction.results", shards)
     _ = ((parsed[ERRORS], outcomes[ERRORS])
          | "AllErrors" >> beam.Flatten()
          | "CountErrors" >> beam.combiners.Count.PerElement()
