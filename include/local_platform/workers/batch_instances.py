@@ -136,14 +136,15 @@ def open_instances(uri: str, data_format: str) -> Iterator[tuple[object, str | N
         yield from read_instances(raw, data_format, sized=True)
 
 
-def read_instances(raw, data_format: str, *, sized: bool = False) -> Iterator[tuple]:
+def read_instances(raw, data_format: str, *, sized: bool = False, first_line: int = 1) -> Iterator[tuple]:
     """Instances of one input file's byte stream, as both batch engines read them (see `open_instances`):
-    (instance, error), or with ``sized`` (instance, error, bytes it took in the input)."""
+    (instance, error), or with ``sized`` (instance, error, bytes it took in the input). ``first_line``: the
+    number of the stream's first line in its file (a stream that starts mid-file, see `line_ranges`)."""
     def found(instance: object, error: str | None, size: int) -> tuple:
         return (instance, error, size) if sized else (instance, error)
 
     if data_format in ("JSON", "TEXT"):
-        for number, line in enumerate(_lines(raw), start=1):
+        for number, line in enumerate(_lines(raw), start=first_line):
             if line is None:
                 yield found(None, f"Input line {number} is longer than the limit of {MAX_LINE_BYTES} bytes.", 0)
                 continue
@@ -164,6 +165,38 @@ def read_instances(raw, data_format: str, *, sized: bool = False) -> Iterator[tu
                 yield found(record, None, len(record))
     except (ValueError, OSError, EOFError) as error:
         yield found(None, f"Corrupt TFRecord input: {error}", 0)
+
+
+def line_ranges(stream, range_bytes: int, chunk_size: int = 4 * 1024 * 1024) -> Iterator[tuple[int, int, int]]:
+    """(start, end, first line number) of consecutive runs of whole lines of about ``range_bytes`` each, so
+    readers can each take one run of a JSON/TEXT file and still number its lines as the whole file does."""
+    start, first_line, position, lines = 0, 1, 0, 0  # lines: newlines between start and position
+    while chunk := stream.read(chunk_size):
+        cut = chunk.rfind(b"\n") + 1
+        if cut and position + cut - start >= range_bytes:
+            counted = chunk.count(b"\n", 0, cut)
+            yield start, position + cut, first_line
+            first_line += lines + counted
+            start, lines = position + cut, chunk.count(b"\n", cut)
+        else:
+            lines += chunk.count(b"\n")
+        position += len(chunk)
+    if position > start:
+        yield start, position, first_line
+
+
+class ByteWindow:
+    """``stream`` read from ``start`` for at most ``length`` bytes (one of `line_ranges`' runs)."""
+
+    def __init__(self, stream, start: int, length: int):
+        stream.seek(start)
+        self._stream, self._left = stream, length
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        data = self._stream.read(size) if size else b""
+        self._left -= len(data)
+        return data
 
 
 def batches(items: Iterable[tuple[object, str | None, int]], size: int,

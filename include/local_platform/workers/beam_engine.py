@@ -66,6 +66,8 @@ SHARD_TEMPLATE = "-SSSSS-of-NNNNN"  # Beam's template for ml/v1's `-00000-of-000
 BEAM_TEMP = re.compile(r"(beam-temp-prediction\.(results|errors_stats)-[0-9a-f]+)/[^/]+$")
 DIRECT_RUNNERS = ("DirectRunner", "SwitchingDirectRunner")
 CANCEL_POLL_S = 0.2
+#: With worker processes, a JSON/TEXT input is read in runs of about this many bytes, one worker each.
+RANGE_BYTES = 1024 * 1024
 #: Signatures the service has loaded already, for pipelines that run in its own process (DirectRunner
 #: in_memory): their workers use the service's model instead of loading a second copy.
 _IN_PROCESS_SIGNATURES: dict[str, Signature] = {}
@@ -91,14 +93,43 @@ class ReadInstances(beam.DoFn):
     def process(self, readable: fileio.ReadableFile):
         # Raw bytes: TF_RECORD_GZIP is inflated by read_instances, as in the local engine.
         with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as raw:
-            for count, (instance, error) in enumerate(batch_instances.read_instances(raw, self._data_format)):
-                if count % 4096 == 0:
-                    _check_marker(self._cancel_marker)
-                if error is None:
-                    yield instance
-                else:
-                    self._errors.inc()
-                    yield beam.pvalue.TaggedOutput(ERRORS, error)
+            yield from self._outputs(batch_instances.read_instances(raw, self._data_format))
+
+    def _outputs(self, found):
+        for count, (instance, error) in enumerate(found):
+            if count % 4096 == 0:
+                _check_marker(self._cancel_marker)
+            if error is None:
+                yield instance
+            else:
+                self._errors.inc()
+                yield beam.pvalue.TaggedOutput(ERRORS, error)
+
+
+class SplitLines(beam.DoFn):
+    """One JSON/TEXT input file -> (path, start, end, first line) runs of whole lines of about RANGE_BYTES:
+    only these cross to the workers, which read their runs themselves (``ReadRange``)."""
+
+    def __init__(self, cancel_marker: str):
+        self._cancel_marker = cancel_marker
+
+    def process(self, readable: fileio.ReadableFile):
+        path = readable.metadata.path
+        with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+            for start, end, first_line in batch_instances.line_ranges(raw, RANGE_BYTES):
+                _check_marker(self._cancel_marker)
+                yield path, start, end, first_line
+
+
+class ReadRange(ReadInstances):
+    """One run of lines (``SplitLines``) -> its instances, numbered as in the whole file; errors as there."""
+
+    def process(self, line_range: tuple):
+        path, start, end, first_line = line_range
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+            window = batch_instances.ByteWindow(raw, start, end - start)
+            yield from self._outputs(batch_instances.read_instances(window, self._data_format,
+                                                                    first_line=first_line))
 
 
 class SignatureModelHandler(ModelHandler[Any, tuple, Signature]):
@@ -305,18 +336,24 @@ def build_pipeline(pipeline: beam.Pipeline, *, inputs: list[str], data_format: s
                    handler: SignatureModelHandler, cancel_marker: str, reshuffle: bool) -> None:
     """Read -> parse (bad input to a dead-letter output) -> RunInference -> sharded results and errors_stats.
 
-    With ``reshuffle`` (worker processes) one file's instances are spread over every worker; either way each
-    bundle writes its results where it predicted them (``WriteTextInBundles``).
+    With ``reshuffle`` (worker processes) one file's work is spread over every worker: runs of JSON/TEXT lines,
+    each read by the worker that takes it, or TFRecord records (their framing has no line to cut at); either
+    way each bundle writes its results where it predicted them (``WriteTextInBundles``).
     """
     shards = len(inputs)
     files = (pipeline
              | "InputFiles" >> beam.Create(inputs)
              | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)  # a vanished input fails, as locally
              | "Open" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED))
-    parsed = files | "ReadInstances" >> beam.ParDo(ReadInstances(data_format, cancel_marker)).with_outputs(
-        ERRORS, main="instances")
+    if reshuffle and data_format in ("JSON", "TEXT"):  # each worker reads runs of lines of its own
+        ranges = files | "SplitLines" >> beam.ParDo(SplitLines(cancel_marker)) | "Spread" >> beam.Reshuffle()
+        parsed = ranges | "ReadRanges" >> beam.ParDo(ReadRange(data_format, cancel_marker)).with_outputs(
+            ERRORS, main="instances")
+    else:
+        parsed = files | "ReadInstances" >> beam.ParDo(ReadInstances(data_format, cancel_marker)).with_outputs(
+            ERRORS, main="instances")
     instances = parsed.instances
-    if reshuffle:  # spread one file's instances over every worker
+    if reshuffle and data_format not in ("JSON", "TEXT"):  # spread one file's records over every worker
         instances = instances | "Spread" >> beam.Reshuffle()
     outcomes = (instances
                 | "Predict" >> RunInference(handler)

@@ -309,3 +309,26 @@ def test_batches_are_capped_by_bytes_as_well_as_by_count():
     assert [item for batch in grouped for item in batch] == [(i, e) for i, e, _ in items]
     assert [len(b) for b in batches(iter(items), 2, max_bytes=10**9)] == [2, 2, 2, 2, 2, 2]
     assert [len(b) for b in batches(iter([("huge", None, 10**8)]), 64, max_bytes=1)] == [1]
+
+
+@pytest.mark.parametrize("range_bytes", [1, 40, 300, 10_000])
+def test_runs_of_lines_read_apart_give_what_the_whole_file_gives(range_bytes):
+    """The beam engine's workers each read a run of lines (``line_ranges``): the same instances and the same
+    errors, line numbers included, as one reader of the whole file; runs tile the file at line starts."""
+    import io
+
+    from include.local_platform.workers.batch_instances import ByteWindow, line_ranges, read_instances
+
+    lines = [json.dumps({"x": [n, 1], "key": f"k{n}"}) if n % 7 else "{broken" for n in range(1, 120)]
+    lines[30] = ""
+    data = ("\n".join(lines) + "\n\n" + json.dumps({"x": [0, 0]})).encode()
+
+    runs = list(line_ranges(io.BytesIO(data), range_bytes, chunk_size=64))
+    apart = [found for start, end, first in runs
+             for found in read_instances(ByteWindow(io.BytesIO(data), start, end - start), "JSON", first_line=first)]
+
+    assert apart == list(read_instances(io.BytesIO(data), "JSON"))
+    assert [start for start, _, _ in runs] == [0] + [end for _, end, _ in runs[:-1]] and runs[-1][1] == len(data)
+    assert all(start == 0 or data[start - 1:start] == b"\n" for start, _, _ in runs)
+    assert ("Failed to parse input line 7 as JSON: JSONDecodeError" in {error for _, error in apart})
+    assert len(runs) >= len(data) // (range_bytes + 64 + 40)  # each run ends within a chunk past range_bytes

@@ -60,6 +60,11 @@ def equivalence_inputs(bucket):
     records = [*image_examples([f"r{i}" for i in range(9)]), b"not an example"]
     bucket.blob(f"{root}/tf/in.tfrecord").upload_from_string(tfrecord(records))
     bucket.blob(f"{root}/gz/in.tfrecord.gz").upload_from_string(gzip.compress(tfrecord(records[4:])))
+    padded = [json.dumps({"x": [i % 7, 1], "key": f"p{i}"}).replace(", ", "," + " " * 2000, 1) for i in range(1500)]
+    for broken in (3, 700, 1499):  # bad lines in the first, a middle and the last run of lines
+        padded[broken] = "{broken json"
+    padded[1200] = json.dumps({"x": [-3, 1], "key": "refused"})
+    bucket.blob(f"{root}/runs/big.json").upload_from_string("\n".join(padded))  # 3 MB: three runs of lines
     return f"gs://{bucket.name}/{root}"
 
 
@@ -68,11 +73,13 @@ CASES = {  # name -> (model kind, input pattern under the root, dataFormat, extr
     "tfrecord": ("images", "tf/in.tfrecord", "TF_RECORD", {"signatureName": "examples", "batchSize": 3}),
     "tfrecord_gzip": ("images", "gz/*.gz", "TF_RECORD_GZIP", {"signatureName": "examples", "batchSize": 2}),
 }
+#: Worker processes read it apart, in runs of lines of about beam_engine.RANGE_BYTES each.
+MULTI_PROCESS_CASES = {"json_runs": ("tiny", "runs/big.json", "JSON", {"batchSize": 16})}
 
 
 def run_case(api, bucket, source: dict, inputs_root: str, case: str, engine: str) -> dict:
     """One job on one service; its state, counts, rows (sorted JSON), summed errors_stats and file names."""
-    _, pattern, data_format, extra = CASES[case]
+    _, pattern, data_format, extra = {**CASES, **MULTI_PROCESS_CASES}[case]
     prefix = f"{inputs_root[len('gs://' + bucket.name) + 1:]}-out/{case}-{engine}-{unique('o')}"
     job = wait_job(api, start_job(api, prediction_input(
         source, [f"{inputs_root}/{pattern}"], f"gs://{bucket.name}/{prefix}", data_format, **extra)), timeout=240)
@@ -109,8 +116,8 @@ def test_beam_on_two_worker_processes_writes_what_the_local_engine_writes(ml_api
                                                                          bucket, equivalence_inputs):
     """Beam's portability layer: transforms pickled to two SDK worker processes, each loading the model."""
     beam_api = beam_mp_service.build_api()
-    for case in ("json_two_files", "tfrecord_gzip"):  # each job starts two workers that import TensorFlow
-        kind = CASES[case][0]
+    for case in ("json_two_files", "json_runs", "tfrecord_gzip"):  # each job starts two workers importing TF
+        kind = {**CASES, **MULTI_PROCESS_CASES}[case][0]
         source = {"uri": model_uris[kind]}  # the model comes from GCS in the workers
         local = run_case(ml_api, bucket, source, equivalence_inputs, case, "local")
         beam = run_case(beam_api, bucket, source, equivalence_inputs, case, "beam-mp")
