@@ -91,7 +91,8 @@ def release_attempts(ctx: Context) -> int:
         for kind, states in (("version", ("CREATING",)), ("job", ("QUEUED", "PREPARING", "RUNNING"))):
             for resource in ctx.store.list(kind):
                 name = resource.get("_name") or resource["name"]
-                if name in held and resource.get("state") in states and int(resource.get("_attempts", 0)) > 0:
+                lease = resource.get("_operation", name) if kind == "version" else name  # a deployment's: its op
+                if lease in held and resource.get("state") in states and int(resource.get("_attempts", 0)) > 0:
                     ctx.store.update(name, lambda doc: doc.update(_attempts=int(doc["_attempts"]) - 1))
                     released += 1
     return released
