@@ -4,8 +4,9 @@ On a platform that splits traffic (Vertex AI), a promotion first gives the candi
 share; real online requests (the run's smoke-test instances, one request after another)
 go to the endpoint for ``seconds``, and the answers say which version served each. The
 candidate takes all the traffic only when the failed share of the probes stays at or below
-``max_error_rate`` and the candidate answered some of them itself; otherwise the traffic goes
-back. Platform-neutral: ``watch`` takes a ``probe(instances) -> version that answered``.
+``max_error_rate`` and the candidate answered some of them itself (the watch goes on until it
+has, within MAX_PROBES); otherwise the traffic goes back. Platform-neutral: ``watch`` takes a
+``probe(instances) -> version that answered``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 MIN_PROBES = 20
 #: Probes a second: enough to see a broken version within seconds, too few to load the endpoint.
 PROBES_PER_SECOND = 10.0
+#: The watch goes on past its seconds until the candidate itself answered this many probes (a 10 % share
+#: misses all of 20 probes one time in nine), up to MAX_PROBES: a candidate that never answers fails.
+MIN_CANDIDATE_ANSWERS = 3
+MAX_PROBES = 300
 
 
 @dataclass
@@ -40,13 +45,24 @@ class Watch:
         return {**asdict(self), "answered_by": dict(self.answered_by), "error_rate": round(self.error_rate, 4)}
 
 
-def watch(probe: Callable[[list], str], instances: list, *, seconds: float, min_probes: int = MIN_PROBES,
-          per_second: float = PROBES_PER_SECOND, clock: Callable[[], float] = time.monotonic,
-          sleep: Callable[[float], None] = time.sleep) -> Watch:
+def watch(probe: Callable[[list], str], instances: list, *, seconds: float, candidate: str | None = None,
+          min_probes: int = MIN_PROBES, per_second: float = PROBES_PER_SECOND,
+          clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Watch:
     """Send ``instances`` (one per request, round robin, ``per_second`` at most) for ``seconds`` and at least
-    ``min_probes`` requests."""
+    ``min_probes`` requests; then on until ``candidate`` answered MIN_CANDIDATE_ANSWERS of them (at most
+    MAX_PROBES in all), so a small share is judged on its own answers, not on chance."""
     seen, started = Watch(), clock()
-    while seen.requests < min_probes or clock() - started < seconds:
+
+    def more() -> bool:
+        if seen.requests < min_probes or clock() - started < seconds:
+            return True
+        short = candidate is not None and seen.answered_by[candidate] < MIN_CANDIDATE_ANSWERS
+        if short and seen.requests < MAX_PROBES and seen.requests % 50 == 0:
+            log.info("Canary: %s has answered %s of %s probes; probing on (at most %s)", candidate,
+                     seen.answered_by[candidate], seen.requests, MAX_PROBES)
+        return short and seen.requests < MAX_PROBES
+
+    while more():
         if (ahead := started + seen.requests / per_second - clock()) > 0:
             sleep(ahead)
         instance = instances[seen.requests % len(instances)]

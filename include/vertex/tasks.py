@@ -92,7 +92,8 @@ def canary_check(plan: dict, started: dict, params: dict, ti=None) -> str:
         if started["share"] == 100:
             return {"promote": True, "reason": "nothing else served: the candidate took all the traffic at once"}
         instances = storage.read_jsonl(f"{plan['smoke_uri']}/{plan['serving_variant']}.jsonl")
-        seen = live.watch(_endpoints().probe(plan["model"]), instances, seconds=float(params["canary_seconds"]))
+        seen = live.watch(_endpoints().probe(plan["model"]), instances, seconds=float(params["canary_seconds"]),
+                          candidate=plan["serving_version"])
         promote, reason = live.verdict(seen, candidate=plan["serving_version"],
                                        max_error_rate=float(params["canary_max_error_rate"]))
         return {"promote": promote, "reason": reason, "watch": seen.to_dict()}

@@ -162,3 +162,27 @@ def test_the_canary_watch_counts_failures_and_who_answered():
     assert ok and why.startswith("canary passed: 31 probes in 3 s, 8 failed (25.8%")
     assert not canary.verdict(seen, candidate="v2", max_error_rate=0.1)[0]
     assert "answered none" in canary.verdict(seen, candidate="v3", max_error_rate=0.5)[1]
+
+
+def test_the_canary_watch_goes_on_until_a_small_share_has_answered():
+    """A 10 % share can miss every probe of a short watch: the watch goes on until the candidate answered
+    MIN_CANDIDATE_ANSWERS times, and a candidate that never answers ends it at MAX_PROBES."""
+    from include.lifecycle import canary
+
+    now = [0.0]
+    kwargs = {"seconds": 2, "per_second": 10, "clock": lambda: now[0],
+              "sleep": lambda s: now.__setitem__(0, now[0] + s)}
+
+    def rare(instances):  # the candidate answers every 25th probe: none of the first 20
+        rare.count += 1
+        return "v2" if rare.count % 25 == 0 else "v1"
+
+    rare.count = 0
+    seen = canary.watch(rare, [{"key": "a"}], candidate="v2", **kwargs)
+    assert seen.requests == 25 * canary.MIN_CANDIDATE_ANSWERS and seen.answered_by["v2"] == 3
+    assert canary.verdict(seen, candidate="v2", max_error_rate=0.01)[0]
+
+    never = canary.watch(lambda instances: "v1", [{"key": "a"}], candidate="v2", **kwargs)
+    assert never.requests == canary.MAX_PROBES
+    assert "answered none" in canary.verdict(never, candidate="v2", max_error_rate=0.01)[1]
+    assert canary.watch(lambda instances: "v1", [{"key": "a"}], **kwargs).requests == 21  # no candidate: 2 s, as before
