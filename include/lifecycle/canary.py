@@ -53,13 +53,10 @@ def watch(probe: Callable[[list], str], instances: list, *, seconds: float, cand
     MAX_PROBES in all), so a small share is judged on its own answers, not on chance."""
     seen, started = Watch(), clock()
 
-    def more() -> bool:
+    def more() -> bool:  # progress is logged every 50 probes below, the extension included
         if seen.requests < min_probes or clock() - started < seconds:
             return True
         short = candidate is not None and seen.answered_by[candidate] < MIN_CANDIDATE_ANSWERS
-        if short and seen.requests < MAX_PROBES and seen.requests % 50 == 0:
-            log.info("Canary: %s has answered %s of %s probes; probing on (at most %s)", candidate,
-                     seen.answered_by[candidate], seen.requests, MAX_PROBES)
         return short and seen.requests < MAX_PROBES
 
     while more():

@@ -345,15 +345,13 @@ def build_pipeline(pipeline: beam.Pipeline, *, inputs: list[str], data_format: s
              | "InputFiles" >> beam.Create(inputs)
              | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)  # a vanished input fails, as locally
              | "Open" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED))
-    if reshuffle and data_format in ("JSON", "TEXT"):  # each worker reads runs of lines of its own
-        ranges = files | "SplitLines" >> beam.ParDo(SplitLines(cancel_marker)) | "Spread" >> beam.Reshuffle()
-        parsed = ranges | "ReadRanges" >> beam.ParDo(ReadRange(data_format, cancel_marker)).with_outputs(
-            ERRORS, main="instances")
-    else:
-        parsed = files | "ReadInstances" >> beam.ParDo(ReadInstances(data_format, cancel_marker)).with_outputs(
-            ERRORS, main="instances")
+    by_lines = reshuffle and data_format in ("JSON", "TEXT")  # each worker reads runs of lines of its own
+    if by_lines:
+        files = files | "SplitLines" >> beam.ParDo(SplitLines(cancel_marker)) | "Spread" >> beam.Reshuffle()
+    reader = (ReadRange if by_lines else ReadInstances)(data_format, cancel_marker)
+    parsed = files | "ReadInstances" >> beam.ParDo(reader).with_outputs(ERRORS, main="instances")
     instances = parsed.instances
-    if reshuffle and data_format not in ("JSON", "TEXT"):  # spread one file's records over every worker
+    if reshuffle and not by_lines:  # spread one file's records over every worker
         instances = instances | "Spread" >> beam.Reshuffle()
     outcomes = (instances
                 | "Predict" >> RunInference(handler)
