@@ -238,8 +238,14 @@ def create_version(ctx: Context, project: str, model: str, body: object) -> dict
         version["_operation"] = operation["name"]
         ctx.store.insert(version["name"], "version", parent["name"], version)
     log.info("creating version %s from %s (operation %s)", version["name"], uri, operation["name"])
-    ctx.work.submit("deployment", version["name"], lease=operation["name"])  # a name may be deployed again
+    ctx.work.submit("deployment", version["name"], lease=deployment_lease(version))
     return operation
+
+
+def deployment_lease(version: dict) -> str:
+    """The name a version's deployment is claimed under: its operation's, not the version's own, since a
+    version may be deleted and created again at once while the old deployment's lease is still held."""
+    return version.get("_operation") or version["name"]
 
 
 def patch_version(ctx: Context, project: str, model: str, version: str, body: object,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from include.local_platform import gcs
 from include.local_platform.context import Context
-from include.local_platform.resources import artifacts, operations
+from include.local_platform.resources import artifacts, models, operations
 from include.local_platform.serving.saved_model import BadModel
 from include.local_platform.state.clock import new_etag
 from include.local_platform.workers.recovery import MAX_ATTEMPTS
@@ -149,9 +149,9 @@ def _fail(ctx: Context, version_name: str, operation_name: str, target: Path, me
 
 
 def pending(ctx: Context) -> list[str]:
-    """The operations of deployments under way (here, on another replica, or on none since a crash): a
-    deployment's lease is its operation's name, as a version's name may be deleted and deployed again."""
-    return [version["_operation"] for version in ctx.store.list("version") if version["state"] == "CREATING"]
+    """The leases of deployments under way (here, on another replica, or on none since a crash)."""
+    return [models.deployment_lease(version) for version in ctx.store.list("version")
+            if version["state"] == "CREATING"]
 
 
 def adopt(ctx: Context, operation_name: str) -> None:

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from include.local_platform.context import Context
-from include.local_platform.resources import artifacts, operations
+from include.local_platform.resources import artifacts, models, operations
 
 log = logging.getLogger(__name__)
 #: Starts of one deployment or job: after this many interrupted ones (the service died while doing
@@ -91,7 +91,7 @@ def release_attempts(ctx: Context) -> int:
         for kind, states in (("version", ("CREATING",)), ("job", ("QUEUED", "PREPARING", "RUNNING"))):
             for resource in ctx.store.list(kind):
                 name = resource.get("_name") or resource["name"]
-                lease = resource.get("_operation", name) if kind == "version" else name  # a deployment's: its op
+                lease = models.deployment_lease(resource) if kind == "version" else name
                 if lease in held and resource.get("state") in states and int(resource.get("_attempts", 0)) > 0:
                     ctx.store.update(name, lambda doc: doc.update(_attempts=int(doc["_attempts"]) - 1))
                     released += 1
