@@ -64,13 +64,22 @@ def connect(url: str) -> Database:
 
 
 class Database:
-    """What the store needs from SQL: statements, one write lock per transaction, a change signal."""
+    """What the store needs from SQL: statements, one write lock per transaction, a change signal.
+
+    A statement may name ``{now}``, ``{state}`` and ``{done}``: each dialect's SQL for them (below)."""
 
     dialect = ""
     now_sql = ""
+    #: SQL for a resource document's top-level "state" (text), and whether its "done" is true (operations);
+    #: an index on the first (migration 3) makes a list of the work in flight cost what is in flight
+    state_sql = ""
+    done_sql = ""
 
     def execute(self, sql: str, params: Sequence = ()) -> list[tuple]:
         raise NotImplementedError
+
+    def dialect_sql(self, sql: str) -> str:
+        return sql.format(now=self.now_sql, state=self.state_sql, done=self.done_sql)
 
     def begin_write(self) -> None:
         raise NotImplementedError
@@ -98,6 +107,8 @@ class SqliteDatabase(Database):
 
     dialect = "sqlite"
     now_sql = "((julianday('now') - 2440587.5) * 86400.0)"
+    state_sql = "json_extract(body, '$.state')"
+    done_sql = "coalesce(json_extract(body, '$.done'), 0) = 1"
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +117,7 @@ class SqliteDatabase(Database):
         self._db.execute("PRAGMA synchronous=NORMAL")
 
     def execute(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        return self._db.execute(sql.format(now=self.now_sql), tuple(params)).fetchall()
+        return self._db.execute(self.dialect_sql(sql), tuple(params)).fetchall()
 
     def begin_write(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
@@ -126,6 +137,8 @@ class PostgresDatabase(Database):
 
     dialect = "postgresql"
     now_sql = "extract(epoch from clock_timestamp())::double precision"
+    state_sql = "(body::jsonb ->> 'state')"
+    done_sql = "coalesce((body::jsonb ->> 'done') = 'true', false)"
 
     def __init__(self, url: str):
         import psycopg
@@ -147,7 +160,7 @@ class PostgresDatabase(Database):
             raise DatabaseUnavailable(f"cannot reach the database {describe(self._url)}: {error}") from error
 
     def _sql(self, sql: str) -> str:
-        return sql.replace("%", "%%").replace("?", "%s").format(now=self.now_sql)
+        return self.dialect_sql(sql.replace("%", "%%").replace("?", "%s"))
 
     def execute(self, sql: str, params: Sequence = ()) -> list[tuple]:
         for attempt in (1, 2):

@@ -4,7 +4,7 @@ Each step runs once, in its own write transaction, and is recorded in
 ``schema_migrations``; replicas starting together take the same write lock, so
 one applies a step and the others find it recorded. A step is written once and
 never changed: a later change is a new step. The SQL is what both SQLite and
-PostgreSQL accept.
+PostgreSQL accept (``{state}`` and the like: ``Database.dialect_sql``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ MIGRATIONS: list[tuple[int, str, tuple[str, ...]]] = [
         "expires DOUBLE PRECISION NOT NULL)",
         "CREATE INDEX leases_by_owner ON leases (owner)",
         "CREATE TABLE cancel_requests (name TEXT PRIMARY KEY, asked DOUBLE PRECISION NOT NULL)",
+    )),
+    (3, "resources by state: the take-over pass lists the work in flight, not every job ever kept", (
+        "CREATE INDEX resources_by_state ON resources (kind, {state})",
     )),
 ]
 

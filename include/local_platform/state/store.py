@@ -147,14 +147,21 @@ class Store:
                 self._memo[key] = (generation, value)
         return value
 
-    def list(self, kind: str, parent: str | None = None) -> list[dict]:
-        """Documents of one kind (under one parent), oldest first."""
+    def list(self, kind: str, parent: str | None = None, *, states: Sequence[str] | None = None,
+             undone: bool = False) -> list[dict]:
+        """Documents of one kind (under one parent), oldest first; only those whose "state" is one of `states`,
+        or (`undone`) whose "done" is not true. The filters run in the database, so a pass over the work
+        in flight does not decode every job and operation ever kept."""
+        sql, params = "SELECT body FROM resources WHERE kind = ?", [kind]
+        if parent is not None:
+            sql, params = sql + " AND parent = ?", [*params, parent]
+        if states is not None:
+            sql += f" AND {{state}} IN ({', '.join('?' * len(states)) or 'NULL'})"
+            params += list(states)
+        if undone:
+            sql += " AND NOT ({done})"
         with self._lock:
-            if parent is None:
-                rows = self._db.execute("SELECT body FROM resources WHERE kind = ? ORDER BY created, name", (kind,))
-            else:
-                rows = self._db.execute(
-                    "SELECT body FROM resources WHERE kind = ? AND parent = ? ORDER BY created, name", (kind, parent))
+            rows = self._db.execute(sql + " ORDER BY created, name", params)
         return [json.loads(row[0]) for row in rows]
 
     def close(self) -> None:

@@ -173,7 +173,7 @@ WORKING = ("QUEUED", "PREPARING", "RUNNING", "CANCELLING")
 
 def pending(ctx: Context) -> list[str]:
     """Batch prediction jobs not ended (running here, on another replica, or on none since a crash)."""
-    return [job["_name"] for job in ctx.store.list("job") if "trainingInput" not in job and job["state"] in WORKING]
+    return [job["_name"] for job in ctx.store.list("job", states=WORKING) if "trainingInput" not in job]
 
 
 def adopt(ctx: Context, name: str) -> None:

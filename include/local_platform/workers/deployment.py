@@ -150,8 +150,7 @@ def _fail(ctx: Context, version_name: str, operation_name: str, target: Path, me
 
 def pending(ctx: Context) -> list[str]:
     """The leases of deployments under way (here, on another replica, or on none since a crash)."""
-    return [models.deployment_lease(version) for version in ctx.store.list("version")
-            if version["state"] == "CREATING"]
+    return [models.deployment_lease(version) for version in ctx.store.list("version", states=("CREATING",))]
 
 
 def adopt(ctx: Context, operation_name: str) -> None:

@@ -299,7 +299,7 @@ def prepare(ctx: Context) -> None:
 
 def pending(ctx: Context) -> list[str]:
     """Training jobs not ended (running here, on another replica, or on none since a crash)."""
-    return [job["_name"] for job in ctx.store.list("job") if "trainingInput" in job and job["state"] not in ENDED]
+    return [job["_name"] for job in ctx.store.list("job", states=(*ACTIVE, "CANCELLING")) if "trainingInput" in job]
 
 
 def adopt(ctx: Context, name: str) -> None:

@@ -182,7 +182,7 @@ def _prediction(row: dict) -> object:
 
 
 def pending(ctx: Context) -> list[str]:
-    return [job["name"] for job in ctx.store.list(KIND) if job["state"] in (*ACTIVE, "JOB_STATE_CANCELLING")]
+    return [job["name"] for job in ctx.store.list(KIND, states=(*ACTIVE, "JOB_STATE_CANCELLING"))]
 
 
 def adopt(ctx: Context, name: str) -> None:

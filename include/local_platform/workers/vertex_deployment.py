@@ -124,8 +124,8 @@ def _fail(ctx: Context, operation_name: str, message: str, code: int = vertex_op
 
 def pending(ctx: Context) -> list[str]:
     """Deployments to an endpoint whose operation is not done."""
-    return [operation["name"] for operation in ctx.store.list(vertex_operations.KIND)
-            if not operation.get("done") and "_deployment" in operation]
+    return [operation["name"] for operation in ctx.store.list(vertex_operations.KIND, undone=True)
+            if "_deployment" in operation]
 
 
 def adopt(ctx: Context, operation_name: str) -> None:

@@ -65,8 +65,8 @@ def submit(ctx: Context, name: str) -> None:
 
 
 def pending(ctx: Context) -> list[str]:
-    return [pipeline["name"] for pipeline in ctx.store.list(vertex_training.PIPELINE)
-            if pipeline["state"] in vertex_training.PIPELINE_ACTIVE]
+    return [pipeline["name"] for pipeline in ctx.store.list(vertex_training.PIPELINE,
+                                                            states=vertex_training.PIPELINE_ACTIVE)]
 
 
 def adopt(ctx: Context, name: str) -> None:
