@@ -89,10 +89,10 @@ def release_attempts(ctx: Context) -> int:
     held = ctx.work.held()
     with ctx.store.transaction():
         for kind, states in (("version", ("CREATING",)), ("job", ("QUEUED", "PREPARING", "RUNNING"))):
-            for resource in ctx.store.list(kind):
+            for resource in ctx.store.list(kind, states=states):
                 name = resource.get("_name") or resource["name"]
                 lease = models.deployment_lease(resource) if kind == "version" else name
-                if lease in held and resource.get("state") in states and int(resource.get("_attempts", 0)) > 0:
+                if lease in held and int(resource.get("_attempts", 0)) > 0:
                     ctx.store.update(name, lambda doc: doc.update(_attempts=int(doc["_attempts"]) - 1))
                     released += 1
     return released

@@ -43,13 +43,13 @@ class _Watcher:
             if ctx.stopping.is_set():  # the store closes at a stop: the next start resumes what is left
                 return
             try:
-                pipelines = ctx.store.list(vertex_training.PIPELINE)
+                pipelines = ctx.store.list(vertex_training.PIPELINE, states=vertex_training.PIPELINE_ACTIVE)
             except Exception:
                 if ctx.stopping.is_set():
                     return
                 raise
             for pipeline in pipelines:
-                if pipeline["state"] in vertex_training.PIPELINE_ACTIVE and ctx.work.holds(pipeline["name"]):
+                if ctx.work.holds(pipeline["name"]):
                     try:
                         advance(ctx, pipeline)
                     except Exception:
