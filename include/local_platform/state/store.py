@@ -149,9 +149,9 @@ class Store:
 
     def list(self, kind: str, parent: str | None = None, *, states: Sequence[str] | None = None,
              undone: bool = False) -> list[dict]:
-        """Documents of one kind (under one parent), oldest first; only those whose "state" is one of `states`,
-        or (`undone`) whose "done" is not true (`states=()` matches nothing). The filters run in the database, so a pass over the work
-        in flight does not decode every job and operation ever kept."""
+        """Documents of one kind (under one parent), oldest first; only those whose "state" is one of `states`
+        (`()` matches nothing), or (`undone`) whose "done" is not true. The filters run in the database, so a
+        pass over the work in flight does not decode every job and operation ever kept."""
         sql, params = "SELECT body FROM resources WHERE kind = ?", [kind]
         if parent is not None:
             sql, params = sql + " AND parent = ?", [*params, parent]
