@@ -24,6 +24,7 @@ from include.local_platform.state.store import public
 log = logging.getLogger(__name__)
 
 ACTIVE_STATES = ("QUEUED", "PREPARING", "RUNNING")
+UNFINISHED_STATES = (*ACTIVE_STATES, "CANCELLING")  # work a replica still has to do or end
 
 
 def create_job(ctx: Context, project: str, body: object) -> dict:

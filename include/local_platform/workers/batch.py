@@ -21,7 +21,7 @@ from pathlib import Path
 from include.local_platform import gcs
 from include.local_platform.context import Context
 from include.local_platform.errors import ApiError, PredictionError
-from include.local_platform.resources import artifacts, models
+from include.local_platform.resources import artifacts, jobs, models
 from include.local_platform.serving.saved_model import BadModel, LoadedModel, Signature
 from include.local_platform.state.clock import now_rfc3339
 from include.local_platform.workers import deployment, local_engine
@@ -168,12 +168,9 @@ def _expand_inputs(patterns: list[str]) -> list[str]:
     return inputs
 
 
-WORKING = ("QUEUED", "PREPARING", "RUNNING", "CANCELLING")
-
-
 def pending(ctx: Context) -> list[str]:
     """Batch prediction jobs not ended (running here, on another replica, or on none since a crash)."""
-    return [job["_name"] for job in ctx.store.list("job", states=WORKING) if "trainingInput" not in job]
+    return [job["_name"] for job in ctx.store.list("job", states=jobs.UNFINISHED_STATES) if "trainingInput" not in job]
 
 
 def adopt(ctx: Context, name: str) -> None:

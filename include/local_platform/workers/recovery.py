@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from include.local_platform.context import Context
-from include.local_platform.resources import artifacts, models, operations
+from include.local_platform.resources import artifacts, jobs, models, operations
 
 log = logging.getLogger(__name__)
 #: Starts of one deployment or job: after this many interrupted ones (the service died while doing
@@ -88,7 +88,7 @@ def release_attempts(ctx: Context) -> int:
     released = 0
     held = ctx.work.held()
     with ctx.store.transaction():
-        for kind, states in (("version", ("CREATING",)), ("job", ("QUEUED", "PREPARING", "RUNNING"))):
+        for kind, states in (("version", ("CREATING",)), ("job", jobs.ACTIVE_STATES)):
             for resource in ctx.store.list(kind, states=states):
                 name = resource.get("_name") or resource["name"]
                 lease = models.deployment_lease(resource) if kind == "version" else name

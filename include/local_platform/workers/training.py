@@ -23,6 +23,7 @@ from pathlib import Path
 from include.local_platform import gcs
 from include.local_platform.context import Context
 from include.local_platform.errors import invalid_argument, not_found
+from include.local_platform.resources import jobs
 from include.local_platform.resources.names import job_name
 from include.local_platform.resources.training_input import PACKAGE_FILE_RULE
 from include.local_platform.state.clock import now_rfc3339
@@ -299,7 +300,7 @@ def prepare(ctx: Context) -> None:
 
 def pending(ctx: Context) -> list[str]:
     """Training jobs not ended (running here, on another replica, or on none since a crash)."""
-    return [job["_name"] for job in ctx.store.list("job", states=(*ACTIVE, "CANCELLING")) if "trainingInput" in job]
+    return [job["_name"] for job in ctx.store.list("job", states=jobs.UNFINISHED_STATES) if "trainingInput" in job]
 
 
 def adopt(ctx: Context, name: str) -> None:
